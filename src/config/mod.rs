@@ -1,0 +1,269 @@
+//! Configuration: the TOML file is parsed into serde types (`file`), then
+//! validated into the checked [`Config`] used everywhere else. Every problem is
+//! collected and reported with the file, line, column and key.
+//!
+//! Relative paths in the file (`logo`, `template`, `token_file`) are resolved
+//! against the current working directory, as the process sees it at start-up.
+
+mod error;
+mod file;
+mod validate;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use ipnet::IpNet;
+
+pub use error::{ConfigError, ConfigIssue};
+
+/// A validated configuration. Regions are referred to by their index in `regions`.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file this configuration came from, as given (used in messages).
+    pub source: String,
+    /// Public listeners.
+    pub listen: Listen,
+    /// The admin listener, when `[admin]` is present.
+    pub admin: Option<Admin>,
+    /// How a client's preferred region is chosen.
+    pub geo: Geo,
+    /// Every region, in file order.
+    pub regions: Vec<Region>,
+    /// How requests are forwarded to backends.
+    pub proxy: Proxy,
+    /// Resource limits of the public listener.
+    pub limits: Limits,
+    /// Branding of the status page served when no region can serve.
+    pub status_page: StatusPage,
+}
+
+/// `[listen]`: where clients connect.
+#[derive(Debug, Clone)]
+pub struct Listen {
+    /// Plain HTTP listener. Default `0.0.0.0:8080`.
+    pub http: SocketAddr,
+}
+
+/// `[admin]`: the operators' listener.
+#[derive(Clone)]
+pub struct Admin {
+    /// Address of the admin listener. Default `127.0.0.1:9901`.
+    pub listen: SocketAddr,
+    /// Bearer token for `/api/v1`; `None` leaves a loopback-only API open.
+    pub token: Option<String>,
+}
+
+impl std::fmt::Debug for Admin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Admin")
+            .field("listen", &self.listen)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
+}
+
+/// `[geo]`: the preferred region of a client.
+#[derive(Debug, Clone)]
+pub struct Geo {
+    /// Region used when nothing else matches. Default: the first region.
+    pub default_region: usize,
+    /// `[[geo.override]]` CIDRs, matched longest prefix first.
+    pub overrides: Vec<GeoOverride>,
+}
+
+/// One `[[geo.override]]` entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GeoOverride {
+    /// Client network.
+    pub net: IpNet,
+    /// Index of the region it is sent to.
+    pub region: usize,
+}
+
+/// One `[[region]]`.
+#[derive(Debug, Clone)]
+pub struct Region {
+    /// Unique name (`us`, `eu`, ...).
+    pub name: String,
+    /// ISO 3166-1 alpha-2 country codes this region serves.
+    pub countries: Vec<String>,
+    /// Continent codes (AF AN AS EU NA OC SA) this region serves.
+    pub continents: Vec<String>,
+    /// Regions to try, in order, when this one cannot serve.
+    pub failover: Vec<usize>,
+    /// The region's backends.
+    pub backends: Vec<Backend>,
+    /// Active health check settings.
+    pub health: Health,
+}
+
+/// One backend of a region.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Backend {
+    /// `http://host:port`, without path.
+    pub url: http::Uri,
+    /// `host:port`, the backend's name in the admin API and logs.
+    pub address: String,
+}
+
+/// `[region.health]`: the active health check.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Health {
+    /// Path requested with `GET`. Default `/healthz`.
+    pub path: String,
+    /// Time between checks. Default 1 s.
+    pub interval: Duration,
+    /// Time a check may take. Default 800 ms.
+    pub timeout: Duration,
+    /// Consecutive passes that bring a down backend up. Default 2.
+    pub rise: u32,
+    /// Consecutive failures that take an up backend down. Default 2.
+    pub fall: u32,
+}
+
+/// `[proxy]`: forwarding to backends.
+#[derive(Debug, Clone)]
+pub struct Proxy {
+    /// Time allowed to open a backend connection. Default 2 s.
+    pub connect_timeout: Duration,
+    /// Time from sending a request to receiving the response head. Default 30 s.
+    pub first_byte_timeout: Duration,
+    /// Forward the client's `Host` unchanged (default) rather than the backend's.
+    pub preserve_host: bool,
+    /// Most backends one request is tried on when connecting fails. Default 3.
+    pub max_attempts: usize,
+    /// How long an idle pooled backend connection is kept. Default 90 s.
+    pub pool_idle_timeout: Duration,
+    /// Idle pooled connections kept per backend. Default 64.
+    pub pool_max_idle_per_backend: usize,
+}
+
+/// `[limits]`: bounds on what clients may hold.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Client connections served at once; more wait in the accept backlog. Default 10 000.
+    pub max_connections: usize,
+    /// Largest request head (request line and headers) in bytes; more is a 431. Default 64 KiB.
+    pub max_header_bytes: usize,
+    /// Most header fields in a request; more is a 431. Default 100.
+    pub max_headers: usize,
+    /// Time a client has to send a complete request head. Default 10 s.
+    pub header_read_timeout: Duration,
+    /// Time an idle keep-alive connection is kept open. Default 60 s.
+    pub keepalive_idle_timeout: Duration,
+    /// Time requests in flight get to finish on shutdown. Default 30 s.
+    pub shutdown_grace: Duration,
+}
+
+/// `[status_page]`: branding of the page shown when nothing can serve.
+#[derive(Debug, Clone)]
+pub struct StatusPage {
+    /// Company or product name. Default "Meridian".
+    pub brand: String,
+    /// Page heading.
+    pub title: String,
+    /// Text under the heading.
+    pub message: String,
+    /// The logo as a `data:` URI, so that the page loads nothing from elsewhere.
+    pub logo: Option<String>,
+    /// Where users can read more.
+    pub support_url: Option<String>,
+    /// Accent colour, `#rgb` or `#rrggbb`. Default `#2f5bea`.
+    pub accent_color: String,
+    /// `Retry-After` sent with the page. Default 30 s.
+    pub retry_after: Duration,
+    /// The operator's own template source, replacing `static/status.html`.
+    pub template: Option<String>,
+}
+
+impl Config {
+    /// Reads and validates the file at `path`.
+    pub fn load(path: impl AsRef<Path>) -> Result<Config, ConfigError> {
+        let path = path.as_ref();
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            file: file.clone(),
+            source,
+        })?;
+        Config::parse(&file, &text)
+    }
+
+    /// Validates configuration `text`; `file` names it in messages.
+    pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
+        validate::parse(file, text)
+    }
+
+    /// Index of the region called `name`.
+    pub fn region_index(&self, name: &str) -> Option<usize> {
+        self.regions.iter().position(|r| r.name == name)
+    }
+
+    /// A short human summary, as printed by `meridian check`.
+    pub fn summary(&self) -> String {
+        use std::fmt::Write;
+        let mut out = String::new();
+        let _ = writeln!(out, "{}: OK", self.source);
+        let _ = writeln!(out, "listen: http {}", self.listen.http);
+        match &self.admin {
+            Some(a) => {
+                let auth = if a.token.is_some() {
+                    "token"
+                } else {
+                    "no token"
+                };
+                let _ = writeln!(out, "admin:  {} ({auth})", a.listen);
+            }
+            None => {
+                let _ = writeln!(out, "admin:  off");
+            }
+        }
+        let _ = writeln!(out, "regions:");
+        for r in &self.regions {
+            let failover: Vec<&str> = r
+                .failover
+                .iter()
+                .map(|&i| self.regions[i].name.as_str())
+                .collect();
+            let failover = if failover.is_empty() {
+                "none".to_owned()
+            } else {
+                failover.join(" -> ")
+            };
+            let _ = writeln!(
+                out,
+                "  {} ({} backend{}; failover: {}; health: GET {} every {}, timeout {}, rise {}, fall {})",
+                r.name,
+                r.backends.len(),
+                if r.backends.len() == 1 { "" } else { "s" },
+                failover,
+                r.health.path,
+                humantime_serde::re::humantime::format_duration(r.health.interval),
+                humantime_serde::re::humantime::format_duration(r.health.timeout),
+                r.health.rise,
+                r.health.fall,
+            );
+            for b in &r.backends {
+                let _ = writeln!(out, "    {}", b.url);
+            }
+            if !r.countries.is_empty() {
+                let _ = writeln!(out, "    countries: {}", r.countries.join(" "));
+            }
+            if !r.continents.is_empty() {
+                let _ = writeln!(out, "    continents: {}", r.continents.join(" "));
+            }
+        }
+        let _ = writeln!(
+            out,
+            "geo: {} override{}, default region {}",
+            self.geo.overrides.len(),
+            if self.geo.overrides.len() == 1 {
+                ""
+            } else {
+                "s"
+            },
+            self.regions[self.geo.default_region].name
+        );
+        out
+    }
+}

@@ -7,6 +7,8 @@
 
 mod error;
 mod file;
+#[cfg(test)]
+mod tests;
 mod validate;
 
 use std::net::SocketAddr;
@@ -150,7 +152,7 @@ pub struct Limits {
     pub max_headers: usize,
     /// Time a client has to send a complete request head. Default 10 s.
     pub header_read_timeout: Duration,
-    /// Time an idle keep-alive connection is kept open. Default 60 s.
+    /// Time an idle keep-alive connection is kept open. Default 5 s (as Apache's `KeepAliveTimeout`).
     pub keepalive_idle_timeout: Duration,
     /// Time requests in flight get to finish on shutdown. Default 30 s.
     pub shutdown_grace: Duration,
@@ -199,6 +201,26 @@ impl Config {
         self.regions.iter().position(|r| r.name == name)
     }
 
+    /// Settings that are valid but probably not what was meant.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if self.limits.keepalive_idle_timeout > self.limits.header_read_timeout {
+            out.push(format!(
+                "limits.keepalive_idle_timeout ({:?}) is longer than limits.header_read_timeout ({:?}): idle connections close after the shorter one, because the wait for the next request head counts as reading headers",
+                self.limits.keepalive_idle_timeout, self.limits.header_read_timeout
+            ));
+        }
+        for r in &self.regions {
+            if r.health.timeout > r.health.interval {
+                out.push(format!(
+                    "region \"{}\": health.timeout ({:?}) is longer than health.interval ({:?}): a hanging backend is checked less often than configured",
+                    r.name, r.health.timeout, r.health.interval
+                ));
+            }
+        }
+        out
+    }
+
     /// A short human summary, as printed by `meridian check`.
     pub fn summary(&self) -> String {
         use std::fmt::Write;
@@ -244,7 +266,7 @@ impl Config {
                 r.health.fall,
             );
             for b in &r.backends {
-                let _ = writeln!(out, "    {}", b.url);
+                let _ = writeln!(out, "    http://{}", b.address);
             }
             if !r.countries.is_empty() {
                 let _ = writeln!(out, "    countries: {}", r.countries.join(" "));

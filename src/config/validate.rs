@@ -128,6 +128,9 @@ fn check_admin(issues: &mut Issues, admin: file::AdminFile) -> Admin {
         token_env,
         token_file,
     } = admin;
+    let listen_span = listen.as_ref().map(span);
+    // A token that was asked for but could not be read is reported on its own.
+    let token_configured = token_env.is_some() || token_file.is_some();
     let listen = socket_addr(issues, "admin.listen", listen.as_ref(), "127.0.0.1:9901");
     let token = match (token_env, token_file) {
         (Some(env), Some(_)) => {
@@ -176,9 +179,9 @@ fn check_admin(issues: &mut Issues, admin: file::AdminFile) -> Admin {
         },
         (None, None) => None,
     };
-    if token.is_none() && !listen.ip().is_loopback() && issues.is_empty() {
+    if token.is_none() && !token_configured && !listen.ip().is_loopback() {
         issues.at(
-            0..0,
+            listen_span.unwrap_or(0..0),
             "admin.listen",
             format!(
                 "the admin listener {listen} is not on loopback, so it needs a token: set admin.token_env or admin.token_file"
@@ -294,7 +297,7 @@ fn names(index: &HashMap<&str, usize>) -> String {
     v.sort_by_key(|(_, i)| *i);
     let v: Vec<String> = v.into_iter().map(|(k, _)| format!("\"{k}\"")).collect();
     if v.is_empty() {
-        "a region defined in [[region]]".to_owned()
+        "the names given in [[region]] (none is configured)".to_owned()
     } else {
         v.join(", ")
     }
@@ -386,6 +389,10 @@ fn check_backends(issues: &mut Issues, i: usize, r: &file::RegionFile) -> Vec<Ba
 /// Parses `http://host[:port]` into a backend.
 pub(crate) fn backend_url(text: &str) -> Result<Backend, String> {
     const EXPECTED: &str = "expected http://HOST:PORT, such as \"http://10.1.0.10:8080\"";
+    // Without "://", "host:8080" would parse as a URL with the scheme "host".
+    if !text.contains("://") {
+        return Err(format!("missing the \"http://\" scheme; {EXPECTED}"));
+    }
     let url = url::Url::parse(text).map_err(|e| format!("{e}; {EXPECTED}"))?;
     match url.scheme() {
         "http" => {}
@@ -677,7 +684,7 @@ fn check_limits(issues: &mut Issues, raw: file::LimitsFile) -> Limits {
             issues,
             "limits.keepalive_idle_timeout",
             keepalive_idle_timeout.as_ref(),
-            Duration::from_secs(60),
+            Duration::from_secs(5),
         ),
         shutdown_grace: duration(
             issues,

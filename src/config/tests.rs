@@ -1,0 +1,1155 @@
+//! Unit tests of configuration parsing and validation: every rejected file must
+//! name the file, the line and the key, and say what is expected.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use super::*;
+
+const FILE: &str = "test.toml";
+
+/// Parses `text`, which must be valid.
+#[track_caller]
+fn accepted(text: &str) -> Config {
+    Config::parse(FILE, text).unwrap_or_else(|e| panic!("expected a valid config, got:\n{e}"))
+}
+
+/// Parses `text`, which must be rejected, and returns every issue found.
+#[track_caller]
+fn rejected(text: &str) -> Vec<ConfigIssue> {
+    match Config::parse(FILE, text) {
+        Ok(_) => panic!("expected this config to be rejected:\n{text}"),
+        Err(e) => {
+            assert!(
+                !e.issues().is_empty(),
+                "an invalid config lists no issue: {e}"
+            );
+            e.issues().to_vec()
+        }
+    }
+}
+
+/// The 1-based line of `text` that contains `needle`, which must be on exactly one line.
+#[track_caller]
+fn line_of(text: &str, needle: &str) -> usize {
+    let lines: Vec<usize> = text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| l.contains(needle))
+        .map(|(i, _)| i + 1)
+        .collect();
+    assert_eq!(lines.len(), 1, "{needle:?} must be on exactly one line");
+    lines[0]
+}
+
+/// Asserts that `issue` is in test.toml at `line`, is about `key`, and that its
+/// message contains `fragment`.
+#[track_caller]
+fn assert_issue(issue: &ConfigIssue, line: usize, key: &str, fragment: &str) {
+    assert_eq!(issue.file, FILE, "file of {issue}");
+    assert_eq!(issue.line, line, "line of {issue}");
+    assert_eq!(issue.key, key, "key of {issue}");
+    assert!(
+        issue.message.contains(fragment),
+        "message of {issue}\nlacks {fragment:?}"
+    );
+}
+
+/// Asserts that `text` is rejected with exactly one issue, on the line that
+/// contains `at`, about `key`, with `fragment` in its message.
+#[track_caller]
+fn assert_only_issue(text: &str, at: &str, key: &str, fragment: &str) -> ConfigIssue {
+    let issues = rejected(text);
+    assert_eq!(issues.len(), 1, "expected exactly one issue: {issues:#?}");
+    assert_issue(&issues[0], line_of(text, at), key, fragment);
+    issues[0].clone()
+}
+
+// ---------------------------------------------------------------------------
+// Syntax and unknown keys (reported by the TOML/serde layer)
+// ---------------------------------------------------------------------------
+
+#[test]
+fn toml_syntax_error_has_the_line_and_no_key() {
+    let text = r#"
+[listen]
+http = "0.0.0.0:8080
+
+[[region]]
+name = "us"
+backends = ["http://10.1.0.10:8080"]
+"#;
+    assert_only_issue(text, "http =", "", "invalid basic string");
+
+    let text = r#"
+[[region]]
+name =
+backends = ["http://10.1.0.10:8080"]
+"#;
+    let issue = assert_only_issue(text, "name =", "", "expected");
+    assert_eq!(issue.column, 7, "column of {issue}");
+}
+
+#[test]
+fn unknown_top_level_key_is_named() {
+    let text = r#"
+colour = "blue"
+
+[[region]]
+name = "us"
+backends = ["http://10.1.0.10:8080"]
+"#;
+    assert_only_issue(
+        text,
+        "colour",
+        "colour",
+        "unknown key `colour`, expected one of `listen`, `admin`",
+    );
+}
+
+#[test]
+fn unknown_key_in_listen_is_named() {
+    let text = r#"
+[listen]
+htp = "0.0.0.0:8080"
+
+[[region]]
+name = "us"
+backends = ["http://10.1.0.10:8080"]
+"#;
+    assert_only_issue(
+        text,
+        "htp =",
+        "listen.htp",
+        "unknown key `htp`, expected `http`",
+    );
+}
+
+#[test]
+fn unknown_key_in_region_is_named() {
+    let text = r#"
+[[region]]
+name = "us"
+backends = ["http://10.1.0.10:8080"]
+weight = 3
+"#;
+    assert_only_issue(
+        text,
+        "weight",
+        "region[0].weight",
+        "unknown key `weight`, expected one of `name`",
+    );
+}
+
+#[test]
+fn unknown_key_in_region_health_is_named_with_its_region_index() {
+    let text = r#"
+[[region]]
+name = "us"
+backends = ["http://10.1.0.10:8080"]
+
+[[region]]
+name = "eu"
+backends = ["http://10.2.0.10:8080"]
+
+[region.health]
+paht = "/healthz"
+"#;
+    assert_only_issue(
+        text,
+        "paht",
+        "region[1].health.paht",
+        "unknown key `paht`, expected one of `path`",
+    );
+}
+
+#[test]
+fn region_without_name_is_reported_at_its_table() {
+    let text = r#"
+[[region]]
+name = "us"
+backends = ["http://10.1.0.10:8080"]
+
+[[region]] # nameless
+backends = ["http://10.2.0.10:8080"]
+"#;
+    assert_only_issue(text, "# nameless", "region[1]", "missing key `name`");
+}
+
+// ---------------------------------------------------------------------------
+// Regions
+// ---------------------------------------------------------------------------
+
+#[test]
+fn no_region_at_all_is_reported() {
+    let issues = rejected("[listen]\nhttp = \"0.0.0.0:8080\"\n");
+    assert_eq!(issues.len(), 1, "{issues:#?}");
+    assert_issue(&issues[0], 1, "region", "expected at least one [[region]]");
+}
+
+#[test]
+fn duplicate_region_name_is_reported_on_the_second() {
+    let text = r#"
+[[region]]
+name = "us"
+backends = ["http://10.1.0.10:8080"]
+
+[[region]]
+name = "us" # again
+backends = ["http://10.2.0.10:8080"]
+"#;
+    assert_only_issue(
+        text,
+        "# again",
+        "region[1].name",
+        "duplicate region name \"us\": each [[region]] needs its own name",
+    );
+}
+
+#[test]
+fn region_without_backends_key_is_reported_at_its_name() {
+    let text = r#"
+[[region]]
+name = "us"
+countries = ["US"]
+"#;
+    assert_only_issue(
+        text,
+        "name =",
+        "region[0].backends",
+        "region \"us\" has no backends: expected backends = [",
+    );
+}
+
+#[test]
+fn region_with_empty_backends_is_reported_at_the_list() {
+    let text = r#"
+[[region]]
+name = "us"
+backends = []
+"#;
+    assert_only_issue(
+        text,
+        "backends =",
+        "region[0].backends",
+        "has no backends: expected backends = [",
+    );
+}
+
+#[test]
+fn failover_to_an_unknown_region_lists_the_known_ones() {
+    let text = r#"
+[[region]]
+name = "us"
+failover = ["eu", "ap"]
+backends = ["http://10.1.0.10:8080"]
+
+[[region]]
+name = "eu"
+backends = ["http://10.2.0.10:8080"]
+"#;
+    assert_only_issue(
+        text,
+        "failover",
+        "region[0].failover[1]",
+        "unknown region \"ap\": expected one of \"us\", \"eu\"",
+    );
+}
+
+#[test]
+fn failover_to_itself_is_refused() {
+    let text = r#"
+[[region]]
+name = "us"
+backends = ["http://10.1.0.10:8080"]
+
+[[region]]
+name = "eu"
+failover = ["eu"]
+backends = ["http://10.2.0.10:8080"]
+"#;
+    assert_only_issue(
+        text,
+        "failover",
+        "region[1].failover[0]",
+        "region \"eu\" cannot fail over to itself",
+    );
+}
+
+#[test]
+fn unknown_default_region_lists_the_known_ones() {
+    let text = r#"
+[geo]
+default_region = "ap"
+
+[[region]]
+name = "us"
+backends = ["http://10.1.0.10:8080"]
+"#;
+    assert_only_issue(
+        text,
+        "default_region",
+        "geo.default_region",
+        "unknown region \"ap\": expected one of \"us\"",
+    );
+}
+
+#[test]
+fn country_claimed_by_two_regions_names_the_first_owner() {
+    let text = r#"
+[[region]]
+name = "us"
+countries = ["US", "CA"]
+backends = ["http://10.1.0.10:8080"]
+
+[[region]]
+name = "eu"
+countries = ["DE", "us"]
+backends = ["http://10.2.0.10:8080"]
+"#;
+    assert_only_issue(
+        text,
+        "\"DE\"",
+        "region[1].countries[1]",
+        "\"US\" is already claimed by region \"us\": each code may belong to one region only",
+    );
+}
+
+#[test]
+fn continent_claimed_by_two_regions_names_the_first_owner() {
+    let text = r#"
+[[region]]
+name = "us"
+continents = ["NA", "SA"]
+backends = ["http://10.1.0.10:8080"]
+
+[[region]]
+name = "eu"
+continents = ["EU", "SA"]
+backends = ["http://10.2.0.10:8080"]
+"#;
+    assert_only_issue(
+        text,
+        "\"EU\"",
+        "region[1].continents[1]",
+        "\"SA\" is already claimed by region \"us\"",
+    );
+}
+
+#[test]
+fn invalid_country_code_says_what_is_expected() {
+    let text = r#"
+[[region]]
+name = "us"
+countries = ["US", "USA"]
+backends = ["http://10.1.0.10:8080"]
+"#;
+    assert_only_issue(
+        text,
+        "countries",
+        "region[0].countries[1]",
+        "invalid code \"USA\": expected an ISO 3166-1 alpha-2 country code",
+    );
+}
+
+#[test]
+fn invalid_continent_code_lists_the_valid_ones() {
+    let text = r#"
+[[region]]
+name = "eu"
+continents = ["Europe"]
+backends = ["http://10.2.0.10:8080"]
+"#;
+    assert_only_issue(
+        text,
+        "continents",
+        "region[0].continents[0]",
+        "expected one of AF AN AS EU NA OC SA",
+    );
+}
+
+#[test]
+fn invalid_backend_urls_say_why_and_what_is_expected() {
+    let cases = [
+        ("10.1.0.10:8080", "missing the \"http://\" scheme"),
+        ("web.internal:8080", "missing the \"http://\" scheme"),
+        ("http://10.1.0.10:8080/app", "no path, query or fragment"),
+        ("http://10.1.0.10:8080/?x=1", "no path, query or fragment"),
+        ("ftp://10.1.0.10:21", "unsupported scheme \"ftp\""),
+        (
+            "http://user:secret@10.1.0.10:8080",
+            "credentials are not allowed",
+        ),
+        ("http://10.1.0.10:99999", "invalid port number"),
+    ];
+    for (url, why) in cases {
+        let text = format!(
+            "[[region]]\nname = \"us\"\nbackends = [\"http://10.1.0.11:8080\", \"{url}\"]\n"
+        );
+        let issue = assert_only_issue(&text, "backends", "region[0].backends[1]", why);
+        assert!(
+            issue
+                .message
+                .starts_with(&format!("invalid backend URL \"{url}\"")),
+            "{issue}"
+        );
+        assert!(
+            issue.message.contains("expected http://HOST:PORT"),
+            "{issue}"
+        );
+    }
+}
+
+#[test]
+fn https_backend_is_refused_with_a_hint() {
+    let text = "[[region]]\nname = \"us\"\nbackends = [\"https://10.1.0.10:8443\"]\n";
+    assert_only_issue(
+        text,
+        "backends",
+        "region[0].backends[0]",
+        "https backends are not supported yet; use http://",
+    );
+}
+
+#[test]
+fn the_same_backend_twice_is_refused() {
+    // Port 80 is the default, so these are the same backend.
+    let text = r#"
+[[region]]
+name = "us"
+backends = ["http://10.1.0.10", "http://10.1.0.10:80"]
+"#;
+    assert_only_issue(
+        text,
+        "backends",
+        "region[0].backends[1]",
+        "backend 10.1.0.10:80 is listed twice in region \"us\"",
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Health checks, durations and counts
+// ---------------------------------------------------------------------------
+
+#[test]
+fn zero_interval_and_zero_timeout_are_refused() {
+    let text = r#"
+[[region]]
+name = "us"
+backends = ["http://10.1.0.10:8080"]
+
+[region.health]
+interval = "0s"
+timeout = "0ms"
+"#;
+    let issues = rejected(text);
+    assert_eq!(issues.len(), 2, "{issues:#?}");
+    assert_issue(
+        &issues[0],
+        line_of(text, "interval"),
+        "region[0].health.interval",
+        "must be greater than zero: expected a duration such as",
+    );
+    assert_issue(
+        &issues[1],
+        line_of(text, "timeout"),
+        "region[0].health.timeout",
+        "must be greater than zero",
+    );
+}
+
+#[test]
+fn negative_duration_is_refused() {
+    let text = r#"
+[[region]]
+name = "us"
+backends = ["http://10.1.0.10:8080"]
+
+[region.health]
+timeout = "-1s"
+"#;
+    assert_only_issue(
+        text,
+        "timeout",
+        "region[0].health.timeout",
+        "invalid duration \"-1s\": expected a positive duration such as \"800ms\"",
+    );
+}
+
+#[test]
+fn garbage_duration_is_refused() {
+    let text = r#"
+[[region]]
+name = "us"
+backends = ["http://10.1.0.10:8080"]
+
+[proxy]
+connect_timeout = "soon"
+"#;
+    assert_only_issue(
+        text,
+        "connect_timeout",
+        "proxy.connect_timeout",
+        "invalid duration \"soon\": expected a positive duration",
+    );
+}
+
+#[test]
+fn duration_given_as_a_number_is_refused() {
+    let text = r#"
+[[region]]
+name = "us"
+backends = ["http://10.1.0.10:8080"]
+
+[region.health]
+interval = 5
+"#;
+    assert_only_issue(
+        text,
+        "interval",
+        "region[0].health.interval",
+        "expected a string",
+    );
+}
+
+#[test]
+fn zero_rise_and_fall_are_refused() {
+    let text = r#"
+[[region]]
+name = "us"
+backends = ["http://10.1.0.10:8080"]
+
+[region.health]
+rise = 0
+fall = 0
+"#;
+    let issues = rejected(text);
+    assert_eq!(issues.len(), 2, "{issues:#?}");
+    assert_issue(
+        &issues[0],
+        line_of(text, "rise"),
+        "region[0].health.rise",
+        "0 is out of range: expected a whole number from 1 to 1000",
+    );
+    assert_issue(
+        &issues[1],
+        line_of(text, "fall"),
+        "region[0].health.fall",
+        "0 is out of range: expected a whole number from 1 to 1000",
+    );
+}
+
+#[test]
+fn negative_rise_is_refused() {
+    let text = r#"
+[[region]]
+name = "us"
+backends = ["http://10.1.0.10:8080"]
+
+[region.health]
+rise = -1
+"#;
+    assert_only_issue(
+        text,
+        "rise",
+        "region[0].health.rise",
+        "-1 is out of range: expected a whole number from 1 to 1000",
+    );
+}
+
+#[test]
+fn health_path_must_start_with_a_slash() {
+    let text = r#"
+[[region]]
+name = "us"
+backends = ["http://10.1.0.10:8080"]
+
+[region.health]
+path = "healthz"
+"#;
+    assert_only_issue(
+        text,
+        "path",
+        "region[0].health.path",
+        "expected a path starting with '/'",
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Geo overrides
+// ---------------------------------------------------------------------------
+
+#[test]
+fn invalid_override_cidr_is_refused() {
+    let text = r#"
+[[region]]
+name = "us"
+backends = ["http://10.1.0.10:8080"]
+
+[[geo.override]]
+cidr = "10.0.0.0/33"
+region = "us"
+"#;
+    assert_only_issue(
+        text,
+        "cidr",
+        "geo.override[0].cidr",
+        "invalid CIDR \"10.0.0.0/33\": expected an address or network such as \"192.0.2.0/24\"",
+    );
+}
+
+#[test]
+fn override_to_an_unknown_region_is_refused() {
+    let text = r#"
+[[region]]
+name = "us"
+backends = ["http://10.1.0.10:8080"]
+
+[[geo.override]]
+cidr = "192.0.2.0/24"
+region = "us"
+
+[[geo.override]]
+cidr = "198.51.100.0/24"
+region = "mars"
+"#;
+    assert_only_issue(
+        text,
+        "mars",
+        "geo.override[1].region",
+        "unknown region \"mars\": expected one of \"us\"",
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Listeners, limits, admin, status page
+// ---------------------------------------------------------------------------
+
+#[test]
+fn invalid_listen_address_says_what_is_expected() {
+    let text = r#"
+[listen]
+http = "8080"
+
+[[region]]
+name = "us"
+backends = ["http://10.1.0.10:8080"]
+"#;
+    assert_only_issue(
+        text,
+        "http =",
+        "listen.http",
+        "invalid address \"8080\": expected IP:PORT such as \"0.0.0.0:8080\"",
+    );
+}
+
+#[test]
+fn max_header_bytes_below_8192_is_refused() {
+    let text = r#"
+[[region]]
+name = "us"
+backends = ["http://10.1.0.10:8080"]
+
+[limits]
+max_header_bytes = 4096
+"#;
+    assert_only_issue(
+        text,
+        "max_header_bytes",
+        "limits.max_header_bytes",
+        "4096 is out of range: expected a number of bytes from 8192 to 1048576",
+    );
+}
+
+#[test]
+fn admin_on_a_public_address_needs_a_token() {
+    let text = r#"
+[[region]]
+name = "us"
+backends = ["http://10.1.0.10:8080"]
+
+[admin]
+listen = "0.0.0.0:9901"
+"#;
+    assert_only_issue(
+        text,
+        "listen =",
+        "admin.listen",
+        "is not on loopback, so it needs a token: set admin.token_env or admin.token_file",
+    );
+}
+
+#[test]
+fn admin_on_loopback_without_token_is_allowed() {
+    let config =
+        accepted("[admin]\n\n[[region]]\nname = \"us\"\nbackends = [\"http://10.1.0.10:8080\"]\n");
+    let admin = config.admin.expect("[admin] is present");
+    assert_eq!(
+        admin.listen,
+        "127.0.0.1:9901".parse::<SocketAddr>().unwrap()
+    );
+    assert_eq!(admin.token, None);
+}
+
+#[test]
+fn admin_token_env_naming_an_unset_variable_is_refused() {
+    const VAR: &str = "MERIDIAN_CONFIG_TEST_UNSET_TOKEN_3F9A";
+    std::env::remove_var(VAR);
+    // On a public address: the unset variable is the one problem to report.
+    let text = format!(
+        r#"
+[[region]]
+name = "us"
+backends = ["http://10.1.0.10:8080"]
+
+[admin]
+listen = "0.0.0.0:9901"
+token_env = "{VAR}"
+"#
+    );
+    assert_only_issue(
+        &text,
+        "token_env",
+        "admin.token_env",
+        &format!("environment variable {VAR} is not set or empty: expected the admin bearer token"),
+    );
+}
+
+#[test]
+fn admin_token_is_read_from_token_env() {
+    const VAR: &str = "MERIDIAN_CONFIG_TEST_SET_TOKEN_7B21";
+    std::env::set_var(VAR, "  s3cret\n");
+    let text = format!(
+        r#"
+[[region]]
+name = "us"
+backends = ["http://10.1.0.10:8080"]
+
+[admin]
+listen = "0.0.0.0:9901"
+token_env = "{VAR}"
+"#
+    );
+    let admin = accepted(&text).admin.expect("[admin] is present");
+    assert_eq!(admin.token.as_deref(), Some("s3cret"));
+    assert!(
+        !format!("{admin:?}").contains("s3cret"),
+        "Debug must not print the token"
+    );
+}
+
+#[test]
+fn bad_accent_colour_is_refused() {
+    for colour in ["blue", "#12345", "2f5bea", "#ggg"] {
+        let text = format!(
+            "[[region]]\nname = \"us\"\nbackends = [\"http://10.1.0.10:8080\"]\n\n[status_page]\naccent_color = \"{colour}\"\n"
+        );
+        assert_only_issue(
+            &text,
+            "accent_color",
+            "status_page.accent_color",
+            &format!("invalid colour \"{colour}\": expected #rgb or #rrggbb"),
+        );
+    }
+}
+
+#[test]
+fn bad_support_url_is_refused() {
+    for url in ["status.example.com", "ftp://status.example.com/"] {
+        let text = format!(
+            "[[region]]\nname = \"us\"\nbackends = [\"http://10.1.0.10:8080\"]\n\n[status_page]\nsupport_url = \"{url}\"\n"
+        );
+        assert_only_issue(
+            &text,
+            "support_url",
+            "status_page.support_url",
+            &format!("invalid URL \"{url}\": expected an http(s) or mailto: URL"),
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Several problems at once
+// ---------------------------------------------------------------------------
+
+#[test]
+fn every_independent_problem_is_reported() {
+    let text = r#"
+[listen]
+http = "localhost:8080"
+
+[admin]
+listen = "0.0.0.0:9901"
+
+[[region]]
+name = "us"
+countries = ["USA"]
+failover = ["ap"]
+backends = ["10.1.0.10:8080"]
+
+[region.health]
+interval = "0s"
+fall = 0
+
+[limits]
+max_header_bytes = 100
+
+[status_page]
+accent_color = "blue"
+"#;
+    let issues = rejected(text);
+    let found: Vec<(usize, &str)> = issues.iter().map(|i| (i.line, i.key.as_str())).collect();
+    let expected = [
+        (line_of(text, "http ="), "listen.http"),
+        (line_of(text, "listen = "), "admin.listen"),
+        (line_of(text, "countries"), "region[0].countries[0]"),
+        (line_of(text, "failover"), "region[0].failover[0]"),
+        (line_of(text, "backends"), "region[0].backends[0]"),
+        (line_of(text, "interval"), "region[0].health.interval"),
+        (line_of(text, "fall"), "region[0].health.fall"),
+        (line_of(text, "max_header_bytes"), "limits.max_header_bytes"),
+        (line_of(text, "accent_color"), "status_page.accent_color"),
+    ];
+    assert_eq!(found, expected, "{issues:#?}");
+    assert!(issues.iter().all(|i| i.file == FILE));
+
+    // The error's Display lists one problem per line, each with file:line:column.
+    let err = Config::parse(FILE, text).unwrap_err();
+    let shown = err.to_string();
+    assert_eq!(shown.lines().count(), expected.len(), "{shown}");
+    assert!(shown.starts_with("test.toml:3:8: `listen.http`: invalid address"));
+}
+
+// ---------------------------------------------------------------------------
+// Accepted configurations
+// ---------------------------------------------------------------------------
+
+#[test]
+fn minimal_config_gets_the_documented_defaults() {
+    let config = accepted(
+        r#"
+[[region]]
+name = "us"
+backends = ["http://10.1.0.10:8080"]
+
+[[region]]
+name = "eu"
+backends = ["http://10.2.0.10"]
+"#,
+    );
+    assert_eq!(config.source, FILE);
+    assert_eq!(
+        config.listen.http,
+        "0.0.0.0:8080".parse::<SocketAddr>().unwrap()
+    );
+    assert!(config.admin.is_none());
+    assert_eq!(config.geo.default_region, 0, "the first region");
+    assert!(config.geo.overrides.is_empty());
+
+    assert_eq!(config.regions.len(), 2);
+    let eu = &config.regions[1];
+    assert_eq!(eu.name, "eu");
+    assert!(eu.countries.is_empty() && eu.continents.is_empty() && eu.failover.is_empty());
+    assert_eq!(eu.backends[0].address, "10.2.0.10:80", "port 80 by default");
+    for r in &config.regions {
+        assert_eq!(
+            r.health,
+            Health {
+                path: "/healthz".to_owned(),
+                interval: Duration::from_secs(1),
+                timeout: Duration::from_millis(800),
+                rise: 2,
+                fall: 2,
+            }
+        );
+    }
+
+    let p = &config.proxy;
+    assert_eq!(p.connect_timeout, Duration::from_secs(2));
+    assert_eq!(p.first_byte_timeout, Duration::from_secs(30));
+    assert!(p.preserve_host);
+    assert_eq!(p.max_attempts, 3);
+    assert_eq!(p.pool_idle_timeout, Duration::from_secs(90));
+    assert_eq!(p.pool_max_idle_per_backend, 64);
+
+    let l = &config.limits;
+    assert_eq!(l.max_connections, 10_000);
+    assert_eq!(l.max_header_bytes, 64 * 1024);
+    assert_eq!(l.max_headers, 100);
+    assert_eq!(l.header_read_timeout, Duration::from_secs(10));
+    assert_eq!(l.keepalive_idle_timeout, Duration::from_secs(60));
+    assert_eq!(l.shutdown_grace, Duration::from_secs(30));
+
+    let s = &config.status_page;
+    assert_eq!(s.brand, "Meridian");
+    assert_eq!(s.title, "Meridian is temporarily unavailable");
+    assert!(!s.message.is_empty());
+    assert_eq!(s.logo, None);
+    assert_eq!(s.support_url, None);
+    assert_eq!(s.accent_color, "#2f5bea");
+    assert_eq!(s.retry_after, Duration::from_secs(30));
+    assert_eq!(s.template, None);
+}
+
+#[test]
+fn full_config_keeps_every_value_given() {
+    let config = accepted(
+        r##"
+[listen]
+http = "[::]:80"
+
+[geo]
+default_region = "eu"
+
+[[geo.override]]
+cidr = "192.0.2.0/24"
+region = "us"
+
+[[region]]
+name = "us"
+countries = ["US", "CA"]
+continents = ["NA"]
+failover = ["eu"]
+backends = ["http://10.1.0.10:8080", "http://10.1.0.11:8080"]
+
+[region.health]
+path = "/ready"
+interval = "2s"
+timeout = "1s 500ms"
+rise = 3
+fall = 5
+
+[[region]]
+name = "eu"
+continents = ["EU"]
+failover = ["us"]
+backends = ["http://10.2.0.10:8080"]
+
+[proxy]
+connect_timeout = "500ms"
+first_byte_timeout = "1m"
+preserve_host = false
+max_attempts = 2
+pool_idle_timeout = "30s"
+pool_max_idle_per_backend = 8
+
+[limits]
+max_connections = 500
+max_header_bytes = 8192
+max_headers = 50
+header_read_timeout = "5s"
+keepalive_idle_timeout = "20s"
+shutdown_grace = "15s"
+
+[status_page]
+brand = "Example"
+message = "Back soon."
+support_url = "https://status.example.com"
+accent_color = "#ABC"
+retry_after = "1m"
+"##,
+    );
+    assert_eq!(config.listen.http, "[::]:80".parse::<SocketAddr>().unwrap());
+    assert_eq!(config.geo.default_region, 1);
+    assert_eq!(config.geo.overrides.len(), 1);
+    assert_eq!(config.geo.overrides[0].region, 0);
+    let us = &config.regions[0];
+    assert_eq!(us.countries, ["US", "CA"]);
+    assert_eq!(us.continents, ["NA"]);
+    assert_eq!(us.failover, [1]);
+    assert_eq!(config.regions[1].failover, [0]);
+    assert_eq!(us.backends.len(), 2);
+    assert_eq!(
+        us.health,
+        Health {
+            path: "/ready".to_owned(),
+            interval: Duration::from_secs(2),
+            timeout: Duration::from_millis(1500),
+            rise: 3,
+            fall: 5,
+        }
+    );
+    assert_eq!(
+        config.regions[1].health.path, "/healthz",
+        "defaults per region"
+    );
+
+    let p = &config.proxy;
+    assert_eq!(p.connect_timeout, Duration::from_millis(500));
+    assert_eq!(p.first_byte_timeout, Duration::from_secs(60));
+    assert!(!p.preserve_host);
+    assert_eq!(p.max_attempts, 2);
+    assert_eq!(p.pool_idle_timeout, Duration::from_secs(30));
+    assert_eq!(p.pool_max_idle_per_backend, 8);
+
+    let l = &config.limits;
+    assert_eq!(l.max_connections, 500);
+    assert_eq!(l.max_header_bytes, 8192, "the minimum itself is allowed");
+    assert_eq!(l.max_headers, 50);
+    assert_eq!(l.header_read_timeout, Duration::from_secs(5));
+    assert_eq!(l.keepalive_idle_timeout, Duration::from_secs(20));
+    assert_eq!(l.shutdown_grace, Duration::from_secs(15));
+
+    let s = &config.status_page;
+    assert_eq!(s.brand, "Example");
+    assert_eq!(
+        s.title, "Example is temporarily unavailable",
+        "title follows brand"
+    );
+    assert_eq!(s.message, "Back soon.");
+    assert_eq!(
+        s.support_url.as_deref(),
+        Some("https://status.example.com/")
+    );
+    assert_eq!(s.accent_color, "#abc");
+    assert_eq!(s.retry_after, Duration::from_secs(60));
+}
+
+#[test]
+fn country_and_continent_codes_are_upper_cased() {
+    let config = accepted(
+        r#"
+[[region]]
+name = "us"
+countries = ["us", "Ca", " mx "]
+continents = ["na", "sa"]
+backends = ["http://10.1.0.10:8080"]
+"#,
+    );
+    assert_eq!(config.regions[0].countries, ["US", "CA", "MX"]);
+    assert_eq!(config.regions[0].continents, ["NA", "SA"]);
+}
+
+#[test]
+fn bare_override_addresses_become_single_hosts_and_host_bits_are_cleared() {
+    let config = accepted(
+        r#"
+[[region]]
+name = "us"
+backends = ["http://10.1.0.10:8080"]
+
+[[geo.override]]
+cidr = "203.0.113.7"
+region = "us"
+
+[[geo.override]]
+cidr = "2001:db8::1"
+region = "us"
+
+[[geo.override]]
+cidr = "198.51.100.77/24"
+region = "us"
+"#,
+    );
+    let nets: Vec<String> = config
+        .geo
+        .overrides
+        .iter()
+        .map(|o| o.net.to_string())
+        .collect();
+    assert_eq!(
+        nets,
+        ["203.0.113.7/32", "2001:db8::1/128", "198.51.100.0/24"]
+    );
+}
+
+#[test]
+fn ipv6_backend_keeps_its_brackets() {
+    let config = accepted(
+        r#"
+[[region]]
+name = "us"
+backends = ["http://[::1]:8080", "http://[2001:db8::10]"]
+"#,
+    );
+    let backends = &config.regions[0].backends;
+    assert_eq!(backends[0].address, "[::1]:8080");
+    assert_eq!(backends[0].url, "http://[::1]:8080/");
+    assert_eq!(backends[1].address, "[2001:db8::10]:80");
+}
+
+#[test]
+fn summary_names_regions_backends_and_failover_order() {
+    let config = accepted(
+        r#"
+[admin]
+listen = "127.0.0.1:9901"
+
+[geo]
+default_region = "eu"
+
+[[region]]
+name = "us"
+countries = ["US"]
+failover = ["eu", "ap"]
+backends = ["http://10.1.0.10:8080", "http://10.1.0.11:8080"]
+
+[[region]]
+name = "eu"
+continents = ["EU"]
+backends = ["http://10.2.0.10:8080"]
+
+[region.health]
+path = "/up"
+timeout = "500ms"
+
+[[region]]
+name = "ap"
+failover = ["us"]
+backends = ["http://10.3.0.10:8080"]
+"#,
+    );
+    let summary = config.summary();
+    let lines: Vec<&str> = summary.lines().collect();
+    let expected = [
+        "test.toml: OK",
+        "listen: http 0.0.0.0:8080",
+        "admin:  127.0.0.1:9901 (no token)",
+        "regions:",
+        "  us (2 backends; failover: eu -> ap; health: GET /healthz every 1s, timeout 800ms, rise 2, fall 2)",
+        "    http://10.1.0.10:8080/",
+        "    http://10.1.0.11:8080/",
+        "    countries: US",
+        "  eu (1 backend; failover: none; health: GET /up every 1s, timeout 500ms, rise 2, fall 2)",
+        "    http://10.2.0.10:8080/",
+        "    continents: EU",
+        "  ap (1 backend; failover: us; health: GET /healthz every 1s, timeout 800ms, rise 2, fall 2)",
+        "    http://10.3.0.10:8080/",
+        "geo: 0 overrides, default region eu",
+    ];
+    assert_eq!(lines, expected, "{summary}");
+}
+
+#[test]
+fn region_index_finds_regions_by_name() {
+    let config = accepted(
+        "[[region]]\nname = \"us\"\nbackends = [\"http://10.1.0.10:8080\"]\n\n[[region]]\nname = \"eu\"\nbackends = [\"http://10.2.0.10:8080\"]\n",
+    );
+    assert_eq!(config.region_index("eu"), Some(1));
+    assert_eq!(config.region_index("ap"), None);
+}
+
+// ---------------------------------------------------------------------------
+// The reference configuration shipped in config/
+// ---------------------------------------------------------------------------
+
+#[test]
+fn reference_config_is_valid() {
+    let config = Config::load(concat!(env!("CARGO_MANIFEST_DIR"), "/config/meridian.toml"))
+        .unwrap_or_else(|e| panic!("config/meridian.toml is invalid:\n{e}"));
+    assert_eq!(config.regions.len(), 2);
+    let us = config.region_index("us").expect("region us");
+    let eu = config.region_index("eu").expect("region eu");
+    assert_eq!(config.regions[us].failover, [eu]);
+    assert_eq!(config.regions[eu].failover, [us]);
+    assert!(config.admin.is_some(), "the reference config shows [admin]");
+    assert!(!config.geo.overrides.is_empty(), "and a [[geo.override]]");
+}
+
+#[test]
+fn missing_file_is_a_read_error_without_issues() {
+    let err = Config::load("/nonexistent/meridian-test.toml").unwrap_err();
+    assert!(matches!(err, ConfigError::Read { .. }), "{err:?}");
+    assert!(err.issues().is_empty());
+    assert!(err.to_string().contains("/nonexistent/meridian-test.toml"));
+}

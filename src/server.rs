@@ -1,0 +1,326 @@
+//! Wiring: binds the listeners, starts the health probers and the state
+//! owner, serves connections under the configured limits, and shuts down
+//! gracefully.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, Semaphore};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::{Config, Limits};
+use crate::health::{probe_loop, HttpProbe};
+use crate::proxy::{upstream_client, Proxy};
+use crate::state::{self, Shared};
+use crate::status_page::{StatusPages, TemplateError};
+
+/// Why Meridian could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// A listener could not be bound.
+    #[error("cannot listen on {addr} ({what}): {source}")]
+    Bind {
+        /// Which listener.
+        what: &'static str,
+        /// Its address.
+        addr: SocketAddr,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The status page template does not compile or render.
+    #[error(transparent)]
+    Template(#[from] TemplateError),
+}
+
+/// A started Meridian: its bound addresses, its state, and the means to stop it.
+#[derive(Debug)]
+pub struct Running {
+    /// Address of the public HTTP listener.
+    pub http_addr: SocketAddr,
+    /// Address of the admin listener, if any.
+    pub admin_addr: Option<SocketAddr>,
+    /// The shared state, for inspection.
+    pub shared: Arc<Shared>,
+    stop: CancellationToken,
+    connections: TaskTracker,
+    background: TaskTracker,
+    grace: Duration,
+}
+
+/// Starts Meridian with `config`: binds every listener before returning, so
+/// that the addresses in [`Running`] accept connections at once.
+pub async fn start(config: Config) -> Result<Running, StartError> {
+    let pages = Arc::new(StatusPages::new(&config.status_page)?);
+    let config = Arc::new(config);
+    let shared = Arc::new(Shared::new(Arc::clone(&config)));
+    let stop = CancellationToken::new();
+    let background = TaskTracker::new();
+    let connections = TaskTracker::new();
+
+    let http = TcpListener::bind(config.listen.http)
+        .await
+        .map_err(|source| StartError::Bind {
+            what: "public http",
+            addr: config.listen.http,
+            source,
+        })?;
+    let http_addr = http.local_addr().map_err(|source| StartError::Bind {
+        what: "public http",
+        addr: config.listen.http,
+        source,
+    })?;
+    let admin = match &config.admin {
+        Some(a) => Some((
+            TcpListener::bind(a.listen)
+                .await
+                .map_err(|source| StartError::Bind {
+                    what: "admin",
+                    addr: a.listen,
+                    source,
+                })?,
+            a.token.clone(),
+        )),
+        None => None,
+    };
+    let admin_addr = admin.as_ref().and_then(|(l, _)| l.local_addr().ok());
+
+    spawn_health(&config, &shared, &stop, &background);
+
+    let proxy = Proxy::new(Arc::clone(&shared), upstream_client(&config), pages);
+    background.spawn(accept_loop(
+        http,
+        proxy,
+        config.limits.clone(),
+        stop.clone(),
+        connections.clone(),
+    ));
+    if let Some((listener, token)) = admin {
+        let router = crate::admin::router(Arc::clone(&shared), token);
+        let stop = stop.clone();
+        background.spawn(async move {
+            let serve =
+                axum::serve(listener, router).with_graceful_shutdown(stop.cancelled_owned());
+            if let Err(e) = serve.await {
+                tracing::error!(error = %e, "admin listener failed");
+            }
+        });
+    }
+    tracing::info!(http = %http_addr, admin = ?admin_addr, regions = config.regions.len(), "meridian is serving");
+    Ok(Running {
+        http_addr,
+        admin_addr,
+        shared,
+        stop,
+        connections,
+        background,
+        grace: config.limits.shutdown_grace,
+    })
+}
+
+/// Starts the state owner and one prober per backend.
+fn spawn_health(
+    config: &Config,
+    shared: &Arc<Shared>,
+    stop: &CancellationToken,
+    tasks: &TaskTracker,
+) {
+    let total: usize = config.regions.iter().map(|r| r.backends.len()).sum();
+    // Each prober has at most one report in flight, so this never fills.
+    let (tx, rx) = mpsc::channel(total.max(1) * 2);
+    tasks.spawn(state::run_owner(Arc::clone(shared), rx, stop.clone()));
+    let probe = HttpProbe::new(config.proxy.connect_timeout);
+    for (ri, region) in config.regions.iter().enumerate() {
+        for (bi, backend) in region.backends.iter().enumerate() {
+            tasks.spawn(probe_loop(
+                probe.clone(),
+                ri,
+                bi,
+                backend.clone(),
+                region.health.clone(),
+                tx.clone(),
+                stop.clone(),
+            ));
+        }
+    }
+}
+
+impl Running {
+    /// Stops accepting, lets requests in flight finish within the grace
+    /// period, then stops everything else.
+    pub async fn shutdown(self) {
+        self.stop.cancel();
+        self.connections.close();
+        if tokio::time::timeout(self.grace, self.connections.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(grace = ?self.grace, "grace period over; closing the remaining connections");
+        }
+        self.background.close();
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.background.wait()).await;
+    }
+
+    /// Runs until SIGTERM or SIGINT, then shuts down gracefully.
+    pub async fn run_until_signal(self) -> std::io::Result<()> {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate())?;
+        let mut int = signal(SignalKind::interrupt())?;
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+            _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+        }
+        self.shutdown().await;
+        Ok(())
+    }
+}
+
+/// Accepts connections while fewer than `max_connections` are open; beyond
+/// that, new connections wait in the kernel's accept backlog.
+async fn accept_loop(
+    listener: TcpListener,
+    proxy: Proxy,
+    limits: Limits,
+    stop: CancellationToken,
+    connections: TaskTracker,
+) {
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let limits = Arc::new(limits);
+    loop {
+        let permit = tokio::select! {
+            _ = stop.cancelled() => return,
+            p = Arc::clone(&slots).acquire_owned() => match p { Ok(p) => p, Err(_) => return },
+        };
+        let (stream, peer) = tokio::select! {
+            _ = stop.cancelled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let proxy = proxy.clone();
+        let limits = Arc::clone(&limits);
+        let stop = stop.clone();
+        connections.spawn(async move {
+            serve_connection(stream, peer, proxy, &limits, stop).await;
+            drop(permit);
+        });
+    }
+}
+
+/// Requests in flight on one connection and when it last went idle.
+struct Activity {
+    base: Instant,
+    active: AtomicUsize,
+    idle_since_ms: AtomicU64,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Activity {
+            base: Instant::now(),
+            active: AtomicUsize::new(0),
+            idle_since_ms: AtomicU64::new(0),
+        }
+    }
+
+    /// Time until the connection has been idle for `limit`, or `None` when that has passed.
+    fn idle_left(&self, limit: Duration) -> Option<Duration> {
+        if self.active.load(Ordering::Acquire) > 0 {
+            return Some(limit);
+        }
+        let since = Duration::from_millis(self.idle_since_ms.load(Ordering::Acquire));
+        let idle = self.base.elapsed().saturating_sub(since);
+        limit.checked_sub(idle).filter(|left| !left.is_zero())
+    }
+}
+
+/// Marks one request in flight until dropped with its response body.
+struct InFlight(Arc<Activity>);
+
+impl InFlight {
+    fn begin(activity: &Arc<Activity>) -> Self {
+        activity.active.fetch_add(1, Ordering::AcqRel);
+        InFlight(Arc::clone(activity))
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let ms = self.0.base.elapsed().as_millis() as u64;
+        self.0.idle_since_ms.store(ms, Ordering::Release);
+        self.0.active.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Serves one client connection until it closes, idles out, or shutdown.
+async fn serve_connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    proxy: Proxy,
+    limits: &Limits,
+    stop: CancellationToken,
+) {
+    let activity = Arc::new(Activity::new());
+    let service = {
+        let activity = Arc::clone(&activity);
+        service_fn(move |request| {
+            let proxy = proxy.clone();
+            let in_flight = InFlight::begin(&activity);
+            async move {
+                let response = proxy.handle(request, peer).await?;
+                Ok::<_, std::convert::Infallible>(response.map(|b| b.with_guard(in_flight)))
+            }
+        })
+    };
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .keep_alive(true)
+        .header_read_timeout(limits.header_read_timeout)
+        .max_buf_size(limits.max_header_bytes)
+        .max_headers(limits.max_headers);
+    let builder = builder.http1_only();
+    let conn = builder.serve_connection(TokioIo::new(stream), service);
+    tokio::pin!(conn);
+    let mut closing = false;
+    loop {
+        tokio::select! {
+            result = conn.as_mut() => {
+                if let Err(e) = result {
+                    tracing::debug!(%peer, error = %e, "connection ended with an error");
+                }
+                return;
+            }
+            _ = stop.cancelled(), if !closing => {
+                closing = true;
+                conn.as_mut().graceful_shutdown();
+            }
+            _ = idle_timeout(&activity, limits.keepalive_idle_timeout), if !closing => {
+                closing = true;
+                conn.as_mut().graceful_shutdown();
+            }
+        }
+    }
+}
+
+/// Completes once the connection has had no request in flight for `limit`.
+async fn idle_timeout(activity: &Activity, limit: Duration) {
+    while let Some(left) = activity.idle_left(limit) {
+        tokio::time::sleep(left).await;
+    }
+}

@@ -188,6 +188,20 @@ fn no_region_at_all_is_reported() {
 }
 
 #[test]
+fn unknown_region_without_any_region_says_none_is_configured() {
+    let text = "[geo]\ndefault_region = \"us\"\n";
+    let issues = rejected(text);
+    assert_eq!(issues.len(), 2, "{issues:#?}");
+    assert_issue(&issues[0], 1, "region", "expected at least one [[region]]");
+    assert_issue(
+        &issues[1],
+        2,
+        "geo.default_region",
+        "unknown region \"us\": expected one of the names given in [[region]] (none is configured)",
+    );
+}
+
+#[test]
 fn duplicate_region_name_is_reported_on_the_second() {
     let text = r#"
 [[region]]
@@ -877,7 +891,7 @@ backends = ["http://10.2.0.10"]
     assert_eq!(l.max_header_bytes, 64 * 1024);
     assert_eq!(l.max_headers, 100);
     assert_eq!(l.header_read_timeout, Duration::from_secs(10));
-    assert_eq!(l.keepalive_idle_timeout, Duration::from_secs(60));
+    assert_eq!(l.keepalive_idle_timeout, Duration::from_secs(5));
     assert_eq!(l.shutdown_grace, Duration::from_secs(30));
 
     let s = &config.status_page;
@@ -1107,14 +1121,14 @@ backends = ["http://10.3.0.10:8080"]
         "admin:  127.0.0.1:9901 (no token)",
         "regions:",
         "  us (2 backends; failover: eu -> ap; health: GET /healthz every 1s, timeout 800ms, rise 2, fall 2)",
-        "    http://10.1.0.10:8080/",
-        "    http://10.1.0.11:8080/",
+        "    http://10.1.0.10:8080",
+        "    http://10.1.0.11:8080",
         "    countries: US",
         "  eu (1 backend; failover: none; health: GET /up every 1s, timeout 500ms, rise 2, fall 2)",
-        "    http://10.2.0.10:8080/",
+        "    http://10.2.0.10:8080",
         "    continents: EU",
         "  ap (1 backend; failover: us; health: GET /healthz every 1s, timeout 800ms, rise 2, fall 2)",
-        "    http://10.3.0.10:8080/",
+        "    http://10.3.0.10:8080",
         "geo: 0 overrides, default region eu",
     ];
     assert_eq!(lines, expected, "{summary}");
@@ -1144,6 +1158,11 @@ fn reference_config_is_valid() {
     assert_eq!(config.regions[eu].failover, [us]);
     assert!(config.admin.is_some(), "the reference config shows [admin]");
     assert!(!config.geo.overrides.is_empty(), "and a [[geo.override]]");
+    assert_eq!(
+        config.warnings(),
+        Vec::<String>::new(),
+        "and warns about nothing"
+    );
 }
 
 #[test]

@@ -1,0 +1,350 @@
+//! Test support: real hyper backends on 127.0.0.1:0 that can be taken off the
+//! network and brought back, configuration builders, a client, and waiting
+//! with a deadline.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use meridian::config::Config;
+use meridian::server::{self, Running};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+/// A deterministic byte stream of `len` bytes in 64 KiB chunks: byte i is `(i * 7 + i / 251) as u8`.
+pub struct PatternBody {
+    sent: u64,
+    len: u64,
+}
+
+impl PatternBody {
+    pub fn new(len: u64) -> Self {
+        PatternBody { sent: 0, len }
+    }
+}
+
+pub fn pattern_byte(i: u64) -> u8 {
+    (i.wrapping_mul(7).wrapping_add(i / 251)) as u8
+}
+
+impl Body for PatternBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        if self.sent >= self.len {
+            return Poll::Ready(None);
+        }
+        let n = (self.len - self.sent).min(64 * 1024);
+        let start = self.sent;
+        let chunk: Vec<u8> = (start..start + n).map(pattern_byte).collect();
+        self.sent += n;
+        Poll::Ready(Some(Ok(Frame::data(Bytes::from(chunk)))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.sent >= self.len
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::with_exact(self.len - self.sent)
+    }
+}
+
+/// Reads `body` to its end, checking every byte against the pattern; returns the length.
+pub async fn check_pattern<B>(mut body: B) -> Result<u64, String>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: std::fmt::Display,
+{
+    let mut offset = 0u64;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| format!("body error after {offset} bytes: {e}"))?;
+        if let Ok(data) = frame.into_data() {
+            for (k, b) in data.iter().enumerate() {
+                let i = offset + k as u64;
+                if *b != pattern_byte(i) {
+                    return Err(format!("byte {i} is {b}, expected {}", pattern_byte(i)));
+                }
+            }
+            offset += data.len() as u64;
+        }
+    }
+    Ok(offset)
+}
+
+type BoxBody = http_body_util::combinators::UnsyncBoxBody<Bytes, Infallible>;
+
+fn text(status: StatusCode, body: String) -> Response<BoxBody> {
+    let mut r = Response::new(Full::new(Bytes::from(body)).boxed_unsync());
+    *r.status_mut() = status;
+    r
+}
+
+/// A real backend on loopback. Paths:
+/// - `/healthz`: 200 `ok`
+/// - `/big?n=BYTES`: a [`PatternBody`] of that length
+/// - `/sink` (any method): reads the body, checks the pattern, answers the length
+/// - `/slow?ms=N`: answers after N milliseconds
+/// - `/hang`: never answers
+/// - anything else: JSON with the backend's name, the path and the headers it received
+pub struct Backend {
+    pub name: String,
+    pub addr: SocketAddr,
+    up: watch::Sender<bool>,
+    pub hits: Arc<AtomicUsize>,
+}
+
+impl Backend {
+    pub async fn start(name: &str) -> Backend {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (up, rx) = watch::channel(true);
+        let hits = Arc::new(AtomicUsize::new(0));
+        tokio::spawn(serve(
+            Some(listener),
+            addr,
+            name.to_owned(),
+            rx,
+            Arc::clone(&hits),
+        ));
+        Backend {
+            name: name.to_owned(),
+            addr,
+            up,
+            hits,
+        }
+    }
+
+    /// Closes the port and drops open connections (`false`), or listens again (`true`).
+    pub fn set_up(&self, up: bool) {
+        self.up.send_replace(up);
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+async fn serve(
+    mut listener: Option<TcpListener>,
+    addr: SocketAddr,
+    name: String,
+    mut up: watch::Receiver<bool>,
+    hits: Arc<AtomicUsize>,
+) {
+    loop {
+        if !*up.borrow_and_update() {
+            listener = None;
+            if up.changed().await.is_err() {
+                return;
+            }
+            continue;
+        }
+        let l = match listener.take() {
+            Some(l) => l,
+            None => match TcpListener::bind(addr).await {
+                Ok(l) => l,
+                Err(_) => {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    continue;
+                }
+            },
+        };
+        let (down_tx, _) = tokio::sync::broadcast::channel::<()>(1);
+        loop {
+            tokio::select! {
+                changed = up.changed() => {
+                    if changed.is_err() { return }
+                    if !*up.borrow() { let _ = down_tx.send(()); break }
+                }
+                accepted = l.accept() => {
+                    let Ok((stream, _)) = accepted else { continue };
+                    let name = name.clone();
+                    let hits = Arc::clone(&hits);
+                    let mut down = down_tx.subscribe();
+                    tokio::spawn(async move {
+                        let service = service_fn(move |req| handle(name.clone(), Arc::clone(&hits), req));
+                        let conn = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service);
+                        tokio::select! {
+                            _ = conn => {}
+                            _ = down.recv() => {}
+                        }
+                    });
+                }
+            }
+        }
+    }
+}
+
+fn query(req: &Request<Incoming>, key: &str) -> Option<u64> {
+    req.uri()
+        .query()?
+        .split('&')
+        .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('=')?.parse().ok())
+}
+
+async fn handle(
+    name: String,
+    hits: Arc<AtomicUsize>,
+    req: Request<Incoming>,
+) -> Result<Response<BoxBody>, Infallible> {
+    let path = req.uri().path().to_owned();
+    if path == "/healthz" {
+        return Ok(text(StatusCode::OK, "ok".into()));
+    }
+    hits.fetch_add(1, Ordering::Relaxed);
+    Ok(match path.as_str() {
+        "/big" => {
+            let n = query(&req, "n").unwrap_or(0);
+            Response::new(PatternBody::new(n).boxed_unsync())
+        }
+        "/sink" => match check_pattern(req.into_body()).await {
+            Ok(n) => text(StatusCode::OK, n.to_string()),
+            Err(e) => text(StatusCode::BAD_REQUEST, e),
+        },
+        "/slow" => {
+            tokio::time::sleep(Duration::from_millis(query(&req, "ms").unwrap_or(500))).await;
+            text(StatusCode::OK, format!("slow answer from {name}"))
+        }
+        "/hang" => {
+            std::future::pending::<()>().await;
+            unreachable!()
+        }
+        _ => {
+            let headers: BTreeMap<String, Vec<String>> = req
+                .headers()
+                .keys()
+                .map(|k| {
+                    (
+                        k.as_str().to_owned(),
+                        req.headers()
+                            .get_all(k)
+                            .iter()
+                            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+                            .collect(),
+                    )
+                })
+                .collect();
+            let body = serde_json::json!({ "backend": name, "path": req.uri().to_string(), "headers": headers });
+            text(StatusCode::OK, body.to_string())
+        }
+    })
+}
+
+/// A region for [`config_text`]: name, backends, failover.
+pub struct R<'a>(pub &'a str, pub &'a [&'a Backend], pub &'a [&'a str]);
+
+/// A configuration on port 0 with fast health checks (every 100 ms, rise 2,
+/// fall 2); `extra` is appended as more TOML.
+pub fn config_text(regions: &[R], extra: &str) -> String {
+    let mut t =
+        String::from("[listen]\nhttp = \"127.0.0.1:0\"\n\n[admin]\nlisten = \"127.0.0.1:0\"\n\n");
+    for R(name, backends, failover) in regions {
+        let b: Vec<String> = backends
+            .iter()
+            .map(|b| format!("\"{}\"", b.url()))
+            .collect();
+        let f: Vec<String> = failover.iter().map(|f| format!("\"{f}\"")).collect();
+        t.push_str(&format!(
+            "[[region]]\nname = \"{name}\"\nfailover = [{}]\nbackends = [{}]\n[region.health]\ninterval = \"100ms\"\ntimeout = \"300ms\"\nrise = 2\nfall = 2\n\n",
+            f.join(", "),
+            b.join(", ")
+        ));
+    }
+    t.push_str(extra);
+    t
+}
+
+/// Starts Meridian with `text` as its configuration.
+pub async fn start(text: &str) -> Running {
+    let config = Config::parse("test.toml", text)
+        .unwrap_or_else(|e| panic!("test config invalid:\n{e}\n{text}"));
+    server::start(config).await.expect("meridian starts")
+}
+
+pub type TestClient = Client<HttpConnector, BoxBody>;
+
+pub fn client() -> TestClient {
+    Client::builder(TokioExecutor::new()).build(HttpConnector::new())
+}
+
+/// GET `path` from Meridian; returns status, headers and body text.
+pub async fn get(
+    m: &Running,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> (StatusCode, http::HeaderMap, String) {
+    let mut req = Request::get(format!("http://{}{path}", m.http_addr));
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let req = req.body(Full::new(Bytes::new()).boxed_unsync()).unwrap();
+    let resp = tokio::time::timeout(Duration::from_secs(10), client().request(req))
+        .await
+        .expect("answer within 10 s")
+        .expect("request succeeds");
+    let (parts, body) = resp.into_parts();
+    let body = body.collect().await.unwrap().to_bytes();
+    (
+        parts.status,
+        parts.headers,
+        String::from_utf8_lossy(&body).into_owned(),
+    )
+}
+
+/// The backend name in a JSON echo body.
+pub fn served_by(body: &str) -> String {
+    let v: serde_json::Value =
+        serde_json::from_str(body).unwrap_or_else(|_| panic!("not an echo body: {body}"));
+    v["backend"].as_str().unwrap_or_default().to_owned()
+}
+
+/// Polls `condition` every 20 ms until it holds, or panics after `limit` with `what`.
+pub async fn wait_for<F, Fut>(limit: Duration, what: &str, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if condition().await {
+            return;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            panic!("timed out after {limit:?} waiting for: {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The state of region `name` as `/api/v1/status` reports it.
+pub async fn region_state(m: &Running, name: &str) -> String {
+    let status = meridian::admin::status_body(&m.shared);
+    let v = serde_json::to_value(status).unwrap();
+    v["regions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == name)
+        .map(|r| r["state"].as_str().unwrap().to_owned())
+        .unwrap_or_default()
+}

@@ -1,0 +1,338 @@
+//! End to end: Meridian in-process in front of real hyper backends on loopback.
+
+mod common;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::*;
+use http::{Request, StatusCode};
+use http_body_util::BodyExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const MB_100: u64 = 100 * 1024 * 1024;
+
+async fn two_regions() -> (Backend, Backend, Backend, meridian::server::Running) {
+    let us1 = Backend::start("us-1").await;
+    let us2 = Backend::start("us-2").await;
+    let eu1 = Backend::start("eu-1").await;
+    let text = config_text(
+        &[R("us", &[&us1, &us2], &["eu"]), R("eu", &[&eu1], &["us"])],
+        "[geo]\ndefault_region = \"us\"\n",
+    );
+    let m = start(&text).await;
+    wait_for(Duration::from_secs(5), "both regions healthy", || async {
+        region_state(&m, "us").await == "healthy" && region_state(&m, "eu").await == "healthy"
+    })
+    .await;
+    (us1, us2, eu1, m)
+}
+
+#[tokio::test]
+async fn requests_reach_the_preferred_region_round_robin() {
+    let (_us1, _us2, _eu1, m) = two_regions().await;
+    let mut seen = Vec::new();
+    for _ in 0..4 {
+        let (status, headers, body) = get(&m, "/hello?x=1", &[]).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(headers["x-meridian-region"], "us");
+        seen.push(served_by(&body));
+    }
+    seen.sort();
+    assert_eq!(
+        seen,
+        vec!["us-1", "us-1", "us-2", "us-2"],
+        "round robin over the us backends"
+    );
+    m.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_geo_override_picks_the_region() {
+    let us1 = Backend::start("us-1").await;
+    let eu1 = Backend::start("eu-1").await;
+    let extra = "[geo]\ndefault_region = \"us\"\n[[geo.override]]\ncidr = \"127.0.0.0/8\"\nregion = \"eu\"\n";
+    let m = start(&config_text(
+        &[R("us", &[&us1], &["eu"]), R("eu", &[&eu1], &["us"])],
+        extra,
+    ))
+    .await;
+    wait_for(Duration::from_secs(5), "eu healthy", || async {
+        region_state(&m, "eu").await == "healthy"
+    })
+    .await;
+    let (_, headers, body) = get(&m, "/", &[]).await;
+    assert_eq!(served_by(&body), "eu-1");
+    assert_eq!(headers["x-meridian-region"], "eu");
+    m.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_backend_sees_clean_forwarding_headers() {
+    let (_us1, _us2, _eu1, m) = two_regions().await;
+    let (_, headers, body) = get(
+        &m,
+        "/echo",
+        &[
+            ("host", "app.example.com"),
+            ("x-forwarded-for", "198.51.100.9"),
+            ("connection", "x-private"),
+            ("x-private", "secret"),
+            ("keep-alive", "timeout=5"),
+            ("proxy-authorization", "Basic Zm9vOmJhcg=="),
+        ],
+    )
+    .await;
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let h = &v["headers"];
+    assert_eq!(h["host"][0], "app.example.com", "Host is preserved");
+    assert_eq!(h["x-forwarded-for"][0], "198.51.100.9, 127.0.0.1");
+    assert_eq!(h["x-forwarded-proto"][0], "http");
+    assert_eq!(h["x-forwarded-host"][0], "app.example.com");
+    assert_eq!(h["via"][0], "1.1 meridian");
+    for gone in ["x-private", "keep-alive", "proxy-authorization"] {
+        assert!(
+            h.get(gone).is_none(),
+            "{gone} must not reach the backend: {h}"
+        );
+    }
+    assert_eq!(headers["via"], "1.1 meridian");
+    assert_eq!(v["path"], "/echo");
+    m.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_region_that_stops_listening_fails_over_and_comes_back_after_rise() {
+    let (us1, us2, _eu1, m) = two_regions().await;
+    us1.set_up(false);
+    us2.set_up(false);
+    // Even before the checks notice, a refused connection moves on to eu.
+    let (status, headers, body) = get(&m, "/", &[]).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(headers["x-meridian-region"], "eu");
+    assert_eq!(served_by(&body), "eu-1");
+
+    wait_for(
+        Duration::from_secs(5),
+        "us marked down by health checks",
+        || async { region_state(&m, "us").await == "down" },
+    )
+    .await;
+    for _ in 0..3 {
+        let (status, _, body) = get(&m, "/", &[]).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(served_by(&body), "eu-1");
+    }
+    let events =
+        serde_json::to_value(meridian::admin::status_body(&m.shared)).unwrap()["events"].clone();
+    assert!(
+        events
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["subject"] == "us" && e["to"] == "down"),
+        "the transition is recorded: {events}"
+    );
+
+    us1.set_up(true);
+    us2.set_up(true);
+    wait_for(
+        Duration::from_secs(5),
+        "us back after rise good checks",
+        || async { region_state(&m, "us").await == "healthy" },
+    )
+    .await;
+    let (_, headers, _) = get(&m, "/", &[]).await;
+    assert_eq!(headers["x-meridian-region"], "us");
+    m.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_status_page_answers_when_every_backend_is_down() {
+    let us1 = Backend::start("us-1").await;
+    let eu1 = Backend::start("eu-1").await;
+    let extra = "[status_page]\nbrand = \"Acme\"\ntitle = \"Acme is taking a break\"\nretry_after = \"12s\"\n";
+    let m = start(&config_text(
+        &[R("us", &[&us1], &["eu"]), R("eu", &[&eu1], &["us"])],
+        extra,
+    ))
+    .await;
+    wait_for(Duration::from_secs(5), "healthy", || async {
+        region_state(&m, "eu").await == "healthy"
+    })
+    .await;
+    us1.set_up(false);
+    eu1.set_up(false);
+    wait_for(Duration::from_secs(5), "both regions down", || async {
+        region_state(&m, "us").await == "down" && region_state(&m, "eu").await == "down"
+    })
+    .await;
+
+    let (status, headers, body) = get(&m, "/", &[("accept", "text/html,*/*;q=0.8")]).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(headers["retry-after"], "12");
+    assert_eq!(headers["cache-control"], "no-store");
+    assert!(headers["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/html"));
+    assert!(body.contains("Acme is taking a break"), "{body}");
+    assert!(body.contains("us: unavailable") && body.contains("eu: unavailable"));
+    assert!(
+        !body.contains("127.0.0.1"),
+        "no internal address on the public page"
+    );
+
+    let (status, headers, body) = get(&m, "/api/thing", &[("accept", "application/json")]).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(headers["retry-after"], "12");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["error"], "service_unavailable");
+    assert_eq!(v["retry_after"], 12);
+    m.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_backend_that_never_answers_gets_the_page_within_the_first_byte_timeout() {
+    let us1 = Backend::start("us-1").await;
+    let extra = "[proxy]\nfirst_byte_timeout = \"300ms\"\n";
+    let m = start(&config_text(&[R("us", &[&us1], &[])], extra)).await;
+    wait_for(Duration::from_secs(5), "healthy", || async {
+        region_state(&m, "us").await == "healthy"
+    })
+    .await;
+    let started = tokio::time::Instant::now();
+    let (status, headers, _) = get(&m, "/hang", &[]).await;
+    assert_eq!(status, StatusCode::GATEWAY_TIMEOUT);
+    assert_eq!(headers["cache-control"], "no-store");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "bounded by the timeout, not hung"
+    );
+    m.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_100_mb_response_streams_through_intact() {
+    let (_us1, _us2, _eu1, m) = two_regions().await;
+    let req = Request::get(format!("http://{}/big?n={MB_100}", m.http_addr))
+        .body(http_body_util::Full::new(Bytes::new()).boxed_unsync())
+        .unwrap();
+    let resp = client().request(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let n = check_pattern(resp.into_body())
+        .await
+        .expect("every byte intact");
+    assert_eq!(n, MB_100);
+    m.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_100_mb_request_body_streams_through_intact() {
+    let (_us1, _us2, _eu1, m) = two_regions().await;
+    let req = Request::post(format!("http://{}/sink", m.http_addr))
+        .body(PatternBody::new(MB_100).boxed_unsync())
+        .unwrap();
+    let resp = client().request(req).await.unwrap();
+    let status = resp.status();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
+    assert_eq!(String::from_utf8_lossy(&body), MB_100.to_string());
+    m.shutdown().await;
+}
+
+#[tokio::test]
+async fn shutdown_lets_a_request_in_flight_finish() {
+    let (_us1, _us2, _eu1, m) = two_regions().await;
+    let addr = m.http_addr;
+    let slow = tokio::spawn(async move {
+        let req = Request::get(format!("http://{addr}/slow?ms=700"))
+            .body(http_body_util::Full::new(Bytes::new()).boxed_unsync())
+            .unwrap();
+        let resp = client()
+            .request(req)
+            .await
+            .expect("answered despite shutdown");
+        let status = resp.status();
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        (status, String::from_utf8_lossy(&body).into_owned())
+    });
+    // Shut down once the request has reached a backend.
+    let hits = || {
+        _us1.hits.load(std::sync::atomic::Ordering::Relaxed)
+            + _us2.hits.load(std::sync::atomic::Ordering::Relaxed)
+    };
+    wait_for(
+        Duration::from_secs(5),
+        "slow request reached a backend",
+        || async { hits() == 1 },
+    )
+    .await;
+    m.shutdown().await;
+    let (status, body) = slow.await.unwrap();
+    assert_eq!(status, StatusCode::OK);
+    assert!(body.starts_with("slow answer from us-"), "{body}");
+    // After shutdown nothing listens any more.
+    assert!(
+        tokio::net::TcpStream::connect(addr).await.is_err(),
+        "listener closed"
+    );
+}
+
+#[tokio::test]
+async fn an_oversized_request_head_is_refused_with_431() {
+    let us1 = Backend::start("us-1").await;
+    let m = start(&config_text(
+        &[R("us", &[&us1], &[])],
+        "[limits]\nmax_header_bytes = 8192\n",
+    ))
+    .await;
+    wait_for(Duration::from_secs(5), "healthy", || async {
+        region_state(&m, "us").await == "healthy"
+    })
+    .await;
+    let mut s = tokio::net::TcpStream::connect(m.http_addr).await.unwrap();
+    let big = "a".repeat(16 * 1024);
+    s.write_all(format!("GET / HTTP/1.1\r\nhost: x\r\nx-big: {big}\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut answer)).await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 431"), "{answer}");
+    assert_eq!(
+        us1.hits.load(std::sync::atomic::Ordering::Relaxed),
+        0,
+        "nothing reached the backend"
+    );
+    m.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_idle_keep_alive_connection_is_closed() {
+    let us1 = Backend::start("us-1").await;
+    let extra = "[limits]\nkeepalive_idle_timeout = \"300ms\"\nheader_read_timeout = \"10s\"\n";
+    let m = start(&config_text(&[R("us", &[&us1], &[])], extra)).await;
+    wait_for(Duration::from_secs(5), "healthy", || async {
+        region_state(&m, "us").await == "healthy"
+    })
+    .await;
+    let mut s = tokio::net::TcpStream::connect(m.http_addr).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 64 * 1024];
+    let n = s.read(&mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    // Then silence: the connection must be closed by Meridian.
+    let started = tokio::time::Instant::now();
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut rest)).await;
+    assert!(closed.is_ok(), "idle connection was not closed");
+    assert!(
+        started.elapsed() >= Duration::from_millis(200),
+        "closed too early: {:?}",
+        started.elapsed()
+    );
+    m.shutdown().await;
+}

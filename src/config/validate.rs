@@ -376,6 +376,12 @@ fn check_backends(issues: &mut Issues, i: usize, r: &file::RegionFile) -> Vec<Ba
                 );
             }
             Ok(backend) => out.push(backend),
+            // The line and column point at it; echoing it would put a password in logs.
+            Err(why) if b.get_ref().contains('@') => issues.at(
+                span(b),
+                key,
+                format!("invalid backend URL (not shown: it may hold a password): {why}"),
+            ),
             Err(why) => issues.at(
                 span(b),
                 key,

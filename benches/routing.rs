@@ -1,1 +1,116 @@
-fn main() {}
+//! Micro-benchmarks of the request path's pure parts: the routing plan,
+//! header rewriting, and status page rendering.
+//!
+//! Run with `cargo bench --bench routing`.
+
+use std::hint::black_box;
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use http::{HeaderMap, HeaderName, HeaderValue, Version};
+use meridian::config::Config;
+use meridian::health::BackendState;
+use meridian::state::{BackendView, RegionState, RegionView};
+use meridian::status_page::{PublicRegion, Rescue, StatusPages};
+use meridian::{geo, headers, routing};
+
+const CONFIG: &str = r#"
+[geo]
+default_region = "us"
+[[geo.override]]
+cidr = "10.0.0.0/8"
+region = "eu"
+[[geo.override]]
+cidr = "10.1.0.0/16"
+region = "us"
+[[region]]
+name = "us"
+failover = ["eu"]
+backends = ["http://10.0.0.1:80", "http://10.0.0.2:80", "http://10.0.0.3:80", "http://10.0.0.4:80"]
+[[region]]
+name = "eu"
+failover = ["us"]
+backends = ["http://10.1.0.1:80", "http://10.1.0.2:80"]
+"#;
+
+fn views(us: BackendState) -> Vec<RegionView> {
+    let view = |n: usize, s: BackendState| RegionView {
+        state: RegionState::of(std::iter::repeat_n(s, n)),
+        backends: vec![BackendView { state: s, last_error: None }; n],
+    };
+    vec![view(4, us), view(2, BackendState::Up)]
+}
+
+fn bench_routing(c: &mut Criterion) {
+    let config = Config::parse("bench.toml", CONFIG).unwrap();
+    let healthy = views(BackendState::Up);
+    let us_down = views(BackendState::Down);
+    let client = "10.1.2.3".parse().unwrap();
+    c.bench_function("geo::preferred_region", |b| {
+        b.iter(|| geo::preferred_region(black_box(&config.geo), black_box(client)))
+    });
+    let mut rotation = 0usize;
+    c.bench_function("routing::plan (preferred healthy)", |b| {
+        b.iter(|| {
+            rotation = rotation.wrapping_add(1);
+            routing::plan(&config.regions, black_box(&healthy), 0, rotation, 3)
+        })
+    });
+    c.bench_function("routing::plan (failover)", |b| {
+        b.iter(|| {
+            rotation = rotation.wrapping_add(1);
+            routing::plan(&config.regions, black_box(&us_down), 0, rotation, 3)
+        })
+    });
+}
+
+fn browser_headers() -> HeaderMap {
+    let mut h = HeaderMap::new();
+    for (k, v) in [
+        ("host", "app.example.com"),
+        ("user-agent", "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/126.0 Safari/537.36"),
+        ("accept", "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"),
+        ("accept-language", "en-US,en;q=0.9"),
+        ("accept-encoding", "gzip, deflate, br"),
+        ("cookie", "session=abcdef0123456789; theme=dark"),
+        ("connection", "keep-alive"),
+        ("x-forwarded-for", "198.51.100.7"),
+    ] {
+        h.append(HeaderName::from_static(k), HeaderValue::from_static(v));
+    }
+    h
+}
+
+fn bench_headers(c: &mut Criterion) {
+    let template = browser_headers();
+    let client = "203.0.113.9".parse().unwrap();
+    c.bench_function("headers::forward_request (8 headers)", |b| {
+        b.iter_batched(
+            || template.clone(),
+            |mut h| {
+                headers::forward_request(&mut h, Version::HTTP_11, client, "http", None);
+                h
+            },
+            criterion::BatchSize::SmallInput,
+        )
+    });
+}
+
+fn bench_status_page(c: &mut Criterion) {
+    let config = Config::parse("bench.toml", CONFIG).unwrap();
+    let pages = StatusPages::new(&config.status_page).unwrap();
+    let regions = vec![
+        PublicRegion { name: "us".into(), up: false },
+        PublicRegion { name: "eu".into(), up: false },
+    ];
+    let html = browser_headers();
+    let json = HeaderMap::new();
+    c.bench_function("status_page html", |b| {
+        b.iter(|| pages.respond(Rescue::NoRegion, black_box(&regions), &html))
+    });
+    c.bench_function("status_page json", |b| {
+        b.iter(|| pages.respond(Rescue::NoRegion, black_box(&regions), &json))
+    });
+}
+
+criterion_group!(benches, bench_routing, bench_headers, bench_status_page);
+criterion_main!(benches);

@@ -35,7 +35,13 @@ backends = ["http://10.1.0.1:80", "http://10.1.0.2:80"]
 fn views(us: BackendState) -> Vec<RegionView> {
     let view = |n: usize, s: BackendState| RegionView {
         state: RegionState::of(std::iter::repeat_n(s, n)),
-        backends: vec![BackendView { state: s, last_error: None }; n],
+        backends: vec![
+            BackendView {
+                state: s,
+                last_error: None
+            };
+            n
+        ],
     };
     vec![view(4, us), view(2, BackendState::Up)]
 }
@@ -99,8 +105,14 @@ fn bench_status_page(c: &mut Criterion) {
     let config = Config::parse("bench.toml", CONFIG).unwrap();
     let pages = StatusPages::new(&config.status_page).unwrap();
     let regions = vec![
-        PublicRegion { name: "us".into(), up: false },
-        PublicRegion { name: "eu".into(), up: false },
+        PublicRegion {
+            name: "us".into(),
+            up: false,
+        },
+        PublicRegion {
+            name: "eu".into(),
+            up: false,
+        },
     ];
     let html = browser_headers();
     let json = HeaderMap::new();

@@ -1,5 +1,7 @@
 //! Logging: `tracing` to standard error, filtered by `RUST_LOG` (default `info`).
 
+use std::io::IsTerminal;
+
 use tracing_subscriber::EnvFilter;
 
 /// Installs the global subscriber; later calls do nothing.
@@ -8,5 +10,7 @@ pub fn init() {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        // Colour codes only help a person at a terminal; they garble log files.
+        .with_ansi(std::io::stderr().is_terminal())
         .try_init();
 }

@@ -86,3 +86,105 @@ fn run_refuses_an_invalid_config() {
     assert_eq!(code, 1);
     assert!(err.contains("`listen.htp`: unknown key"), "{err}");
 }
+
+/// Starts the binary on `config`, returning the child once `port` accepts.
+async fn spawn_meridian(config: &std::path::Path, port: u16) -> std::process::Child {
+    let child = Command::new(env!("CARGO_BIN_EXE_meridian"))
+        .args(["run", "-c", config.to_str().unwrap()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("starts");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .is_err()
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "meridian did not listen on {port}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    child
+}
+
+mod common;
+
+#[tokio::test]
+async fn sigterm_lets_a_request_in_flight_finish_then_exits_zero() {
+    use common::*;
+    let us1 = Backend::start("us-1").await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let text = config_text(&[R("us", &[&us1], &[])], "").replace(
+        "127.0.0.1:0\"\n\n[admin]",
+        &format!("127.0.0.1:{port}\"\n\n[admin]"),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("m.toml");
+    std::fs::write(&path, text).unwrap();
+    let mut child = spawn_meridian(&path, port).await;
+
+    let base = format!("http://127.0.0.1:{port}");
+    let fetch = |path: String| async move {
+        let req = http::Request::get(path)
+            .body(http_body_util::BodyExt::boxed_unsync(
+                http_body_util::Full::new(bytes::Bytes::new()),
+            ))
+            .unwrap();
+        let resp = client().request(req).await.map_err(|e| e.to_string())?;
+        let status = resp.status();
+        let body = http_body_util::BodyExt::collect(resp.into_body())
+            .await
+            .map_err(|e| e.to_string())?
+            .to_bytes();
+        Ok::<_, String>((status, String::from_utf8_lossy(&body).into_owned()))
+    };
+    let ready = base.clone();
+    wait_for(
+        std::time::Duration::from_secs(10),
+        "the backend is up behind the binary",
+        || {
+            let url = format!("{ready}/");
+            async move { matches!(fetch(url).await, Ok((s, _)) if s == 200) }
+        },
+    )
+    .await;
+
+    let hits_before = us1.hits.load(std::sync::atomic::Ordering::Relaxed);
+    let slow = tokio::spawn(fetch(format!("{base}/slow?ms=800")));
+    wait_for(
+        std::time::Duration::from_secs(5),
+        "the slow request reached the backend",
+        || async { us1.hits.load(std::sync::atomic::Ordering::Relaxed) > hits_before },
+    )
+    .await;
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+
+    let (status, body) = slow
+        .await
+        .unwrap()
+        .expect("the request in flight is answered");
+    assert_eq!(status, 200);
+    assert_eq!(body, "slow answer from us-1");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let code = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status.code();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "meridian did not exit after SIGTERM"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    assert_eq!(code, Some(0));
+}

@@ -336,3 +336,60 @@ async fn an_idle_keep_alive_connection_is_closed() {
     );
     m.shutdown().await;
 }
+
+#[tokio::test]
+async fn connections_beyond_the_limit_wait_until_one_closes() {
+    let us1 = Backend::start("us-1").await;
+    let extra = "[limits]\nmax_connections = 1\nkeepalive_idle_timeout = \"10s\"\n";
+    let m = start(&config_text(&[R("us", &[&us1], &[])], extra)).await;
+    wait_for(Duration::from_secs(5), "healthy", || async {
+        region_state(&m, "us").await == "healthy"
+    })
+    .await;
+    let request = b"GET / HTTP/1.1\r\nhost: x\r\n\r\n";
+    let mut first = tokio::net::TcpStream::connect(m.http_addr).await.unwrap();
+    first.write_all(request).await.unwrap();
+    let mut buf = vec![0u8; 64 * 1024];
+    let n = first.read(&mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+
+    // The second connection is accepted by the kernel but not served while
+    // the first one holds the only slot.
+    let mut second = tokio::net::TcpStream::connect(m.http_addr).await.unwrap();
+    second.write_all(request).await.unwrap();
+    let early = tokio::time::timeout(Duration::from_millis(300), second.read(&mut buf)).await;
+    assert!(early.is_err(), "served beyond max_connections");
+
+    drop(first);
+    let n = tokio::time::timeout(Duration::from_secs(5), second.read(&mut buf))
+        .await
+        .expect("served once the first connection closed")
+        .unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    m.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_client_too_slow_to_send_its_request_head_is_dropped() {
+    let us1 = Backend::start("us-1").await;
+    let extra = "[limits]\nheader_read_timeout = \"300ms\"\n";
+    let m = start(&config_text(&[R("us", &[&us1], &[])], extra)).await;
+    wait_for(Duration::from_secs(5), "healthy", || async {
+        region_state(&m, "us").await == "healthy"
+    })
+    .await;
+    let mut s = tokio::net::TcpStream::connect(m.http_addr).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nhost: x\r\nx-slow: ")
+        .await
+        .unwrap();
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut rest)).await;
+    assert!(closed.is_ok(), "a slow-header client must be dropped");
+    assert!(!String::from_utf8_lossy(&rest).contains("200 OK"));
+    assert_eq!(
+        us1.hits.load(std::sync::atomic::Ordering::Relaxed),
+        0,
+        "nothing reached the backend"
+    );
+    m.shutdown().await;
+}

@@ -1,5 +1,7 @@
 //! Meridian: a geo-failover edge reverse proxy.
+pub mod activity;
 pub mod admin;
+pub mod body;
 pub mod config;
 pub mod demo;
 pub mod geo;

@@ -4,21 +4,17 @@
 
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
-use bytes::Bytes;
 use http::header::HeaderValue;
 use http::{HeaderMap, Method, Request, Response, Uri, Version};
-use http_body::{Body, Frame, SizeHint};
-use http_body_util::{Either, Empty, Full};
+use http_body::Body;
 use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
-use pin_project_lite::pin_project;
 
+use crate::body::{Reclaim, ResponseBody, UpstreamBody};
 use crate::config::Config;
 use crate::routing::{self, Plan};
 use crate::state::{Shared, Snapshot};
@@ -28,85 +24,8 @@ use crate::{geo, headers};
 /// Response header naming the region that served the request.
 pub const X_MERIDIAN_REGION: http::HeaderName = http::HeaderName::from_static("x-meridian-region");
 
-/// Body sent to a backend: the client's streamed body, or nothing on a retry.
-pub type UpstreamBody = Either<Incoming, Empty<Bytes>>;
-
 /// The pooled client used for live traffic.
 pub type UpstreamClient = Client<HttpConnector, UpstreamBody>;
-
-pin_project! {
-    #[project = InnerProj]
-    enum Inner {
-        Upstream { #[pin] body: Incoming },
-        Local { #[pin] body: Full<Bytes> },
-    }
-}
-
-pin_project! {
-    /// A response body sent to a client: a backend's body, streamed, or one of
-    /// Meridian's own pages. It holds its guard until the body is done or dropped.
-    pub struct ResponseBody {
-        #[pin]
-        inner: Inner,
-        guard: Option<Box<dyn Send + Sync>>,
-    }
-}
-
-impl ResponseBody {
-    fn upstream(body: Incoming) -> Self {
-        ResponseBody {
-            inner: Inner::Upstream { body },
-            guard: None,
-        }
-    }
-
-    fn local(body: Full<Bytes>) -> Self {
-        ResponseBody {
-            inner: Inner::Local { body },
-            guard: None,
-        }
-    }
-
-    /// Keeps `guard` alive until the body is finished or dropped.
-    pub fn with_guard(mut self, guard: impl Send + Sync + 'static) -> Self {
-        self.guard = Some(Box::new(guard));
-        self
-    }
-}
-
-impl Body for ResponseBody {
-    type Data = Bytes;
-    type Error = hyper::Error;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let this = self.project();
-        let polled = match this.inner.project() {
-            InnerProj::Upstream { body } => body.poll_frame(cx),
-            InnerProj::Local { body } => body.poll_frame(cx).map_err(|never| match never {}),
-        };
-        if let Poll::Ready(None) = polled {
-            this.guard.take();
-        }
-        polled
-    }
-
-    fn is_end_stream(&self) -> bool {
-        match &self.inner {
-            Inner::Upstream { body } => body.is_end_stream(),
-            Inner::Local { body } => body.is_end_stream(),
-        }
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match &self.inner {
-            Inner::Upstream { body } => body.size_hint(),
-            Inner::Local { body } => body.size_hint(),
-        }
-    }
-}
 
 /// Builds the pooled client for live traffic from `[proxy]`.
 pub fn upstream_client(config: &Config) -> UpstreamClient {
@@ -201,8 +120,8 @@ impl Proxy {
     }
 
     /// Phase 2: tries candidates in order until one answers. Only a failure to
-    /// connect moves on to the next candidate, and only while the request body
-    /// has not been handed to a backend.
+    /// connect moves on to the next candidate: the request never reached that
+    /// backend, and its body, never read, comes back to be sent elsewhere.
     async fn forward(
         &self,
         snapshot: &Snapshot,
@@ -218,11 +137,7 @@ impl Proxy {
             version: parts.version,
             headers: parts.headers,
         };
-        let mut body = if body.is_end_stream() {
-            None
-        } else {
-            Some(body)
-        };
+        let mut body = (!body.is_end_stream()).then_some(body);
         let host_fallback = head.headers.get(http::header::HOST).is_none();
         headers::forward_request(&mut head.headers, head.version, client, "http", None);
 
@@ -231,9 +146,12 @@ impl Proxy {
             let region = &config.regions[candidate.region];
             let backend = &region.backends[candidate.backend];
             let had_body = body.is_some();
-            let upstream_body = match body.take() {
-                Some(b) => Either::Left(b),
-                None => Either::Right(Empty::new()),
+            let (upstream_body, reclaim) = match body.take() {
+                Some(b) => {
+                    let (b, reclaim) = UpstreamBody::reclaimable(b);
+                    (b, Some(reclaim))
+                }
+                None => (UpstreamBody::empty(), None),
             };
             let host_override =
                 (!config.proxy.preserve_host || host_fallback).then_some(backend.address.as_str());
@@ -254,7 +172,10 @@ impl Proxy {
                 }
                 Err(e) => {
                     tracing::warn!(region = %region.name, backend = %backend.address, error = %e, "attempt failed");
-                    let retry = e.retry_is_safe() && !had_body;
+                    // The attempt is over and its request dropped: an unread body is back.
+                    body = reclaim.and_then(Reclaim::take);
+                    let body_lost = had_body && body.is_none();
+                    let retry = e.retry_is_safe() && !body_lost;
                     last_error = Some(e);
                     if !retry {
                         break;

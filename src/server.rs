@@ -3,7 +3,6 @@
 //! gracefully.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,10 +11,10 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, Semaphore};
-use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::activity::{Activity, InFlight};
 use crate::config::{Config, Limits};
 use crate::health::{probe_loop, HttpProbe};
 use crate::proxy::{upstream_client, Proxy};
@@ -221,51 +220,6 @@ async fn accept_loop(
     }
 }
 
-/// Requests in flight on one connection and when it last went idle.
-struct Activity {
-    base: Instant,
-    active: AtomicUsize,
-    idle_since_ms: AtomicU64,
-}
-
-impl Activity {
-    fn new() -> Self {
-        Activity {
-            base: Instant::now(),
-            active: AtomicUsize::new(0),
-            idle_since_ms: AtomicU64::new(0),
-        }
-    }
-
-    /// Time until the connection has been idle for `limit`, or `None` when that has passed.
-    fn idle_left(&self, limit: Duration) -> Option<Duration> {
-        if self.active.load(Ordering::Acquire) > 0 {
-            return Some(limit);
-        }
-        let since = Duration::from_millis(self.idle_since_ms.load(Ordering::Acquire));
-        let idle = self.base.elapsed().saturating_sub(since);
-        limit.checked_sub(idle).filter(|left| !left.is_zero())
-    }
-}
-
-/// Marks one request in flight until dropped with its response body.
-struct InFlight(Arc<Activity>);
-
-impl InFlight {
-    fn begin(activity: &Arc<Activity>) -> Self {
-        activity.active.fetch_add(1, Ordering::AcqRel);
-        InFlight(Arc::clone(activity))
-    }
-}
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        let ms = self.0.base.elapsed().as_millis() as u64;
-        self.0.idle_since_ms.store(ms, Ordering::Release);
-        self.0.active.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
 /// Serves one client connection until it closes, idles out, or shutdown.
 async fn serve_connection(
     stream: TcpStream,
@@ -274,7 +228,7 @@ async fn serve_connection(
     limits: &Limits,
     stop: CancellationToken,
 ) {
-    let activity = Arc::new(Activity::new());
+    let activity = Arc::new(Activity::default());
     let service = {
         let activity = Arc::clone(&activity);
         service_fn(move |request| {
@@ -282,7 +236,7 @@ async fn serve_connection(
             let in_flight = InFlight::begin(&activity);
             async move {
                 let response = proxy.handle(request, peer).await?;
-                Ok::<_, std::convert::Infallible>(response.map(|b| b.with_guard(in_flight)))
+                Ok::<_, std::convert::Infallible>(response.map(|b| b.with_in_flight(in_flight)))
             }
         })
     };
@@ -310,17 +264,10 @@ async fn serve_connection(
                 closing = true;
                 conn.as_mut().graceful_shutdown();
             }
-            _ = idle_timeout(&activity, limits.keepalive_idle_timeout), if !closing => {
+            _ = activity.idle_for(limits.keepalive_idle_timeout), if !closing => {
                 closing = true;
                 conn.as_mut().graceful_shutdown();
             }
         }
-    }
-}
-
-/// Completes once the connection has had no request in flight for `limit`.
-async fn idle_timeout(activity: &Activity, limit: Duration) {
-    while let Some(left) = activity.idle_left(limit) {
-        tokio::time::sleep(left).await;
     }
 }

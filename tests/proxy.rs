@@ -393,3 +393,39 @@ async fn a_client_too_slow_to_send_its_request_head_is_dropped() {
     );
     m.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_request_body_goes_to_the_failover_region_when_the_first_backend_refuses() {
+    let us1 = Backend::start("us-1").await;
+    let eu1 = Backend::start("eu-1").await;
+    // Checks every hour: only the first check runs, so Meridian still
+    // believes us-1 is up when it stops listening.
+    let text = config_text(&[R("us", &[&us1], &["eu"]), R("eu", &[&eu1], &["us"])], "")
+        .replace("interval = \"100ms\"", "interval = \"1h\"");
+    let m = start(&text).await;
+    wait_for(Duration::from_secs(5), "both healthy", || async {
+        region_state(&m, "us").await == "healthy" && region_state(&m, "eu").await == "healthy"
+    })
+    .await;
+    us1.set_up(false);
+    let len = 3 * 1024 * 1024 + 17;
+    let req = Request::post(format!("http://{}/sink", m.http_addr))
+        .body(PatternBody::new(len).boxed_unsync())
+        .unwrap();
+    let resp = client().request(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(resp.headers()["x-meridian-region"], "eu");
+    assert_eq!(
+        region_state(&m, "us").await,
+        "healthy",
+        "the refusal, not a health check, moved it"
+    );
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(
+        String::from_utf8_lossy(&body),
+        len.to_string(),
+        "the whole body arrived"
+    );
+    assert_eq!(eu1.hits.load(std::sync::atomic::Ordering::Relaxed), 1);
+    m.shutdown().await;
+}

@@ -429,3 +429,58 @@ async fn a_request_body_goes_to_the_failover_region_when_the_first_backend_refus
     assert_eq!(eu1.hits.load(std::sync::atomic::Ordering::Relaxed), 1);
     m.shutdown().await;
 }
+
+/// The backend view of backend 0 of region 0.
+fn first_backend(m: &meridian::server::Running) -> meridian::state::BackendView {
+    m.shared.load().regions[0].backends[0].clone()
+}
+
+#[tokio::test]
+async fn a_backend_whose_check_answers_503_is_taken_out_and_its_traffic_fails_over() {
+    let us1 = Backend::start("us-1").await;
+    let eu1 = Backend::start("eu-1").await;
+    let m = start(&config_text(
+        &[R("us", &[&us1], &["eu"]), R("eu", &[&eu1], &["us"])],
+        "",
+    ))
+    .await;
+    wait_for(Duration::from_secs(5), "us healthy", || async {
+        region_state(&m, "us").await == "healthy"
+    })
+    .await;
+    us1.set_health(HealthAnswer::Status503);
+    wait_for(Duration::from_secs(5), "us down", || async {
+        region_state(&m, "us").await == "down"
+    })
+    .await;
+    assert_eq!(first_backend(&m).last_error.as_deref(), Some("status 503"));
+    let (_, headers, body) = get(&m, "/", &[]).await;
+    assert_eq!(headers["x-meridian-region"], "eu");
+    assert_eq!(served_by(&body), "eu-1");
+    m.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_backend_whose_check_hangs_is_down_not_alive() {
+    // The half-alive node of the post-mortem: it accepts connections and never answers.
+    let us1 = Backend::start("us-1").await;
+    let m = start(&config_text(&[R("us", &[&us1], &[])], "")).await;
+    wait_for(Duration::from_secs(5), "us healthy", || async {
+        region_state(&m, "us").await == "healthy"
+    })
+    .await;
+    us1.set_health(HealthAnswer::Hang);
+    wait_for(Duration::from_secs(5), "us down", || async {
+        region_state(&m, "us").await == "down"
+    })
+    .await;
+    let error = first_backend(&m).last_error.unwrap_or_default();
+    assert!(error.starts_with("no answer within"), "{error}");
+    us1.set_health(HealthAnswer::Ok);
+    wait_for(Duration::from_secs(5), "us back", || async {
+        region_state(&m, "us").await == "healthy"
+    })
+    .await;
+    assert_eq!(first_backend(&m).last_error, None);
+    m.shutdown().await;
+}

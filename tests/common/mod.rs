@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -111,6 +111,16 @@ pub struct Backend {
     pub addr: SocketAddr,
     up: watch::Sender<bool>,
     pub hits: Arc<AtomicUsize>,
+    health: Arc<AtomicU8>,
+}
+
+/// How a backend answers its health checks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum HealthAnswer {
+    Ok = 0,
+    Status503 = 1,
+    Hang = 2,
 }
 
 impl Backend {
@@ -119,19 +129,25 @@ impl Backend {
         let addr = listener.local_addr().unwrap();
         let (up, rx) = watch::channel(true);
         let hits = Arc::new(AtomicUsize::new(0));
-        tokio::spawn(serve(
-            Some(listener),
-            addr,
-            name.to_owned(),
-            rx,
-            Arc::clone(&hits),
-        ));
+        let health = Arc::new(AtomicU8::new(HealthAnswer::Ok as u8));
+        let state = Shared {
+            name: name.to_owned(),
+            hits: Arc::clone(&hits),
+            health: Arc::clone(&health),
+        };
+        tokio::spawn(serve(Some(listener), addr, state, rx));
         Backend {
             name: name.to_owned(),
             addr,
             up,
             hits,
+            health,
         }
+    }
+
+    /// Changes how `/healthz` answers; other paths are unaffected.
+    pub fn set_health(&self, answer: HealthAnswer) {
+        self.health.store(answer as u8, Ordering::Relaxed);
     }
 
     /// Closes the port and drops open connections (`false`), or listens again (`true`).
@@ -144,12 +160,18 @@ impl Backend {
     }
 }
 
+#[derive(Clone)]
+struct Shared {
+    name: String,
+    hits: Arc<AtomicUsize>,
+    health: Arc<AtomicU8>,
+}
+
 async fn serve(
     mut listener: Option<TcpListener>,
     addr: SocketAddr,
-    name: String,
+    state: Shared,
     mut up: watch::Receiver<bool>,
-    hits: Arc<AtomicUsize>,
 ) {
     loop {
         if !*up.borrow_and_update() {
@@ -178,11 +200,10 @@ async fn serve(
                 }
                 accepted = l.accept() => {
                     let Ok((stream, _)) = accepted else { continue };
-                    let name = name.clone();
-                    let hits = Arc::clone(&hits);
+                    let state = state.clone();
                     let mut down = down_tx.subscribe();
                     tokio::spawn(async move {
-                        let service = service_fn(move |req| handle(name.clone(), Arc::clone(&hits), req));
+                        let service = service_fn(move |req| handle(state.clone(), req));
                         let conn = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service);
                         tokio::select! {
                             _ = conn => {}
@@ -202,14 +223,15 @@ fn query(req: &Request<Incoming>, key: &str) -> Option<u64> {
         .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('=')?.parse().ok())
 }
 
-async fn handle(
-    name: String,
-    hits: Arc<AtomicUsize>,
-    req: Request<Incoming>,
-) -> Result<Response<BoxBody>, Infallible> {
+async fn handle(state: Shared, req: Request<Incoming>) -> Result<Response<BoxBody>, Infallible> {
+    let Shared { name, hits, health } = state;
     let path = req.uri().path().to_owned();
     if path == "/healthz" {
-        return Ok(text(StatusCode::OK, "ok".into()));
+        return Ok(match health.load(Ordering::Relaxed) {
+            0 => text(StatusCode::OK, "ok".into()),
+            1 => text(StatusCode::SERVICE_UNAVAILABLE, "unwell".into()),
+            _ => std::future::pending().await,
+        });
     }
     hits.fetch_add(1, Ordering::Relaxed);
     Ok(match path.as_str() {

@@ -39,8 +39,14 @@ pub struct Plan {
 ///
 /// The preferred region's healthy backends come first, then those of each
 /// region on its `failover` list, in order. Within a region the starting
-/// backend moves with `rotation`, which spreads requests round robin. At most
-/// `max` candidates are returned.
+/// backend moves with `rotation` over the healthy backends, which spreads
+/// requests evenly round robin. At most `max` candidates are returned.
+///
+/// When a failover region can serve, the preferred region gets at most
+/// `max - 1` candidates: a region that died before its checks noticed (the
+/// half-dead node of the post-mortem) must not use up every attempt while a
+/// healthy region waits. Attempts the failover regions cannot use go back to
+/// the preferred region.
 pub fn plan(
     regions: &[Region],
     views: &[RegionView],
@@ -55,38 +61,61 @@ pub fn plan(
             candidates,
         };
     };
-    let order = std::iter::once((preferred, Reason::Preferred))
-        .chain(home.failover.iter().map(|&r| (r, Reason::Failover)));
-    for (region, reason) in order {
+    let can_serve = |r: usize| views.get(r).is_some_and(|v| v.healthy_backends() > 0);
+    let home_cap = if max > 1 && home.failover.iter().any(|&r| can_serve(r)) {
+        max - 1
+    } else {
+        max
+    };
+    let add = |candidates: &mut Vec<Candidate>,
+               region: usize,
+               reason: Reason,
+               skip: usize,
+               limit: usize| {
         let Some(view) = views.get(region) else {
-            continue;
+            return;
         };
-        let n = view.backends.len();
-        if n == 0 {
-            continue;
-        }
-        let start = rotation % n;
-        for k in 0..n {
-            if candidates.len() == max {
-                return Plan {
-                    preferred,
-                    candidates,
-                };
+        for backend in healthy_in_rotation(view, rotation).skip(skip) {
+            if candidates.len() >= limit {
+                return;
             }
-            let backend = (start + k) % n;
-            if view.backends[backend].state == BackendState::Up {
-                candidates.push(Candidate {
-                    region,
-                    backend,
-                    reason,
-                });
-            }
+            candidates.push(Candidate {
+                region,
+                backend,
+                reason,
+            });
         }
+    };
+    add(&mut candidates, preferred, Reason::Preferred, 0, home_cap);
+    let home_taken = candidates.len();
+    for &region in &home.failover {
+        add(&mut candidates, region, Reason::Failover, 0, max);
     }
+    add(
+        &mut candidates,
+        preferred,
+        Reason::Preferred,
+        home_taken,
+        max,
+    );
     Plan {
         preferred,
         candidates,
     }
+}
+
+/// Indices of the healthy backends of a region, starting at the
+/// `rotation`-th healthy one and wrapping around.
+fn healthy_in_rotation(view: &RegionView, rotation: usize) -> impl Iterator<Item = usize> + '_ {
+    let up = view.healthy_backends();
+    let start = if up == 0 { 0 } else { rotation % up };
+    let healthy = view
+        .backends
+        .iter()
+        .enumerate()
+        .filter(|(_, b)| b.state == BackendState::Up)
+        .map(|(i, _)| i);
+    healthy.clone().skip(start).chain(healthy.take(start))
 }
 
 #[cfg(test)]
@@ -204,5 +233,43 @@ mod tests {
     fn unknown_preferred_region_gives_an_empty_plan() {
         let v = views(&[&[Up, Up, Up], &[Up, Up], &[Up]]);
         assert!(plan(&regions(), &v, 7, 0, 10).candidates.is_empty());
+    }
+
+    #[test]
+    fn a_failover_region_keeps_one_attempt_when_the_preferred_region_fills_the_plan() {
+        let v = views(&[&[Up, Up, Up], &[Up, Up], &[Up]]);
+        let p = plan(&regions(), &v, 0, 0, 3);
+        assert_eq!(pairs(&p), vec![(0, 0), (0, 1), (1, 0)]);
+        // With nowhere to fail over to, every attempt stays home.
+        let v = views(&[&[Up, Up, Up], &[Down, Down], &[Down]]);
+        assert_eq!(
+            pairs(&plan(&regions(), &v, 0, 0, 3)),
+            vec![(0, 0), (0, 1), (0, 2)]
+        );
+        // A single attempt is the preferred region's.
+        let v = views(&[&[Up, Up, Up], &[Up, Up], &[Up]]);
+        assert_eq!(pairs(&plan(&regions(), &v, 0, 0, 1)), vec![(0, 0)]);
+    }
+
+    #[test]
+    fn attempts_the_failover_regions_cannot_use_go_back_home() {
+        // us fails over to eu (down) and ap (one backend).
+        let v = views(&[&[Up, Up, Up], &[Down, Down], &[Up]]);
+        let p = plan(&regions(), &v, 0, 0, 3);
+        assert_eq!(pairs(&p), vec![(0, 0), (0, 1), (2, 0)]);
+        let p = plan(&regions(), &v, 0, 0, 5);
+        assert_eq!(pairs(&p), vec![(0, 0), (0, 1), (0, 2), (2, 0)]);
+        let v = views(&[&[Up, Up, Up], &[Up, Down], &[Down]]);
+        let p = plan(&regions(), &v, 0, 0, 4);
+        assert_eq!(pairs(&p), vec![(0, 0), (0, 1), (0, 2), (1, 0)]);
+    }
+
+    #[test]
+    fn round_robin_stays_even_when_a_backend_is_down() {
+        let v = views(&[&[Up, Down, Up], &[Up, Up], &[Up]]);
+        let firsts: Vec<usize> = (0..6)
+            .map(|r| plan(&regions(), &v, 0, r, 1).candidates[0].backend)
+            .collect();
+        assert_eq!(firsts, vec![0, 2, 0, 2, 0, 2]);
     }
 }

@@ -1,6 +1,7 @@
 //! Header hygiene for forwarded messages (RFC 9110 §7.6): hop-by-hop headers
 //! are removed in both directions, and requests gain `X-Forwarded-*` and `Via`.
 
+use std::fmt::Write as _;
 use std::net::IpAddr;
 
 use http::header::{HeaderName, HeaderValue, CONNECTION, HOST, VIA};
@@ -65,34 +66,27 @@ fn append_via(headers: &mut HeaderMap, version: Version) {
 
 /// Prepares a client's request headers for a backend: removes hop-by-hop
 /// headers, appends the client to `X-Forwarded-For`, sets
-/// `X-Forwarded-Proto` and `X-Forwarded-Host`, and appends `Via`.
-///
-/// With `host_override`, `Host` becomes the backend's address; otherwise the
-/// client's `Host` is kept.
+/// `X-Forwarded-Proto` and `X-Forwarded-Host`, and appends `Via`. `Host` is
+/// left as it is; the proxy decides it per backend.
 pub fn forward_request(
     headers: &mut HeaderMap,
     version: Version,
     client: IpAddr,
     proto: &'static str,
-    host_override: Option<&str>,
 ) {
     strip_hop_by_hop(headers);
 
-    let client = client.to_string();
-    let forwarded_for = match headers.get(X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        // Several X-Forwarded-For lines are one comma-separated list.
-        Some(_) => {
-            let mut all: Vec<&str> = headers
-                .get_all(X_FORWARDED_FOR)
-                .iter()
-                .filter_map(|v| v.to_str().ok())
-                .collect();
-            all.push(&client);
-            all.join(", ")
+    // Several X-Forwarded-For lines are one comma-separated list; one
+    // string holds it all, with the client last.
+    let mut forwarded_for = String::new();
+    for value in headers.get_all(X_FORWARDED_FOR) {
+        if let Ok(v) = value.to_str() {
+            forwarded_for.push_str(v);
+            forwarded_for.push_str(", ");
         }
-        None => client,
-    };
-    if let Ok(v) = HeaderValue::from_str(&forwarded_for) {
+    }
+    let _ = write!(forwarded_for, "{client}");
+    if let Ok(v) = HeaderValue::try_from(forwarded_for) {
         headers.insert(X_FORWARDED_FOR, v);
     }
     headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
@@ -103,9 +97,6 @@ pub fn forward_request(
         None => {
             headers.remove(X_FORWARDED_HOST);
         }
-    }
-    if let Some(host) = host_override.and_then(|h| HeaderValue::from_str(h).ok()) {
-        headers.insert(HOST, host);
     }
     append_via(headers, version);
 }
@@ -182,7 +173,6 @@ mod tests {
             Version::HTTP_11,
             "203.0.113.7".parse().unwrap(),
             "http",
-            None,
         );
         assert_eq!(
             all(&h, "x-forwarded-for"),
@@ -202,7 +192,6 @@ mod tests {
             Version::HTTP_10,
             "2001:db8::1".parse().unwrap(),
             "http",
-            None,
         );
         assert_eq!(all(&h, "x-forwarded-for"), vec!["2001:db8::1"]);
         assert_eq!(all(&h, "via"), vec!["1.0 meridian"]);
@@ -210,17 +199,15 @@ mod tests {
     }
 
     #[test]
-    fn host_can_be_rewritten_to_the_backend() {
+    fn host_is_left_to_the_proxy() {
         let mut h = map(&[("host", "app.example")]);
         forward_request(
             &mut h,
             Version::HTTP_11,
             "192.0.2.1".parse().unwrap(),
             "http",
-            Some("10.0.0.1:8080"),
         );
-        assert_eq!(all(&h, "host"), vec!["10.0.0.1:8080"]);
-        assert_eq!(all(&h, "x-forwarded-host"), vec!["app.example"]);
+        assert_eq!(all(&h, "host"), vec!["app.example"]);
     }
 
     #[test]

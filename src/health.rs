@@ -19,6 +19,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Backend, Health};
+use crate::telemetry::error_chain;
 
 /// Observed health of one backend.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -193,18 +194,6 @@ impl Probe for HttpProbe {
     }
 }
 
-/// The error and its sources, as one line.
-pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
-}
-
 /// One check result, sent to the state owner.
 #[derive(Debug, Clone)]
 pub struct Report {
@@ -214,8 +203,6 @@ pub struct Report {
     pub backend: usize,
     /// The result.
     pub result: Result<(), ProbeError>,
-    /// How long the check took.
-    pub took: Duration,
 }
 
 /// Checks one backend every `interval` until `stop` is cancelled or the state
@@ -236,7 +223,6 @@ pub async fn probe_loop<P: Probe>(
             _ = stop.cancelled() => return,
             _ = ticker.tick() => {}
         }
-        let started = tokio::time::Instant::now();
         let result = tokio::select! {
             _ = stop.cancelled() => return,
             r = tokio::time::timeout(health.timeout, probe.check(&backend, &health)) => {
@@ -247,7 +233,6 @@ pub async fn probe_loop<P: Probe>(
             region,
             backend: backend_index,
             result,
-            took: started.elapsed(),
         };
         if reports.send(report).await.is_err() {
             return;

@@ -5,20 +5,22 @@
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+use std::time::Duration;
 
-use http::header::HeaderValue;
+use http::header::{HeaderValue, HOST};
 use http::{HeaderMap, Method, Request, Response, Uri, Version};
 use http_body::Body;
 use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::{self, Client};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
-use crate::body::{Reclaim, ResponseBody, UpstreamBody};
-use crate::config::Config;
+use crate::body::{BodyError, ResponseBody, Sent, Unsent, UpstreamBody};
+use crate::config::{Backend, Config};
 use crate::routing::{self, Plan};
 use crate::state::{Shared, Snapshot};
 use crate::status_page::{PublicRegion, Rescue, StatusPages};
+use crate::telemetry::error_chain;
 use crate::{geo, headers};
 
 /// Response header naming the region that served the request.
@@ -48,32 +50,94 @@ pub struct Proxy {
     pages: Arc<StatusPages>,
 }
 
-/// How one forwarding attempt ended without a response.
+/// How one forwarding attempt ended without a response, with what decides
+/// whether another backend may be tried.
 #[derive(Debug, thiserror::Error)]
 enum AttemptError {
-    /// The backend could not be reached; the request never left Meridian, so
-    /// another backend may be tried.
-    #[error("connect: {0}")]
-    Connect(String),
-    /// No response head within the first-byte timeout.
+    /// No connection to the backend: the request never left Meridian.
+    #[error("cannot connect: {}", error_chain(.0))]
+    Connect(legacy::Error),
+    /// The connection closed or was reset before any response, as when a
+    /// pooled keep-alive connection was closed by the backend just as it was
+    /// reused. The backend may have seen the request.
+    #[error("connection lost before a response: {}", error_chain(.0))]
+    Disconnected(legacy::Error),
+    /// No response head within the first-byte timeout after the request was sent.
     #[error("no response within {0:?}")]
-    Timeout(std::time::Duration),
-    /// The request was sent but the exchange failed.
-    #[error("{0}")]
-    Exchange(String),
+    Timeout(Duration),
+    /// The client's body stalled (`timed_out`) or broke while it was being forwarded.
+    #[error("client body: {detail}")]
+    ClientBody {
+        /// The client paused longer than the client body timeout.
+        timed_out: bool,
+        /// What happened.
+        detail: String,
+    },
+    /// Any other failure of the exchange.
+    #[error("{}", error_chain(.0))]
+    Exchange(legacy::Error),
 }
 
 impl AttemptError {
-    fn retry_is_safe(&self) -> bool {
-        matches!(self, AttemptError::Connect(_))
+    fn from_client(e: legacy::Error) -> Self {
+        if e.is_connect() {
+            return AttemptError::Connect(e);
+        }
+        let mut source = std::error::Error::source(&e);
+        while let Some(s) = source {
+            if let Some(body) = s.downcast_ref::<BodyError>() {
+                return AttemptError::ClientBody {
+                    timed_out: matches!(body, BodyError::Idle(_)),
+                    detail: body.to_string(),
+                };
+            }
+            let lost = s
+                .downcast_ref::<hyper::Error>()
+                .is_some_and(|h| h.is_incomplete_message() || h.is_canceled())
+                || s.downcast_ref::<std::io::Error>().is_some_and(|io| {
+                    matches!(
+                        io.kind(),
+                        std::io::ErrorKind::ConnectionReset
+                            | std::io::ErrorKind::BrokenPipe
+                            | std::io::ErrorKind::ConnectionAborted
+                    )
+                });
+            if lost {
+                return AttemptError::Disconnected(e);
+            }
+            source = s.source();
+        }
+        AttemptError::Exchange(e)
+    }
+
+    /// Whether the request may go to the next candidate. A request that never
+    /// left Meridian always may; one that may have reached the backend only
+    /// when its method is idempotent (RFC 9110 §9.2.2).
+    fn may_retry(&self, idempotent: bool) -> bool {
+        match self {
+            AttemptError::Connect(_) => true,
+            AttemptError::Disconnected(_) => idempotent,
+            _ => false,
+        }
     }
 
     fn rescue(&self) -> Rescue {
         match self {
             AttemptError::Timeout(_) => Rescue::BackendTimeout,
+            AttemptError::ClientBody {
+                timed_out: true, ..
+            } => Rescue::ClientTimeout,
             _ => Rescue::BackendFailed,
         }
     }
+}
+
+/// RFC 9110 §9.2.2.
+fn idempotent(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    )
 }
 
 /// The parts of a request needed to send it again.
@@ -119,9 +183,10 @@ impl Proxy {
         )
     }
 
-    /// Phase 2: tries candidates in order until one answers. Only a failure to
-    /// connect moves on to the next candidate: the request never reached that
-    /// backend, and its body, never read, comes back to be sent elsewhere.
+    /// Phase 2: tries candidates in order until one answers. A failed attempt
+    /// moves on only when [`AttemptError::may_retry`] allows it and the
+    /// request body, if any, was never read by the failed backend — it then
+    /// comes back and is handed to the next candidate as it is.
     async fn forward(
         &self,
         snapshot: &Snapshot,
@@ -137,69 +202,91 @@ impl Proxy {
             version: parts.version,
             headers: parts.headers,
         };
-        let mut body = (!body.is_end_stream()).then_some(body);
-        let host_fallback = head.headers.get(http::header::HOST).is_none();
-        headers::forward_request(&mut head.headers, head.version, client, "http", None);
+        // RFC 9112 §3.2.2: the authority of an absolute-form target replaces Host.
+        if let Some(authority) = head.uri.authority() {
+            if let Ok(host) = HeaderValue::from_str(authority.as_str()) {
+                head.headers.insert(HOST, host);
+            }
+        }
+        let keep_host = config.proxy.preserve_host && head.headers.contains_key(HOST);
+        headers::forward_request(&mut head.headers, head.version, client, "http");
+        let idempotent = idempotent(&head.method);
 
+        let mut body = (!body.is_end_stream()).then_some(body);
         let mut last_error = None;
         for candidate in &plan.candidates {
             let region = &config.regions[candidate.region];
             let backend = &region.backends[candidate.backend];
             let had_body = body.is_some();
-            let (upstream_body, reclaim) = match body.take() {
+            let (upstream_body, unsent, sent) = match body.take() {
                 Some(b) => {
-                    let (b, reclaim) = UpstreamBody::reclaimable(b);
-                    (b, Some(reclaim))
+                    let (b, unsent, sent) = UpstreamBody::new(b, config.limits.client_body_timeout);
+                    (b, Some(unsent), Some(sent))
                 }
-                None => (UpstreamBody::empty(), None),
+                None => (UpstreamBody::empty(), None, None),
             };
-            let host_override =
-                (!config.proxy.preserve_host || host_fallback).then_some(backend.address.as_str());
-            let request = match build_upstream(&head, backend, host_override, upstream_body) {
+            let request = match build_upstream(&head, backend, keep_host, upstream_body) {
                 Ok(r) => r,
                 Err(e) => {
-                    tracing::warn!(error = %e, "cannot build upstream request");
+                    tracing::warn!(error = %e, "cannot build the upstream request");
                     return self.rescue(snapshot, Rescue::BackendFailed, &head.headers);
                 }
             };
-            match self.attempt(request, config.proxy.first_byte_timeout).await {
+            match self
+                .attempt(request, sent, config.proxy.first_byte_timeout)
+                .await
+            {
                 Ok(mut response) => {
-                    headers::forward_response(response.headers_mut(), head.version);
-                    if let Ok(v) = HeaderValue::from_str(&region.name) {
-                        response.headers_mut().insert(X_MERIDIAN_REGION, v);
-                    }
-                    return response.map(ResponseBody::upstream);
+                    let version = response.version();
+                    headers::forward_response(response.headers_mut(), version);
+                    response
+                        .headers_mut()
+                        .insert(X_MERIDIAN_REGION, region.name_header.clone());
+                    let read_timeout = config.proxy.read_timeout;
+                    return response.map(|b| ResponseBody::upstream(b, read_timeout));
                 }
                 Err(e) => {
-                    tracing::warn!(region = %region.name, backend = %backend.address, error = %e, "attempt failed");
+                    tracing::debug!(region = %region.name, backend = %backend.address, error = %e, "attempt failed");
                     // The attempt is over and its request dropped: an unread body is back.
-                    body = reclaim.and_then(Reclaim::take);
+                    body = unsent.and_then(Unsent::take);
                     let body_lost = had_body && body.is_none();
-                    let retry = e.retry_is_safe() && !body_lost;
-                    last_error = Some(e);
+                    let retry = e.may_retry(idempotent) && !body_lost;
+                    last_error = Some((e, &region.name, &backend.address));
                     if !retry {
                         break;
                     }
                 }
             }
         }
-        let rescue = last_error.map_or(Rescue::NoRegion, |e| e.rescue());
+        let rescue = match &last_error {
+            None => Rescue::NoRegion,
+            Some((e, region, backend)) => {
+                tracing::warn!(%region, %backend, error = %e, "no backend answered");
+                e.rescue()
+            }
+        };
         self.rescue(snapshot, rescue, &head.headers)
     }
 
-    /// One attempt on one backend, bounded by the first-byte timeout.
+    /// One attempt on one backend. The first-byte timeout starts once the
+    /// request body has been sent whole, so a slow upload is not mistaken for
+    /// a slow backend; the upload itself is bounded by the client body timeout.
     async fn attempt(
         &self,
         request: Request<UpstreamBody>,
-        first_byte: std::time::Duration,
+        sent: Option<Sent>,
+        first_byte: Duration,
     ) -> Result<Response<Incoming>, AttemptError> {
-        match tokio::time::timeout(first_byte, self.client.request(request)).await {
-            Err(_) => Err(AttemptError::Timeout(first_byte)),
-            Ok(Ok(response)) => Ok(response),
-            Ok(Err(e)) if e.is_connect() => {
-                Err(AttemptError::Connect(crate::health::error_chain(&e)))
+        let exchange = self.client.request(request);
+        let deadline = async {
+            if let Some(sent) = sent {
+                sent.wait().await;
             }
-            Ok(Err(e)) => Err(AttemptError::Exchange(crate::health::error_chain(&e))),
+            tokio::time::sleep(first_byte).await;
+        };
+        tokio::select! {
+            result = exchange => result.map_err(AttemptError::from_client),
+            () = deadline => Err(AttemptError::Timeout(first_byte)),
         }
     }
 
@@ -226,11 +313,12 @@ impl Proxy {
     }
 }
 
-/// The request as the backend receives it.
+/// The request as `backend` receives it: origin-form target, the prepared
+/// headers, and `Host` kept or set to the backend's address.
 fn build_upstream(
     head: &Head,
-    backend: &crate::config::Backend,
-    host_override: Option<&str>,
+    backend: &Backend,
+    keep_host: bool,
     body: UpstreamBody,
 ) -> Result<Request<UpstreamBody>, http::Error> {
     let path = head.uri.path_and_query().map_or("/", |p| p.as_str());
@@ -244,8 +332,10 @@ fn build_upstream(
         .uri(uri)
         .body(body)?;
     *request.headers_mut() = head.headers.clone();
-    if let Some(host) = host_override.and_then(|h| HeaderValue::from_str(h).ok()) {
-        request.headers_mut().insert(http::header::HOST, host);
+    if !keep_host {
+        request
+            .headers_mut()
+            .insert(HOST, backend.host_header.clone());
     }
     Ok(request)
 }

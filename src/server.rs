@@ -11,6 +11,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, Semaphore};
+use tokio_io_timeout::TimeoutStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -49,6 +50,8 @@ pub struct Running {
     /// The shared state, for inspection.
     pub shared: Arc<Shared>,
     stop: CancellationToken,
+    hard_stop: CancellationToken,
+    accept: tokio::task::JoinHandle<()>,
     connections: TaskTracker,
     background: TaskTracker,
     grace: Duration,
@@ -94,11 +97,15 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     spawn_health(&config, &shared, &stop, &background);
 
     let proxy = Proxy::new(Arc::clone(&shared), upstream_client(&config), pages);
-    background.spawn(accept_loop(
+    let hard_stop = CancellationToken::new();
+    let accept = tokio::spawn(accept_loop(
         http,
         proxy,
         config.limits.clone(),
-        stop.clone(),
+        Stops {
+            graceful: stop.clone(),
+            hard: hard_stop.clone(),
+        },
         connections.clone(),
     ));
     if let Some((listener, token)) = admin {
@@ -118,10 +125,21 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         admin_addr,
         shared,
         stop,
+        hard_stop,
+        accept,
         connections,
         background,
         grace: config.limits.shutdown_grace,
     })
+}
+
+/// The two ways a connection is told to stop.
+#[derive(Debug, Clone)]
+struct Stops {
+    /// Finish the request in flight, then close.
+    graceful: CancellationToken,
+    /// Close now: the grace period is over.
+    hard: CancellationToken,
 }
 
 /// Starts the state owner and one prober per backend.
@@ -153,15 +171,21 @@ fn spawn_health(
 
 impl Running {
     /// Stops accepting, lets requests in flight finish within the grace
-    /// period, then stops everything else.
+    /// period, closes whatever is still open after it, then stops everything
+    /// else.
     pub async fn shutdown(self) {
         self.stop.cancel();
+        // Once the accept loop has returned no connection can start, so the
+        // wait below cannot miss one.
+        let _ = self.accept.await;
         self.connections.close();
         if tokio::time::timeout(self.grace, self.connections.wait())
             .await
             .is_err()
         {
-            tracing::warn!(grace = ?self.grace, "grace period over; closing the remaining connections");
+            tracing::warn!(grace = ?self.grace, open = self.connections.len(), "grace period over; closing the remaining connections");
+            self.hard_stop.cancel();
+            self.connections.wait().await;
         }
         self.background.close();
         let _ = tokio::time::timeout(Duration::from_secs(5), self.background.wait()).await;
@@ -176,7 +200,11 @@ impl Running {
             _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
             _ = int.recv() => tracing::info!("SIGINT: shutting down"),
         }
-        self.shutdown().await;
+        tokio::select! {
+            () = self.shutdown() => {}
+            _ = term.recv() => tracing::warn!("second signal: exiting without waiting"),
+            _ = int.recv() => tracing::warn!("second signal: exiting without waiting"),
+        }
         Ok(())
     }
 }
@@ -187,11 +215,13 @@ async fn accept_loop(
     listener: TcpListener,
     proxy: Proxy,
     limits: Limits,
-    stop: CancellationToken,
+    stops: Stops,
     connections: TaskTracker,
 ) {
     let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let http = Arc::new(http_builder(&limits));
     let limits = Arc::new(limits);
+    let stop = &stops.graceful;
     loop {
         let permit = tokio::select! {
             _ = stop.cancelled() => return,
@@ -210,14 +240,30 @@ async fn accept_loop(
             },
         };
         let _ = stream.set_nodelay(true);
-        let proxy = proxy.clone();
-        let limits = Arc::clone(&limits);
-        let stop = stop.clone();
+        let (proxy, http, limits, stops) = (
+            proxy.clone(),
+            Arc::clone(&http),
+            Arc::clone(&limits),
+            stops.clone(),
+        );
         connections.spawn(async move {
-            serve_connection(stream, peer, proxy, &limits, stop).await;
+            serve_connection(stream, peer, proxy, &http, &limits, stops).await;
             drop(permit);
         });
     }
+}
+
+/// The HTTP/1.1 server settings of `[limits]`.
+fn http_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .keep_alive(true)
+        .header_read_timeout(limits.header_read_timeout)
+        .max_buf_size(limits.max_header_bytes)
+        .max_headers(limits.max_headers);
+    builder.http1_only()
 }
 
 /// Serves one client connection until it closes, idles out, or shutdown.
@@ -225,8 +271,9 @@ async fn serve_connection(
     stream: TcpStream,
     peer: SocketAddr,
     proxy: Proxy,
+    http: &auto::Builder<TokioExecutor>,
     limits: &Limits,
-    stop: CancellationToken,
+    stops: Stops,
 ) {
     let activity = Arc::new(Activity::default());
     let service = {
@@ -240,16 +287,11 @@ async fn serve_connection(
             }
         })
     };
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .keep_alive(true)
-        .header_read_timeout(limits.header_read_timeout)
-        .max_buf_size(limits.max_header_bytes)
-        .max_headers(limits.max_headers);
-    let builder = builder.http1_only();
-    let conn = builder.serve_connection(TokioIo::new(stream), service);
+    // A client that stops reading holds its connection and the response's
+    // backend connection; the send timeout ends that.
+    let mut io = TimeoutStream::new(stream);
+    io.set_write_timeout(Some(limits.send_timeout));
+    let conn = http.serve_connection(TokioIo::new(Box::pin(io)), service);
     tokio::pin!(conn);
     let mut closing = false;
     loop {
@@ -260,7 +302,8 @@ async fn serve_connection(
                 }
                 return;
             }
-            _ = stop.cancelled(), if !closing => {
+            _ = stops.hard.cancelled() => return,
+            _ = stops.graceful.cancelled(), if !closing => {
                 closing = true;
                 conn.as_mut().graceful_shutdown();
             }

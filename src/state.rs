@@ -27,21 +27,25 @@ pub enum RegionState {
     Healthy,
     /// Some backends are up, some are not; the region serves on those that are.
     Degraded,
-    /// No backend is up; the region cannot serve.
+    /// No backend is up and at least one failed its checks; the region cannot serve.
     Down,
+    /// No backend has been checked yet (just after start); the region cannot serve.
+    Unknown,
 }
 
 impl RegionState {
     /// Derives the state from the states of the region's backends.
     pub fn of(backends: impl IntoIterator<Item = BackendState>) -> RegionState {
-        let (mut up, mut total) = (0usize, 0usize);
+        let (mut up, mut down, mut total) = (0usize, 0usize, 0usize);
         for b in backends {
             total += 1;
             up += usize::from(b == BackendState::Up);
+            down += usize::from(b == BackendState::Down);
         }
-        match up {
-            0 => RegionState::Down,
-            n if n == total => RegionState::Healthy,
+        match (up, down) {
+            (0, 0) => RegionState::Unknown,
+            (0, _) => RegionState::Down,
+            (n, _) if n == total => RegionState::Healthy,
             _ => RegionState::Degraded,
         }
     }
@@ -52,6 +56,7 @@ impl RegionState {
             RegionState::Healthy => "healthy",
             RegionState::Degraded => "degraded",
             RegionState::Down => "down",
+            RegionState::Unknown => "unknown",
         }
     }
 }
@@ -111,13 +116,13 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    /// The view before any check has run: every backend unknown, every region down.
+    /// The view before any check has run: every backend and region unknown.
     pub fn initial(config: Arc<Config>) -> Snapshot {
         let regions = config
             .regions
             .iter()
             .map(|r| RegionView {
-                state: RegionState::Down,
+                state: RegionState::Unknown,
                 backends: vec![
                     BackendView {
                         state: BackendState::Unknown,
@@ -284,7 +289,8 @@ mod tests {
         assert_eq!(RegionState::of([Up, Down]), RegionState::Degraded);
         assert_eq!(RegionState::of([Up, Unknown]), RegionState::Degraded);
         assert_eq!(RegionState::of([Down, Unknown]), RegionState::Down);
-        assert_eq!(RegionState::of([]), RegionState::Down);
+        assert_eq!(RegionState::of([Unknown, Unknown]), RegionState::Unknown);
+        assert_eq!(RegionState::of([]), RegionState::Unknown);
     }
 
     #[test]

@@ -28,6 +28,8 @@ pub enum Rescue {
     BackendFailed,
     /// The backend did not start answering within the first-byte timeout.
     BackendTimeout,
+    /// The client paused too long in the middle of its request body.
+    ClientTimeout,
 }
 
 impl Rescue {
@@ -37,6 +39,7 @@ impl Rescue {
             Rescue::NoRegion => StatusCode::SERVICE_UNAVAILABLE,
             Rescue::BackendFailed => StatusCode::BAD_GATEWAY,
             Rescue::BackendTimeout => StatusCode::GATEWAY_TIMEOUT,
+            Rescue::ClientTimeout => StatusCode::REQUEST_TIMEOUT,
         }
     }
 
@@ -46,6 +49,7 @@ impl Rescue {
             Rescue::NoRegion => "no_region",
             Rescue::BackendFailed => "backend_failed",
             Rescue::BackendTimeout => "backend_timeout",
+            Rescue::ClientTimeout => "client_timeout",
         }
     }
 }
@@ -158,8 +162,12 @@ impl StatusPages {
     }
 
     fn json(&self, rescue: Rescue) -> Bytes {
+        let error = match rescue {
+            Rescue::ClientTimeout => "request_timeout",
+            _ => "service_unavailable",
+        };
         let body = JsonBody {
-            error: "service_unavailable",
+            error,
             reason: rescue.as_str(),
             message: &self.brand.title,
             incident: None,

@@ -95,6 +95,7 @@ pub struct HealthFile {
 pub struct ProxyFile {
     pub connect_timeout: Option<Spanned<Dur>>,
     pub first_byte_timeout: Option<Spanned<Dur>>,
+    pub read_timeout: Option<Spanned<Dur>>,
     pub preserve_host: Option<bool>,
     pub max_attempts: Option<Spanned<i64>>,
     pub pool_idle_timeout: Option<Spanned<Dur>>,
@@ -110,6 +111,8 @@ pub struct LimitsFile {
     pub max_headers: Option<Spanned<i64>>,
     pub header_read_timeout: Option<Spanned<Dur>>,
     pub keepalive_idle_timeout: Option<Spanned<Dur>>,
+    pub client_body_timeout: Option<Spanned<Dur>>,
+    pub send_timeout: Option<Spanned<Dur>>,
     pub shutdown_grace: Option<Spanned<Dur>>,
 }
 

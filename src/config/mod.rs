@@ -94,6 +94,8 @@ pub struct Region {
     pub continents: Vec<String>,
     /// Regions to try, in order, when this one cannot serve.
     pub failover: Vec<usize>,
+    /// The name as a header value, for `X-Meridian-Region` on every response.
+    pub name_header: http::HeaderValue,
     /// The region's backends.
     pub backends: Vec<Backend>,
     /// Active health check settings.
@@ -107,6 +109,8 @@ pub struct Backend {
     pub url: http::Uri,
     /// `host:port`, the backend's name in the admin API and logs.
     pub address: String,
+    /// `address` as a `Host` header value, for when the client's is not kept.
+    pub host_header: http::HeaderValue,
 }
 
 /// `[region.health]`: the active health check.
@@ -129,13 +133,20 @@ pub struct Health {
 pub struct Proxy {
     /// Time allowed to open a backend connection. Default 2 s.
     pub connect_timeout: Duration,
-    /// Time from sending a request to receiving the response head. Default 30 s.
+    /// Time from the request being sent whole to the response head. Default 30 s.
     pub first_byte_timeout: Duration,
+    /// Longest pause between two pieces of a backend's response body; after
+    /// it the client's connection is closed, so a cut body never passes for
+    /// a complete one. Default 60 s (nginx's `proxy_read_timeout`).
+    pub read_timeout: Duration,
     /// Forward the client's `Host` unchanged (default) rather than the backend's.
     pub preserve_host: bool,
-    /// Most backends one request is tried on when connecting fails. Default 3.
+    /// Most backends one request is tried on. Default 3.
     pub max_attempts: usize,
-    /// How long an idle pooled backend connection is kept. Default 90 s.
+    /// How long an idle pooled backend connection is kept. Default 4 s:
+    /// shorter than the keep-alive timeout of common backends (Node.js 5 s),
+    /// so that Meridian, not the backend, closes idle connections and a
+    /// request is never written to a connection the backend is closing.
     pub pool_idle_timeout: Duration,
     /// Idle pooled connections kept per backend. Default 64.
     pub pool_max_idle_per_backend: usize,
@@ -154,6 +165,12 @@ pub struct Limits {
     pub header_read_timeout: Duration,
     /// Time an idle keep-alive connection is kept open. Default 5 s (as Apache's `KeepAliveTimeout`).
     pub keepalive_idle_timeout: Duration,
+    /// Longest pause between two pieces of a client's request body. Default
+    /// 60 s (nginx's `client_body_timeout`); after it the request ends with 408.
+    pub client_body_timeout: Duration,
+    /// Longest a write to a client may wait for the client to read. Default
+    /// 60 s (nginx's `send_timeout`); after it the connection is closed.
+    pub send_timeout: Duration,
     /// Time requests in flight get to finish on shutdown. Default 30 s.
     pub shutdown_grace: Duration,
 }

@@ -888,9 +888,10 @@ backends = ["http://10.2.0.10"]
     let p = &config.proxy;
     assert_eq!(p.connect_timeout, Duration::from_secs(2));
     assert_eq!(p.first_byte_timeout, Duration::from_secs(30));
+    assert_eq!(p.read_timeout, Duration::from_secs(60));
     assert!(p.preserve_host);
     assert_eq!(p.max_attempts, 3);
-    assert_eq!(p.pool_idle_timeout, Duration::from_secs(90));
+    assert_eq!(p.pool_idle_timeout, Duration::from_secs(4));
     assert_eq!(p.pool_max_idle_per_backend, 64);
 
     let l = &config.limits;
@@ -899,6 +900,8 @@ backends = ["http://10.2.0.10"]
     assert_eq!(l.max_headers, 100);
     assert_eq!(l.header_read_timeout, Duration::from_secs(10));
     assert_eq!(l.keepalive_idle_timeout, Duration::from_secs(5));
+    assert_eq!(l.client_body_timeout, Duration::from_secs(60));
+    assert_eq!(l.send_timeout, Duration::from_secs(60));
     assert_eq!(l.shutdown_grace, Duration::from_secs(30));
 
     let s = &config.status_page;
@@ -949,6 +952,7 @@ backends = ["http://10.2.0.10:8080"]
 [proxy]
 connect_timeout = "500ms"
 first_byte_timeout = "1m"
+read_timeout = "45s"
 preserve_host = false
 max_attempts = 2
 pool_idle_timeout = "30s"
@@ -960,6 +964,8 @@ max_header_bytes = 8192
 max_headers = 50
 header_read_timeout = "5s"
 keepalive_idle_timeout = "20s"
+client_body_timeout = "7s"
+send_timeout = "8s"
 shutdown_grace = "15s"
 
 [status_page]
@@ -998,6 +1004,7 @@ retry_after = "1m"
     let p = &config.proxy;
     assert_eq!(p.connect_timeout, Duration::from_millis(500));
     assert_eq!(p.first_byte_timeout, Duration::from_secs(60));
+    assert_eq!(p.read_timeout, Duration::from_secs(45));
     assert!(!p.preserve_host);
     assert_eq!(p.max_attempts, 2);
     assert_eq!(p.pool_idle_timeout, Duration::from_secs(30));
@@ -1009,6 +1016,8 @@ retry_after = "1m"
     assert_eq!(l.max_headers, 50);
     assert_eq!(l.header_read_timeout, Duration::from_secs(5));
     assert_eq!(l.keepalive_idle_timeout, Duration::from_secs(20));
+    assert_eq!(l.client_body_timeout, Duration::from_secs(7));
+    assert_eq!(l.send_timeout, Duration::from_secs(8));
     assert_eq!(l.shutdown_grace, Duration::from_secs(15));
 
     let s = &config.status_page;

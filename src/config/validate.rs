@@ -278,6 +278,9 @@ fn check_regions(issues: &mut Issues, raw: &[file::RegionFile]) -> Vec<Region> {
             countries,
             continents,
             failover,
+            // An invalid name is already reported; the value is then never used.
+            name_header: http::HeaderValue::from_str(name)
+                .unwrap_or_else(|_| http::HeaderValue::from_static("invalid")),
             backends,
             health,
         });
@@ -425,7 +428,13 @@ pub(crate) fn backend_url(text: &str) -> Result<Backend, String> {
     let uri: http::Uri = format!("http://{address}")
         .parse()
         .map_err(|e| format!("{e}; {EXPECTED}"))?;
-    Ok(Backend { url: uri, address })
+    let host_header =
+        http::HeaderValue::from_str(&address).map_err(|e| format!("{e}; {EXPECTED}"))?;
+    Ok(Backend {
+        url: uri,
+        address,
+        host_header,
+    })
 }
 
 fn check_health(issues: &mut Issues, i: usize, raw: &file::HealthFile) -> Health {
@@ -607,6 +616,7 @@ fn check_proxy(issues: &mut Issues, raw: file::ProxyFile) -> Proxy {
     let file::ProxyFile {
         connect_timeout,
         first_byte_timeout,
+        read_timeout,
         preserve_host,
         max_attempts,
         pool_idle_timeout,
@@ -625,13 +635,19 @@ fn check_proxy(issues: &mut Issues, raw: file::ProxyFile) -> Proxy {
             first_byte_timeout.as_ref(),
             Duration::from_secs(30),
         ),
+        read_timeout: duration(
+            issues,
+            "proxy.read_timeout",
+            read_timeout.as_ref(),
+            Duration::from_secs(60),
+        ),
         preserve_host: preserve_host.unwrap_or(true),
         max_attempts: count(issues, "proxy.max_attempts", max_attempts.as_ref(), 3, 10),
         pool_idle_timeout: duration(
             issues,
             "proxy.pool_idle_timeout",
             pool_idle_timeout.as_ref(),
-            Duration::from_secs(90),
+            Duration::from_secs(4),
         ),
         pool_max_idle_per_backend: count(
             issues,
@@ -650,6 +666,8 @@ fn check_limits(issues: &mut Issues, raw: file::LimitsFile) -> Limits {
         max_headers,
         header_read_timeout,
         keepalive_idle_timeout,
+        client_body_timeout,
+        send_timeout,
         shutdown_grace,
     } = raw;
     let max_header_bytes = match max_header_bytes {
@@ -691,6 +709,18 @@ fn check_limits(issues: &mut Issues, raw: file::LimitsFile) -> Limits {
             "limits.keepalive_idle_timeout",
             keepalive_idle_timeout.as_ref(),
             Duration::from_secs(5),
+        ),
+        client_body_timeout: duration(
+            issues,
+            "limits.client_body_timeout",
+            client_body_timeout.as_ref(),
+            Duration::from_secs(60),
+        ),
+        send_timeout: duration(
+            issues,
+            "limits.send_timeout",
+            send_timeout.as_ref(),
+            Duration::from_secs(60),
         ),
         shutdown_grace: duration(
             issues,

@@ -186,7 +186,8 @@ impl Proxy {
     /// Phase 2: tries candidates in order until one answers. A failed attempt
     /// moves on only when [`AttemptError::may_retry`] allows it and the
     /// request body, if any, was never read by the failed backend — it then
-    /// comes back and is handed to the next candidate as it is.
+    /// comes back and is handed to the next candidate as it is. A connection
+    /// that dropped before any response is retried once on the same backend.
     async fn forward(
         &self,
         snapshot: &Snapshot,
@@ -214,7 +215,8 @@ impl Proxy {
 
         let mut body = (!body.is_end_stream()).then_some(body);
         let mut last_error = None;
-        for candidate in &plan.candidates {
+        let (mut index, mut again) = (0, false);
+        while let Some(candidate) = plan.candidates.get(index) {
             let region = &config.regions[candidate.region];
             let backend = &region.backends[candidate.backend];
             let had_body = body.is_some();
@@ -250,11 +252,20 @@ impl Proxy {
                     // The attempt is over and its request dropped: an unread body is back.
                     body = unsent.and_then(Unsent::take);
                     let body_lost = had_body && body.is_none();
-                    let retry = e.may_retry(idempotent) && !body_lost;
-                    last_error = Some((e, &region.name, &backend.address));
-                    if !retry {
+                    if !e.may_retry(idempotent) || body_lost {
+                        last_error = Some((e, &region.name, &backend.address));
                         break;
                     }
+                    // A dropped keep-alive connection says little about the
+                    // backend: it gets one more try, on another connection,
+                    // before the next candidate.
+                    if matches!(e, AttemptError::Disconnected(_)) && !again {
+                        again = true;
+                    } else {
+                        again = false;
+                        index += 1;
+                    }
+                    last_error = Some((e, &region.name, &backend.address));
                 }
             }
         }

@@ -484,3 +484,218 @@ async fn a_backend_whose_check_hangs_is_down_not_alive() {
     assert_eq!(first_backend(&m).last_error, None);
     m.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_response_body_that_stalls_is_cut_off_never_passed_as_complete() {
+    let us1 = Backend::start("us-1").await;
+    let m = start(&config_text(
+        &[R("us", &[&us1], &[])],
+        "[proxy]\nread_timeout = \"300ms\"\n",
+    ))
+    .await;
+    wait_for(Duration::from_secs(5), "healthy", || async {
+        region_state(&m, "us").await == "healthy"
+    })
+    .await;
+    let req = Request::get(format!("http://{}/stall", m.http_addr))
+        .body(http_body_util::Full::new(Bytes::new()).boxed_unsync())
+        .unwrap();
+    let resp = client().request(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let body = tokio::time::timeout(Duration::from_secs(5), resp.into_body().collect())
+        .await
+        .expect("the stalled body must end within the read timeout, not hang");
+    assert!(
+        body.is_err(),
+        "a cut body must end in an error, not look complete"
+    );
+    m.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_slow_upload_is_not_a_slow_backend() {
+    // first_byte_timeout is 300 ms; the upload takes about a second.
+    let us1 = Backend::start("us-1").await;
+    let m = start(&config_text(
+        &[R("us", &[&us1], &[])],
+        "[proxy]\nfirst_byte_timeout = \"300ms\"\n",
+    ))
+    .await;
+    wait_for(Duration::from_secs(5), "healthy", || async {
+        region_state(&m, "us").await == "healthy"
+    })
+    .await;
+    let (mut tx, body) = http_body_util::channel::Channel::<Bytes>::new(1);
+    let req = Request::post(format!("http://{}/sink", m.http_addr))
+        .body(body.boxed_unsync())
+        .unwrap();
+    let sender = tokio::spawn(async move {
+        let all: Vec<u8> = (0..10 * 1024u64).map(pattern_byte).collect();
+        for chunk in all.chunks(1024) {
+            tx.send_data(Bytes::copy_from_slice(chunk)).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    let resp = client().request(req).await.unwrap();
+    sender.await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(String::from_utf8_lossy(&body), "10240");
+    m.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_client_that_stops_in_the_middle_of_its_body_gets_408() {
+    let us1 = Backend::start("us-1").await;
+    let m = start(&config_text(
+        &[R("us", &[&us1], &[])],
+        "[limits]\nclient_body_timeout = \"300ms\"\n",
+    ))
+    .await;
+    wait_for(Duration::from_secs(5), "healthy", || async {
+        region_state(&m, "us").await == "healthy"
+    })
+    .await;
+    let mut s = tokio::net::TcpStream::connect(m.http_addr).await.unwrap();
+    s.write_all(b"POST /sink HTTP/1.1\r\nhost: x\r\ncontent-length: 1000\r\n\r\n")
+        .await
+        .unwrap();
+    let start: Vec<u8> = (0..100u64).map(pattern_byte).collect();
+    s.write_all(&start).await.unwrap();
+    let mut answer = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut answer))
+        .await
+        .expect("answered within the client body timeout")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer[..n]);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    m.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_client_that_stops_reading_is_disconnected_after_the_send_timeout() {
+    let us1 = Backend::start("us-1").await;
+    let m = start(&config_text(
+        &[R("us", &[&us1], &[])],
+        "[limits]\nsend_timeout = \"300ms\"\n",
+    ))
+    .await;
+    wait_for(Duration::from_secs(5), "healthy", || async {
+        region_state(&m, "us").await == "healthy"
+    })
+    .await;
+    let mut s = tokio::net::TcpStream::connect(m.http_addr).await.unwrap();
+    s.write_all(format!("GET /big?n={MB_100} HTTP/1.1\r\nhost: x\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    // Read nothing for well over the send timeout...
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    // ...then only what was already buffered arrives, and the connection is gone.
+    let mut total = 0usize;
+    let mut buf = vec![0u8; 1 << 16];
+    let ended = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => total += n,
+            }
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "the connection was not closed");
+    assert!(
+        (total as u64) < MB_100,
+        "the whole body arrived: {total} bytes"
+    );
+    m.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_backend_that_closes_keep_alive_connections_early_costs_no_request() {
+    let addr = closing_backend().await;
+    let text = format!(
+        "[listen]\nhttp = \"127.0.0.1:0\"\n[[region]]\nname = \"us\"\nbackends = [\"http://{addr}\"]\n[region.health]\ninterval = \"100ms\"\n"
+    );
+    let m = start(&text).await;
+    wait_for(Duration::from_secs(5), "healthy", || async {
+        region_state(&m, "us").await == "healthy"
+    })
+    .await;
+    let client = client();
+    let mut failures = Vec::new();
+    for i in 0..200 {
+        let req = Request::get(format!("http://{}/{i}", m.http_addr))
+            .body(http_body_util::Full::new(Bytes::new()).boxed_unsync())
+            .unwrap();
+        let status = client.request(req).await.unwrap().status();
+        if status != StatusCode::OK {
+            failures.push((i, status));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "requests lost to closing connections: {failures:?}"
+    );
+    m.shutdown().await;
+}
+
+#[tokio::test]
+async fn shutdown_closes_what_is_still_open_after_the_grace_period() {
+    let us1 = Backend::start("us-1").await;
+    let m = start(&config_text(
+        &[R("us", &[&us1], &[])],
+        "[limits]\nshutdown_grace = \"300ms\"\n",
+    ))
+    .await;
+    wait_for(Duration::from_secs(5), "healthy", || async {
+        region_state(&m, "us").await == "healthy"
+    })
+    .await;
+    let addr = m.http_addr;
+    let hanging = tokio::spawn(async move {
+        let req = Request::get(format!("http://{addr}/hang"))
+            .body(http_body_util::Full::new(Bytes::new()).boxed_unsync())
+            .unwrap();
+        client().request(req).await.map(|r| r.status())
+    });
+    wait_for(
+        Duration::from_secs(5),
+        "the request reached the backend",
+        || async { us1.hits.load(std::sync::atomic::Ordering::Relaxed) == 1 },
+    )
+    .await;
+    tokio::time::timeout(Duration::from_secs(5), m.shutdown())
+        .await
+        .expect("shutdown ends soon after the grace period");
+    let outcome = tokio::time::timeout(Duration::from_secs(5), hanging)
+        .await
+        .expect("the client is released")
+        .unwrap();
+    assert!(
+        outcome.is_err(),
+        "the hanging request's connection was closed: {outcome:?}"
+    );
+}
+
+#[tokio::test]
+async fn an_absolute_form_target_sets_the_host_the_backend_sees() {
+    let (_us1, _us2, _eu1, m) = two_regions().await;
+    let mut s = tokio::net::TcpStream::connect(m.http_addr).await.unwrap();
+    s.write_all(b"GET http://abs.example/x?y=1 HTTP/1.1\r\nhost: other.example\r\nconnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut answer))
+        .await
+        .unwrap()
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    let json = &answer[answer.find('{').expect("an echo body")..];
+    let v: serde_json::Value = serde_json::from_str(json).unwrap();
+    assert_eq!(v["headers"]["host"][0], "abs.example");
+    assert_eq!(
+        v["path"], "/x?y=1",
+        "the backend gets an origin-form target"
+    );
+    m.shutdown().await;
+}

@@ -91,6 +91,56 @@ where
     Ok(offset)
 }
 
+/// A body that sends "start" and then stalls forever.
+struct StallBody(bool);
+
+impl Body for StallBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        if self.0 {
+            return Poll::Pending;
+        }
+        self.0 = true;
+        Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(b"start")))))
+    }
+}
+
+/// A backend written by hand that answers every request `200 ok` and closes
+/// the connection about a millisecond later without saying so, as a backend
+/// with a very short keep-alive timeout does. Returns its address.
+pub async fn closing_backend() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = listener.accept().await else {
+                continue;
+            };
+            tokio::spawn(async move {
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                let mut buf = vec![0u8; 8192];
+                let mut head = Vec::new();
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = s
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                    .await;
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            });
+        }
+    });
+    addr
+}
+
 type BoxBody = http_body_util::combinators::UnsyncBoxBody<Bytes, Infallible>;
 
 fn text(status: StatusCode, body: String) -> Response<BoxBody> {
@@ -105,6 +155,7 @@ fn text(status: StatusCode, body: String) -> Response<BoxBody> {
 /// - `/sink` (any method): reads the body, checks the pattern, answers the length
 /// - `/slow?ms=N`: answers after N milliseconds
 /// - `/hang`: never answers
+/// - `/stall`: answers 200 with the first 5 bytes of a body, then never sends more
 /// - anything else: JSON with the backend's name, the path and the headers it received
 pub struct Backend {
     pub name: String,
@@ -247,6 +298,7 @@ async fn handle(state: Shared, req: Request<Incoming>) -> Result<Response<BoxBod
             tokio::time::sleep(Duration::from_millis(query(&req, "ms").unwrap_or(500))).await;
             text(StatusCode::OK, format!("slow answer from {name}"))
         }
+        "/stall" => Response::new(StallBody(false).boxed_unsync()),
         "/hang" => {
             std::future::pending::<()>().await;
             unreachable!()

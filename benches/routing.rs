@@ -93,7 +93,7 @@ fn bench_headers(c: &mut Criterion) {
         b.iter_batched(
             || template.clone(),
             |mut h| {
-                headers::forward_request(&mut h, Version::HTTP_11, client, "http", None);
+                headers::forward_request(&mut h, Version::HTTP_11, client, "http");
                 h
             },
             criterion::BatchSize::SmallInput,

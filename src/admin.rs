@@ -48,8 +48,10 @@ async fn require_token(
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
+        .and_then(|v| v.split_once(' '))
+        // The scheme name is case-insensitive (RFC 9110 §11.1).
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token.trim());
     match presented {
         Some(p) if bool::from(p.as_bytes().ct_eq(expected.as_bytes())) => next.run(request).await,
         _ => {
@@ -144,4 +146,80 @@ pub fn status_body(shared: &Shared) -> StatusBody {
 
 async fn status(State(shared): State<Arc<Shared>>) -> Json<StatusBody> {
     Json(status_body(&shared))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use axum::body::Body;
+    use axum::http::Request;
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+
+    fn shared() -> Arc<Shared> {
+        let text = "[[region]]\nname = \"us\"\nbackends = [\"http://10.0.0.1:80\"]\n";
+        Arc::new(Shared::new(Arc::new(
+            Config::parse("t.toml", text).unwrap(),
+        )))
+    }
+
+    async fn call(
+        router: Router,
+        path: &str,
+        auth: Option<&str>,
+    ) -> (StatusCode, serde_json::Value) {
+        let mut request = Request::get(path);
+        if let Some(auth) = auth {
+            request = request.header(header::AUTHORIZATION, auth);
+        }
+        let response = router
+            .oneshot(request.body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        let status = response.status();
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        (
+            status,
+            serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null),
+        )
+    }
+
+    #[tokio::test]
+    async fn the_token_is_required_and_compared_exactly() {
+        let router = router(shared(), Some("t0ken".into()));
+        for auth in [
+            None,
+            Some("Bearer"),
+            Some("Bearer t0ke"),
+            Some("Bearer t0kenX"),
+            Some("Basic t0ken"),
+            Some("t0ken"),
+        ] {
+            let (status, body) = call(router.clone(), "/api/v1/status", auth).await;
+            assert_eq!(status, StatusCode::UNAUTHORIZED, "{auth:?}");
+            assert_eq!(body["error"], "missing or invalid bearer token");
+        }
+        for auth in ["Bearer t0ken", "bearer t0ken", "BEARER  t0ken "] {
+            let (status, body) = call(router.clone(), "/api/v1/status", Some(auth)).await;
+            assert_eq!(status, StatusCode::OK, "{auth}");
+            assert_eq!(body["regions"][0]["name"], "us");
+            assert_eq!(body["regions"][0]["state"], "unknown");
+            assert_eq!(body["regions"][0]["backends"][0]["state"], "unknown");
+        }
+    }
+
+    #[tokio::test]
+    async fn healthz_needs_no_token_and_unknown_paths_are_json_404() {
+        let router = router(shared(), Some("t0ken".into()));
+        let response = router
+            .clone()
+            .oneshot(Request::get("/healthz").body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        let (status, body) = call(router, "/api/v2/status", None).await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        assert_eq!(body["error"], "no such endpoint");
+    }
 }

@@ -45,8 +45,8 @@ async fn status_needs_the_token_and_lists_regions_and_backends() {
     );
     let m = start(&text).await;
     let admin = m.admin_addr.expect("admin listener");
-    wait_for(Duration::from_secs(5), "healthy", || async {
-        region_state(&m, "eu").await == "healthy"
+    wait_for(Duration::from_secs(5), "both regions healthy", || async {
+        region_state(&m, "us").await == "healthy" && region_state(&m, "eu").await == "healthy"
     })
     .await;
 

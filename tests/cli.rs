@@ -95,13 +95,13 @@ async fn spawn_meridian(config: &std::path::Path, port: u16) -> std::process::Ch
         .stderr(std::process::Stdio::null())
         .spawn()
         .expect("starts");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
     while tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await
         .is_err()
     {
         assert!(
-            std::time::Instant::now() < deadline,
+            tokio::time::Instant::now() < deadline,
             "meridian did not listen on {port}"
         );
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
@@ -175,13 +175,13 @@ async fn sigterm_lets_a_request_in_flight_finish_then_exits_zero() {
         .expect("the request in flight is answered");
     assert_eq!(status, 200);
     assert_eq!(body, "slow answer from us-1");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
     let code = loop {
         if let Some(status) = child.try_wait().unwrap() {
             break status.code();
         }
         assert!(
-            std::time::Instant::now() < deadline,
+            tokio::time::Instant::now() < deadline,
             "meridian did not exit after SIGTERM"
         );
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;

@@ -701,3 +701,57 @@ async fn an_absolute_form_target_sets_the_host_the_backend_sees() {
     );
     m.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_response_is_streamed_not_buffered() {
+    // The backend sends its second part only after the client has received
+    // the first through Meridian: a proxy that buffered whole bodies would
+    // wait forever.
+    let us1 = Backend::start("us-1").await;
+    let m = start(&config_text(&[R("us", &[&us1], &[])], "")).await;
+    wait_for(Duration::from_secs(5), "healthy", || async {
+        region_state(&m, "us").await == "healthy"
+    })
+    .await;
+    let req = Request::get(format!("http://{}/gated", m.http_addr))
+        .body(http_body_util::Full::new(Bytes::new()).boxed_unsync())
+        .unwrap();
+    let mut body = client().request(req).await.unwrap().into_body();
+    let first = tokio::time::timeout(Duration::from_secs(5), body.frame())
+        .await
+        .expect("the first part arrives before the backend finishes")
+        .unwrap()
+        .unwrap();
+    assert_eq!(first.into_data().unwrap(), "first");
+    us1.release.notify_one();
+    let rest = body.collect().await.unwrap().to_bytes();
+    assert_eq!(rest, "second");
+    m.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_request_body_is_streamed_not_buffered() {
+    // The client sends the rest only after the backend has received the
+    // first part through Meridian.
+    let us1 = Backend::start("us-1").await;
+    let m = start(&config_text(&[R("us", &[&us1], &[])], "")).await;
+    wait_for(Duration::from_secs(5), "healthy", || async {
+        region_state(&m, "us").await == "healthy"
+    })
+    .await;
+    let (mut tx, body) = http_body_util::channel::Channel::<Bytes>::new(1);
+    let req = Request::post(format!("http://{}/gated-sink", m.http_addr))
+        .body(body.boxed_unsync())
+        .unwrap();
+    let response = tokio::spawn(client().request(req));
+    tx.send_data(Bytes::from_static(b"first")).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(5), us1.got_first.notified())
+        .await
+        .expect("the backend gets the first part before the client finishes");
+    tx.send_data(Bytes::from_static(b"second")).await.unwrap();
+    drop(tx);
+    let resp = response.await.unwrap().unwrap();
+    let n = resp.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(n, "11");
+    m.shutdown().await;
+}

@@ -1188,3 +1188,44 @@ fn missing_file_is_a_read_error_without_issues() {
     assert!(err.issues().is_empty());
     assert!(err.to_string().contains("/nonexistent/meridian-test.toml"));
 }
+
+#[test]
+fn contract_keys_not_implemented_yet_are_refused_with_what_to_do_instead() {
+    let cases = [
+        ("[listen]\nhttps = \"0.0.0.0:8443\"\n", 2, "listen.https", "TLS termination"),
+        ("[tls]\ncert = \"a.pem\"\n", 1, "tls", "TLS termination"),
+        ("[admin]\nstate_file = \"s.json\"\n", 2, "admin.state_file", "drains and incidents"),
+        ("[geo]\ndatabase = \"c.mmdb\"\n", 2, "geo.database", "[[geo.override]]"),
+        ("[geo]\ntrusted_proxies = []\n", 2, "geo.trusted_proxies", "socket peer"),
+        ("[alerts]\nwebhooks = []\n", 1, "alerts", "webhooks"),
+        ("[dns]\nmin_ttl = \"1s\"\n", 1, "dns", "system resolver"),
+        (
+            "[[region]]\nname = \"us\"\nbackends = [\"http://10.0.0.1:80\"]\n[region.health]\nfailure_domain_header = \"X-Node\"\n",
+            5,
+            "region[0].health.failure_domain_header",
+            "failure-domain",
+        ),
+        (
+            "[[region]]\nname = \"us\"\nbackends = [{ url = \"http://10.0.0.1:80\" }]\n",
+            3,
+            "region[0].backends[0]",
+            "backend tables",
+        ),
+    ];
+    for (text, line, key, why) in cases {
+        let err = Config::parse("test.toml", text).unwrap_err();
+        let issue = &err.issues()[0];
+        assert_eq!((issue.line, issue.key.as_str()), (line, key), "{issue}");
+        assert!(
+            issue
+                .message
+                .starts_with("not supported by this version of Meridian"),
+            "{issue}"
+        );
+        assert!(issue.message.contains(why), "{issue}");
+    }
+    // A backend of the wrong type is still just a wrong type.
+    let err =
+        Config::parse("test.toml", "[[region]]\nname = \"us\"\nbackends = [5]\n").unwrap_err();
+    assert!(err.issues()[0].message.contains("invalid type"), "{err}");
+}

@@ -37,12 +37,16 @@ pub(super) fn parse(file_name: &str, text: &str) -> Result<Config, ConfigError> 
         // Spanned values add a private segment to the path that users never wrote.
         let key = key.replace(".$__serde_spanned_private_value", "");
         let key = if key == "." { String::new() } else { key };
+        let message = match not_yet_supported(&key, inner.message()) {
+            Some(why) => format!("not supported by this version of Meridian: {why}"),
+            None => tidy_serde_message(inner.message()),
+        };
         ConfigError::Invalid(vec![ConfigIssue {
             file: file_name.to_owned(),
             line,
             column,
             key,
-            message: tidy_serde_message(inner.message()),
+            message,
         }])
     })?;
     let mut issues = Issues::new(file_name, text);
@@ -52,6 +56,44 @@ pub(super) fn parse(file_name: &str, text: &str) -> Result<Config, ConfigError> 
     } else {
         Err(ConfigError::Invalid(issues.into_vec()))
     }
+}
+
+/// Keys of the documented configuration contract that this version does not
+/// implement yet, with what to do instead. Refusing them, rather than
+/// accepting and ignoring them, means nobody believes a feature is on when
+/// it is not.
+fn not_yet_supported(key: &str, serde_message: &str) -> Option<&'static str> {
+    // `region[3].health.x` and `region[3].backends[1]` are looked up without their indices.
+    let mut plain = String::with_capacity(key.len());
+    let mut in_index = false;
+    for c in key.chars() {
+        match c {
+            '[' => in_index = true,
+            ']' => in_index = false,
+            _ if !in_index => plain.push(c),
+            _ => {}
+        }
+    }
+    Some(match plain.as_str() {
+        "listen.https" | "listen.redirect_to_https" | "tls" => {
+            "TLS termination is not available yet; serve plain HTTP with listen.http"
+        }
+        "listen.proxy_protocol" => "the PROXY protocol is not available yet",
+        "admin.state_file" => "drains and incidents are not available yet, so there is no state to keep",
+        "geo.database" => {
+            "GeoIP lookup is not available yet; choose regions with [[geo.override]] and geo.default_region"
+        }
+        "geo.trusted_proxies" => {
+            "forwarding headers are not used to find the client yet; the client is always the socket peer"
+        }
+        "region.health.failure_domain_header" => "failure-domain warnings are not available yet",
+        "region.backends" if serde_message.contains("map") => {
+            "a backend is a URL string; backend tables are not available yet"
+        }
+        "alerts" => "alert webhooks are not available yet",
+        "dns" => "DNS discovery is not available yet; a backend host name is resolved by the system resolver on each new connection",
+        _ => return None,
+    })
 }
 
 /// serde says "unknown field"; users write keys.

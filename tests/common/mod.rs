@@ -155,6 +155,8 @@ fn text(status: StatusCode, body: String) -> Response<BoxBody> {
 /// - `/sink` (any method): reads the body, checks the pattern, answers the length
 /// - `/slow?ms=N`: answers after N milliseconds
 /// - `/hang`: never answers
+/// - `/gated`: sends `first`, waits for [`Backend::release`], then sends `second`
+/// - `/gated-sink`: reads one frame, signals [`Backend::got_first`], reads the rest, answers the length
 /// - `/stall`: answers 200 with the first 5 bytes of a body, then never sends more
 /// - anything else: JSON with the backend's name, the path and the headers it received
 pub struct Backend {
@@ -163,6 +165,10 @@ pub struct Backend {
     up: watch::Sender<bool>,
     pub hits: Arc<AtomicUsize>,
     health: Arc<AtomicU8>,
+    /// Lets a `/gated` response send its second part.
+    pub release: Arc<tokio::sync::Notify>,
+    /// Signalled when `/gated-sink` has received the first frame of a body.
+    pub got_first: Arc<tokio::sync::Notify>,
 }
 
 /// How a backend answers its health checks.
@@ -181,10 +187,14 @@ impl Backend {
         let (up, rx) = watch::channel(true);
         let hits = Arc::new(AtomicUsize::new(0));
         let health = Arc::new(AtomicU8::new(HealthAnswer::Ok as u8));
+        let release = Arc::new(tokio::sync::Notify::new());
+        let got_first = Arc::new(tokio::sync::Notify::new());
         let state = Shared {
             name: name.to_owned(),
             hits: Arc::clone(&hits),
             health: Arc::clone(&health),
+            release: Arc::clone(&release),
+            got_first: Arc::clone(&got_first),
         };
         tokio::spawn(serve(Some(listener), addr, state, rx));
         Backend {
@@ -193,6 +203,8 @@ impl Backend {
             up,
             hits,
             health,
+            release,
+            got_first,
         }
     }
 
@@ -216,6 +228,8 @@ struct Shared {
     name: String,
     hits: Arc<AtomicUsize>,
     health: Arc<AtomicU8>,
+    release: Arc<tokio::sync::Notify>,
+    got_first: Arc<tokio::sync::Notify>,
 }
 
 async fn serve(
@@ -275,7 +289,13 @@ fn query(req: &Request<Incoming>, key: &str) -> Option<u64> {
 }
 
 async fn handle(state: Shared, req: Request<Incoming>) -> Result<Response<BoxBody>, Infallible> {
-    let Shared { name, hits, health } = state;
+    let Shared {
+        name,
+        hits,
+        health,
+        release,
+        got_first,
+    } = state;
     let path = req.uri().path().to_owned();
     if path == "/healthz" {
         return Ok(match health.load(Ordering::Relaxed) {
@@ -297,6 +317,30 @@ async fn handle(state: Shared, req: Request<Incoming>) -> Result<Response<BoxBod
         "/slow" => {
             tokio::time::sleep(Duration::from_millis(query(&req, "ms").unwrap_or(500))).await;
             text(StatusCode::OK, format!("slow answer from {name}"))
+        }
+        "/gated" => {
+            let (mut tx, body) = http_body_util::channel::Channel::<Bytes>::new(1);
+            tokio::spawn(async move {
+                let _ = tx.send_data(Bytes::from_static(b"first")).await;
+                release.notified().await;
+                let _ = tx.send_data(Bytes::from_static(b"second")).await;
+            });
+            Response::new(body.boxed_unsync())
+        }
+        "/gated-sink" => {
+            let mut body = req.into_body();
+            let mut n = 0;
+            let mut first = true;
+            while let Some(Ok(frame)) = body.frame().await {
+                if let Ok(data) = frame.into_data() {
+                    n += data.len();
+                    if first {
+                        first = false;
+                        got_first.notify_one();
+                    }
+                }
+            }
+            text(StatusCode::OK, n.to_string())
         }
         "/stall" => Response::new(StallBody(false).boxed_unsync()),
         "/hang" => {

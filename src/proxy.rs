@@ -252,27 +252,26 @@ impl Proxy {
                     // The attempt is over and its request dropped: an unread body is back.
                     body = unsent.and_then(Unsent::take);
                     let body_lost = had_body && body.is_none();
-                    if !e.may_retry(idempotent) || body_lost {
-                        last_error = Some((e, &region.name, &backend.address));
-                        break;
-                    }
+                    let retry = e.may_retry(idempotent) && !body_lost;
                     // A dropped keep-alive connection says little about the
                     // backend: it gets one more try, on another connection,
                     // before the next candidate.
-                    if matches!(e, AttemptError::Disconnected(_)) && !again {
-                        again = true;
-                    } else {
-                        again = false;
+                    let same_again = !again && matches!(e, AttemptError::Disconnected(_));
+                    last_error = Some((e, &region.name, &backend.address));
+                    if !retry {
+                        break;
+                    }
+                    again = same_again;
+                    if !same_again {
                         index += 1;
                     }
-                    last_error = Some((e, &region.name, &backend.address));
                 }
             }
         }
         let rescue = match &last_error {
             None => Rescue::NoRegion,
             Some((e, region, backend)) => {
-                tracing::warn!(%region, %backend, error = %e, "no backend answered");
+                tracing::warn!(%region, %backend, error = %e, "request failed");
                 e.rescue()
             }
         };

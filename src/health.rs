@@ -298,4 +298,86 @@ mod tests {
         m.state = Up;
         assert_eq!(m.observe(true), None);
     }
+
+    /// A probe that plays a script: `Some(result)` answers at once, `None` never answers.
+    struct Scripted {
+        script: std::sync::Mutex<std::collections::VecDeque<Option<Result<(), ProbeError>>>>,
+        calls: std::sync::Mutex<Vec<tokio::time::Instant>>,
+    }
+
+    impl Probe for std::sync::Arc<Scripted> {
+        async fn check(&self, _: &Backend, _: &Health) -> Result<(), ProbeError> {
+            self.calls.lock().unwrap().push(tokio::time::Instant::now());
+            let next = self.script.lock().unwrap().pop_front().flatten();
+            match next {
+                Some(result) => result,
+                None => std::future::pending().await,
+            }
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_probe_loop_checks_every_interval_times_out_and_stops() {
+        let config = crate::config::Config::parse(
+            "t.toml",
+            "[[region]]\nname = \"us\"\nbackends = [\"http://10.0.0.1:80\"]\n[region.health]\ninterval = \"1s\"\ntimeout = \"100ms\"\n",
+        )
+        .unwrap();
+        let region = &config.regions[0];
+        let probe = std::sync::Arc::new(Scripted {
+            script: std::sync::Mutex::new(
+                [
+                    Some(Ok(())),
+                    Some(Err(ProbeError::Status(503))),
+                    None,
+                    Some(Ok(())),
+                ]
+                .into(),
+            ),
+            calls: std::sync::Mutex::new(Vec::new()),
+        });
+        let (tx, mut rx) = mpsc::channel(4);
+        let stop = CancellationToken::new();
+        let started = tokio::time::Instant::now();
+        let task = tokio::spawn(probe_loop(
+            std::sync::Arc::clone(&probe),
+            0,
+            0,
+            region.backends[0].clone(),
+            region.health.clone(),
+            tx,
+            stop.clone(),
+        ));
+        let mut results = Vec::new();
+        for _ in 0..4 {
+            results.push(rx.recv().await.unwrap().result);
+        }
+        assert_eq!(
+            results,
+            vec![
+                Ok(()),
+                Err(ProbeError::Status(503)),
+                Err(ProbeError::Timeout(Duration::from_millis(100))),
+                Ok(())
+            ]
+        );
+        let offsets: Vec<Duration> = probe
+            .calls
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|t| *t - started)
+            .collect();
+        let secs: Vec<u64> = offsets.iter().map(|d| d.as_secs()).collect();
+        assert_eq!(
+            secs,
+            vec![0, 1, 2, 3],
+            "one check a second, the first at once"
+        );
+        stop.cancel();
+        tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .expect("the loop stops when cancelled")
+            .unwrap();
+    }
 }

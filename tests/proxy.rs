@@ -516,11 +516,11 @@ async fn a_response_body_that_stalls_is_cut_off_never_passed_as_complete() {
 
 #[tokio::test]
 async fn a_slow_upload_is_not_a_slow_backend() {
-    // first_byte_timeout is 300 ms; the upload takes about a second.
+    // first_byte_timeout is 400 ms; the upload takes about 1.5 s.
     let us1 = Backend::start("us-1").await;
     let m = start(&config_text(
         &[R("us", &[&us1], &[])],
-        "[proxy]\nfirst_byte_timeout = \"300ms\"\n",
+        "[proxy]\nfirst_byte_timeout = \"400ms\"\n",
     ))
     .await;
     wait_for(Duration::from_secs(5), "healthy", || async {
@@ -532,7 +532,7 @@ async fn a_slow_upload_is_not_a_slow_backend() {
         .body(body.boxed_unsync())
         .unwrap();
     let sender = tokio::spawn(async move {
-        let all: Vec<u8> = (0..10 * 1024u64).map(pattern_byte).collect();
+        let all: Vec<u8> = (0..15 * 1024u64).map(pattern_byte).collect();
         for chunk in all.chunks(1024) {
             tx.send_data(Bytes::copy_from_slice(chunk)).await.unwrap();
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -542,7 +542,7 @@ async fn a_slow_upload_is_not_a_slow_backend() {
     sender.await.unwrap();
     assert_eq!(resp.status(), StatusCode::OK);
     let body = resp.into_body().collect().await.unwrap().to_bytes();
-    assert_eq!(String::from_utf8_lossy(&body), "10240");
+    assert_eq!(String::from_utf8_lossy(&body), "15360");
     m.shutdown().await;
 }
 

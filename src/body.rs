@@ -89,8 +89,9 @@ fn poll_timed(
 /// When it is dropped without ever having been polled — the connection to
 /// the backend failed before anything was written — the client's body is
 /// handed back through [`Unsent`], so the request can go to another backend
-/// without buffering anything. When its last frame has been read it fires
-/// [`Sent`], which starts the wait for the response.
+/// without buffering anything. When its last frame has been read, or when it
+/// is dropped (hyper drops an empty body as it writes the request head), it
+/// fires [`Sent`], which starts the wait for the response.
 #[derive(Debug)]
 pub struct UpstreamBody {
     inner: Option<(Incoming, IdleTimer)>,
@@ -112,6 +113,7 @@ impl Unsent {
 }
 
 /// Completes when the request body has been read to its end, or is gone.
+/// Dropping the sender counts as sent, so that nothing waits forever.
 #[derive(Debug)]
 pub struct Sent(oneshot::Receiver<()>);
 
@@ -137,13 +139,15 @@ impl UpstreamBody {
     }
 
     /// No body at all.
-    pub fn empty() -> UpstreamBody {
-        UpstreamBody {
+    pub fn empty() -> (UpstreamBody, Sent) {
+        let (sent_tx, sent_rx) = oneshot::channel();
+        let body = UpstreamBody {
             inner: None,
             polled: false,
             unsent: None,
-            sent: None,
-        }
+            sent: Some(sent_tx),
+        };
+        (body, Sent(sent_rx))
     }
 }
 

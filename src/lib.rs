@@ -13,3 +13,4 @@ pub mod server;
 pub mod state;
 pub mod status_page;
 pub mod telemetry;
+pub mod upstream;

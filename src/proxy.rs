@@ -11,36 +11,19 @@ use http::header::{HeaderValue, HOST};
 use http::{HeaderMap, Method, Request, Response, Uri, Version};
 use http_body::Body;
 use hyper::body::Incoming;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::{self, Client};
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper_util::client::legacy;
 
 use crate::body::{BodyError, ResponseBody, Sent, Unsent, UpstreamBody};
-use crate::config::{Backend, Config};
+use crate::config::Backend;
 use crate::routing::{self, Plan};
 use crate::state::{Shared, Snapshot};
 use crate::status_page::{PublicRegion, Rescue, StatusPages};
 use crate::telemetry::error_chain;
+use crate::upstream::UpstreamClient;
 use crate::{geo, headers};
 
 /// Response header naming the region that served the request.
 pub const X_MERIDIAN_REGION: http::HeaderName = http::HeaderName::from_static("x-meridian-region");
-
-/// The pooled client used for live traffic.
-pub type UpstreamClient = Client<HttpConnector, UpstreamBody>;
-
-/// Builds the pooled client for live traffic from `[proxy]`.
-pub fn upstream_client(config: &Config) -> UpstreamClient {
-    let mut connector = HttpConnector::new();
-    connector.set_connect_timeout(Some(config.proxy.connect_timeout));
-    connector.set_nodelay(true);
-    connector.enforce_http(true);
-    Client::builder(TokioExecutor::new())
-        .pool_timer(TokioTimer::new())
-        .pool_idle_timeout(config.proxy.pool_idle_timeout)
-        .pool_max_idle_per_host(config.proxy.pool_max_idle_per_backend)
-        .build(connector)
-}
 
 /// The request handler of the public listener.
 #[derive(Debug, Clone)]
@@ -178,7 +161,7 @@ impl Proxy {
             &config.regions,
             &snapshot.regions,
             preferred,
-            self.shared.next_rotation(),
+            self.shared.next_rotation(preferred),
             config.proxy.max_attempts,
         )
     }
@@ -203,9 +186,14 @@ impl Proxy {
             version: parts.version,
             headers: parts.headers,
         };
-        // RFC 9112 §3.2.2: the authority of an absolute-form target replaces Host.
+        // RFC 9112 §3.2.2: the authority of an absolute-form target replaces
+        // Host — host and port only, never a user:password part.
         if let Some(authority) = head.uri.authority() {
-            if let Ok(host) = HeaderValue::from_str(authority.as_str()) {
+            let host = match authority.port() {
+                Some(port) => HeaderValue::from_str(&format!("{}:{port}", authority.host())),
+                None => HeaderValue::from_str(authority.host()),
+            };
+            if let Ok(host) = host {
                 head.headers.insert(HOST, host);
             }
         }
@@ -215,7 +203,7 @@ impl Proxy {
 
         let mut body = (!body.is_end_stream()).then_some(body);
         let mut last_error = None;
-        let (mut index, mut again) = (0, false);
+        let (mut index, mut retried_same) = (0, false);
         while let Some(candidate) = plan.candidates.get(index) {
             let region = &config.regions[candidate.region];
             let backend = &region.backends[candidate.backend];
@@ -223,9 +211,12 @@ impl Proxy {
             let (upstream_body, unsent, sent) = match body.take() {
                 Some(b) => {
                     let (b, unsent, sent) = UpstreamBody::new(b, config.limits.client_body_timeout);
-                    (b, Some(unsent), Some(sent))
+                    (b, Some(unsent), sent)
                 }
-                None => (UpstreamBody::empty(), None, None),
+                None => {
+                    let (b, sent) = UpstreamBody::empty();
+                    (b, None, sent)
+                }
             };
             let request = match build_upstream(&head, backend, keep_host, upstream_body) {
                 Ok(r) => r,
@@ -254,15 +245,17 @@ impl Proxy {
                     let body_lost = had_body && body.is_none();
                     let retry = e.may_retry(idempotent) && !body_lost;
                     // A dropped keep-alive connection says little about the
-                    // backend: it gets one more try, on another connection,
-                    // before the next candidate.
-                    let same_again = !again && matches!(e, AttemptError::Disconnected(_));
+                    // backend: it gets one more try before the next candidate,
+                    // once per request, so a request that kills backends
+                    // cannot take twice its share of them.
+                    let same_again = !retried_same && matches!(e, AttemptError::Disconnected(_));
                     last_error = Some((e, &region.name, &backend.address));
                     if !retry {
                         break;
                     }
-                    again = same_again;
-                    if !same_again {
+                    if same_again {
+                        retried_same = true;
+                    } else {
                         index += 1;
                     }
                 }
@@ -270,6 +263,11 @@ impl Proxy {
         }
         let rescue = match &last_error {
             None => Rescue::NoRegion,
+            // The client's own doing: nothing an operator needs to hear about.
+            Some((e @ AttemptError::ClientBody { .. }, _, _)) => {
+                tracing::debug!(error = %e, "request body failed");
+                e.rescue()
+            }
             Some((e, region, backend)) => {
                 tracing::warn!(%region, %backend, error = %e, "request failed");
                 e.rescue()
@@ -279,19 +277,20 @@ impl Proxy {
     }
 
     /// One attempt on one backend. The first-byte timeout starts once the
-    /// request body has been sent whole, so a slow upload is not mistaken for
-    /// a slow backend; the upload itself is bounded by the client body timeout.
+    /// request has been handed to a backend connection with its body read
+    /// whole from the client: connecting is bounded by the connect timeout
+    /// (and a failure to connect goes to the next candidate), a slow upload by
+    /// the client body timeout, and a backend that stops reading by the send
+    /// timeout.
     async fn attempt(
         &self,
         request: Request<UpstreamBody>,
-        sent: Option<Sent>,
+        sent: Sent,
         first_byte: Duration,
     ) -> Result<Response<Incoming>, AttemptError> {
         let exchange = self.client.request(request);
         let deadline = async {
-            if let Some(sent) = sent {
-                sent.wait().await;
-            }
+            sent.wait().await;
             tokio::time::sleep(first_byte).await;
         };
         tokio::select! {

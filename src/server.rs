@@ -18,7 +18,7 @@ use tokio_util::task::TaskTracker;
 use crate::activity::{Activity, InFlight};
 use crate::config::{Config, Limits};
 use crate::health::{probe_loop, HttpProbe};
-use crate::proxy::{upstream_client, Proxy};
+use crate::proxy::Proxy;
 use crate::state::{self, Shared};
 use crate::status_page::{StatusPages, TemplateError};
 
@@ -96,7 +96,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
 
     spawn_health(&config, &shared, &stop, &background);
 
-    let proxy = Proxy::new(Arc::clone(&shared), upstream_client(&config), pages);
+    let proxy = Proxy::new(Arc::clone(&shared), crate::upstream::client(&config), pages);
     let hard_stop = CancellationToken::new();
     let accept = tokio::spawn(accept_loop(
         http,

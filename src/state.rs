@@ -144,15 +144,18 @@ impl Snapshot {
 #[derive(Debug)]
 pub struct Shared {
     snapshot: ArcSwap<Snapshot>,
-    rotation: AtomicUsize,
+    /// One round-robin counter per preferred region: a shared one would give
+    /// each region the same backends whenever traffic alternates regularly.
+    rotations: Box<[AtomicUsize]>,
 }
 
 impl Shared {
     /// Shared state holding the initial snapshot of `config`.
     pub fn new(config: Arc<Config>) -> Shared {
+        let rotations = config.regions.iter().map(|_| AtomicUsize::new(0)).collect();
         Shared {
             snapshot: ArcSwap::from_pointee(Snapshot::initial(config)),
-            rotation: AtomicUsize::new(0),
+            rotations,
         }
     }
 
@@ -161,9 +164,11 @@ impl Shared {
         self.snapshot.load_full()
     }
 
-    /// The next round-robin position.
-    pub fn next_rotation(&self) -> usize {
-        self.rotation.fetch_add(1, Ordering::Relaxed)
+    /// The next round-robin position for clients preferring `region`.
+    pub fn next_rotation(&self, region: usize) -> usize {
+        self.rotations
+            .get(region)
+            .map_or(0, |r| r.fetch_add(1, Ordering::Relaxed))
     }
 
     fn publish(&self, snapshot: Snapshot) {
@@ -291,6 +296,23 @@ mod tests {
         assert_eq!(RegionState::of([Down, Unknown]), RegionState::Down);
         assert_eq!(RegionState::of([Unknown, Unknown]), RegionState::Unknown);
         assert_eq!(RegionState::of([]), RegionState::Unknown);
+    }
+
+    #[test]
+    fn each_preferred_region_has_its_own_rotation() {
+        let text = "[[region]]\nname = \"us\"\nbackends = [\"http://10.0.0.1:80\"]\n\
+                    [[region]]\nname = \"eu\"\nbackends = [\"http://10.1.0.1:80\"]\n";
+        let shared = Shared::new(Arc::new(Config::parse("t.toml", text).unwrap()));
+        // Alternating traffic still walks each region's backends in turn.
+        let seen: Vec<(usize, usize)> = (0..3)
+            .map(|_| (shared.next_rotation(0), shared.next_rotation(1)))
+            .collect();
+        assert_eq!(seen, vec![(0, 0), (1, 1), (2, 2)]);
+        assert_eq!(
+            shared.next_rotation(9),
+            0,
+            "an unknown region does not panic"
+        );
     }
 
     #[test]

@@ -755,3 +755,144 @@ async fn a_request_body_is_streamed_not_buffered() {
     assert_eq!(n, "11");
     m.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_backend_that_stops_reading_an_upload_is_given_up_on_after_the_send_timeout() {
+    let addr = deaf_backend().await;
+    let text = format!(
+        "[listen]\nhttp = \"127.0.0.1:0\"\n[proxy]\nsend_timeout = \"300ms\"\n[[region]]\nname = \"us\"\nbackends = [\"http://{addr}\"]\n[region.health]\ninterval = \"1h\"\n"
+    );
+    let m = start(&text).await;
+    wait_for(Duration::from_secs(5), "healthy", || async {
+        region_state(&m, "us").await == "healthy"
+    })
+    .await;
+    let mut s = tokio::net::TcpStream::connect(m.http_addr).await.unwrap();
+    let len = 64 * 1024 * 1024;
+    s.write_all(
+        format!("POST /upload HTTP/1.1\r\nhost: x\r\ncontent-length: {len}\r\n\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
+    let (mut reader, mut writer) = s.into_split();
+    // Upload until the buffers on the way fill; the writer then blocks.
+    tokio::spawn(async move {
+        let chunk = vec![b'x'; 1 << 16];
+        for _ in 0..len / chunk.len() {
+            if writer.write_all(&chunk).await.is_err() {
+                return;
+            }
+        }
+    });
+    let mut answer = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(10), reader.read(&mut answer))
+        .await
+        .expect("answered, not hung")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer[..n]);
+    assert!(answer.starts_with("HTTP/1.1 502"), "{answer}");
+    m.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_request_without_a_body_fails_over_when_connecting_stalls() {
+    // A backend whose accept queue is full drops new connection attempts:
+    // the connect timeout (1 s), not the first-byte timeout (300 ms), must
+    // decide, and a failed connect goes to the failover region.
+    let std_listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let stalled = std_listener.local_addr().unwrap();
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    drop(std_listener);
+    socket.bind(stalled).unwrap();
+    let listener = socket.listen(1).unwrap();
+    let eu1 = Backend::start("eu-1").await;
+    let text = format!(
+        "[listen]\nhttp = \"127.0.0.1:0\"\n[proxy]\nconnect_timeout = \"1s\"\nfirst_byte_timeout = \"300ms\"\n\
+         [[region]]\nname = \"us\"\nfailover = [\"eu\"]\nbackends = [\"http://{stalled}\"]\n[region.health]\ninterval = \"1h\"\n\
+         [[region]]\nname = \"eu\"\nbackends = [\"{}\"]\n[region.health]\ninterval = \"1h\"\n",
+        eu1.url()
+    );
+    // Answer the first health check by hand, then stop accepting.
+    let checker = tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.unwrap();
+        let mut buf = vec![0u8; 1024];
+        let _ = s.read(&mut buf).await;
+        let _ = s
+            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+            .await;
+        listener
+    });
+    let m = start(&text).await;
+    wait_for(Duration::from_secs(5), "both healthy", || async {
+        region_state(&m, "us").await == "healthy" && region_state(&m, "eu").await == "healthy"
+    })
+    .await;
+    let _listener = checker.await.unwrap();
+    // Fill the accept queue so that further handshakes are not completed.
+    let mut fillers = Vec::new();
+    for _ in 0..4 {
+        if let Ok(Ok(s)) = tokio::time::timeout(
+            Duration::from_millis(200),
+            tokio::net::TcpStream::connect(stalled),
+        )
+        .await
+        {
+            fillers.push(s);
+        }
+    }
+    let (status, headers, body) = get(&m, "/", &[]).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(headers["x-meridian-region"], "eu");
+    m.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_dropped_connection_is_retried_once_per_request_not_once_per_backend() {
+    let (a, dropped_a) = rude_backend().await;
+    let (b, dropped_b) = rude_backend().await;
+    let text = format!(
+        "[listen]\nhttp = \"127.0.0.1:0\"\n[[region]]\nname = \"us\"\nbackends = [\"http://{a}\", \"http://{b}\"]\n[region.health]\ninterval = \"1h\"\n"
+    );
+    let m = start(&text).await;
+    wait_for(Duration::from_secs(5), "healthy", || async {
+        region_state(&m, "us").await == "healthy"
+    })
+    .await;
+    let (status, _, _) = get(&m, "/", &[]).await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY);
+    let tries = dropped_a.load(std::sync::atomic::Ordering::SeqCst)
+        + dropped_b.load(std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(tries, 3, "first backend twice, the second once");
+    // A POST is not idempotent: one try only.
+    let req = Request::post(format!("http://{}/", m.http_addr))
+        .body(http_body_util::Full::new(Bytes::new()).boxed_unsync())
+        .unwrap();
+    assert_eq!(
+        client().request(req).await.unwrap().status(),
+        StatusCode::BAD_GATEWAY
+    );
+    let after = dropped_a.load(std::sync::atomic::Ordering::SeqCst)
+        + dropped_b.load(std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(after, tries + 1);
+    m.shutdown().await;
+}
+
+#[tokio::test]
+async fn credentials_in_an_absolute_form_target_never_reach_the_backend() {
+    let (_us1, _us2, _eu1, m) = two_regions().await;
+    let mut s = tokio::net::TcpStream::connect(m.http_addr).await.unwrap();
+    s.write_all(b"GET http://alice:s3cret@abs.example:8080/x HTTP/1.1\r\nhost: other.example\r\nconnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut answer))
+        .await
+        .unwrap()
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(!answer.contains("s3cret"), "{answer}");
+    let json = &answer[answer.find('{').expect("an echo body")..];
+    let v: serde_json::Value = serde_json::from_str(json).unwrap();
+    assert_eq!(v["headers"]["host"][0], "abs.example:8080");
+    m.shutdown().await;
+}

@@ -96,6 +96,7 @@ pub struct ProxyFile {
     pub connect_timeout: Option<Spanned<Dur>>,
     pub first_byte_timeout: Option<Spanned<Dur>>,
     pub read_timeout: Option<Spanned<Dur>>,
+    pub send_timeout: Option<Spanned<Dur>>,
     pub preserve_host: Option<bool>,
     pub max_attempts: Option<Spanned<i64>>,
     pub pool_idle_timeout: Option<Spanned<Dur>>,

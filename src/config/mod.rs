@@ -139,6 +139,9 @@ pub struct Proxy {
     /// it the client's connection is closed, so a cut body never passes for
     /// a complete one. Default 60 s (nginx's `proxy_read_timeout`).
     pub read_timeout: Duration,
+    /// Longest a write to a backend may wait for the backend to read, as when
+    /// it stops reading a request body. Default 60 s.
+    pub send_timeout: Duration,
     /// Forward the client's `Host` unchanged (default) rather than the backend's.
     pub preserve_host: bool,
     /// Most backends one request is tried on. Default 3.

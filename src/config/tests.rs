@@ -889,6 +889,7 @@ backends = ["http://10.2.0.10"]
     assert_eq!(p.connect_timeout, Duration::from_secs(2));
     assert_eq!(p.first_byte_timeout, Duration::from_secs(30));
     assert_eq!(p.read_timeout, Duration::from_secs(60));
+    assert_eq!(p.send_timeout, Duration::from_secs(60));
     assert!(p.preserve_host);
     assert_eq!(p.max_attempts, 3);
     assert_eq!(p.pool_idle_timeout, Duration::from_secs(4));
@@ -953,6 +954,7 @@ backends = ["http://10.2.0.10:8080"]
 connect_timeout = "500ms"
 first_byte_timeout = "1m"
 read_timeout = "45s"
+send_timeout = "50s"
 preserve_host = false
 max_attempts = 2
 pool_idle_timeout = "30s"
@@ -1005,6 +1007,7 @@ retry_after = "1m"
     assert_eq!(p.connect_timeout, Duration::from_millis(500));
     assert_eq!(p.first_byte_timeout, Duration::from_secs(60));
     assert_eq!(p.read_timeout, Duration::from_secs(45));
+    assert_eq!(p.send_timeout, Duration::from_secs(50));
     assert!(!p.preserve_host);
     assert_eq!(p.max_attempts, 2);
     assert_eq!(p.pool_idle_timeout, Duration::from_secs(30));

@@ -1,4 +1,13 @@
 //! Meridian: a geo-failover edge reverse proxy.
+//!
+//! A request is served in phases: [`geo`] finds the client's preferred
+//! region, [`routing`] turns it and one [`state`] snapshot into an ordered
+//! plan of backends (a pure function), [`proxy`] walks the plan through the
+//! [`upstream`] client with streaming [`body`] types and [`headers`] hygiene,
+//! and [`status_page`] answers when nothing can. [`health`] probes backends
+//! and reports to the single owner of the snapshot; [`server`] wires it all
+//! together and [`admin`] serves the operators' API.
+
 pub mod activity;
 pub mod admin;
 pub mod body;

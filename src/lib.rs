@@ -8,6 +8,8 @@
 //! and reports to the single owner of the snapshot; [`server`] wires it all
 //! together and [`admin`] serves the operators' API.
 
+#![warn(missing_docs)]
+
 pub mod activity;
 pub mod admin;
 pub mod body;

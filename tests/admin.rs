@@ -5,20 +5,17 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use http_body_util::BodyExt as _;
 
 async fn admin_get(
     addr: std::net::SocketAddr,
     path: &str,
     token: Option<&str>,
 ) -> (u16, serde_json::Value, http::HeaderMap) {
-    let mut req = http::Request::get(format!("http://{addr}{path}"));
+    let mut req = empty(http::Method::GET, format!("http://{addr}{path}"));
     if let Some(t) = token {
-        req = req.header("authorization", format!("Bearer {t}"));
+        req.headers_mut()
+            .insert("authorization", format!("Bearer {t}").parse().unwrap());
     }
-    let req = req
-        .body(http_body_util::Full::new(bytes::Bytes::new()).boxed_unsync())
-        .unwrap();
     let resp = client().request(req).await.unwrap();
     let status = resp.status().as_u16();
     let headers = resp.headers().clone();

@@ -131,11 +131,7 @@ async fn sigterm_lets_a_request_in_flight_finish_then_exits_zero() {
 
     let base = format!("http://127.0.0.1:{port}");
     let fetch = |path: String| async move {
-        let req = http::Request::get(path)
-            .body(http_body_util::BodyExt::boxed_unsync(
-                http_body_util::Full::new(bytes::Bytes::new()),
-            ))
-            .unwrap();
+        let req = empty(http::Method::GET, path);
         let resp = client().request(req).await.map_err(|e| e.to_string())?;
         let status = resp.status();
         let body = http_body_util::BodyExt::collect(resp.into_body())

@@ -80,11 +80,7 @@ async fn the_demo_shows_routing_failover_and_the_status_page() {
     );
 
     let control_post = |path: &'static str| async move {
-        let req = http::Request::post(format!("http://{control_addr}{path}"))
-            .body(http_body_util::BodyExt::boxed_unsync(
-                http_body_util::Full::new(bytes::Bytes::new()),
-            ))
-            .unwrap();
+        let req = empty(http::Method::POST, format!("http://{control_addr}{path}"));
         client().request(req).await.unwrap().status()
     };
     assert_eq!(control_post("/regions/us/down").await, StatusCode::OK);

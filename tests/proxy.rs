@@ -12,6 +12,17 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const MB_100: u64 = 100 * 1024 * 1024;
 
+/// Meridian in front of one region, "us", with one healthy backend; `extra` is more TOML.
+async fn one_region(extra: &str) -> (Backend, meridian::server::Running) {
+    let us1 = Backend::start("us-1").await;
+    let m = start(&config_text(&[R("us", &[&us1], &[])], extra)).await;
+    wait_for(Duration::from_secs(5), "us healthy", || async {
+        region_state(&m, "us").await == "healthy"
+    })
+    .await;
+    (us1, m)
+}
+
 async fn two_regions() -> (Backend, Backend, Backend, meridian::server::Running) {
     let us1 = Backend::start("us-1").await;
     let us2 = Backend::start("us-2").await;
@@ -194,13 +205,7 @@ async fn the_status_page_answers_when_every_backend_is_down() {
 
 #[tokio::test]
 async fn a_backend_that_never_answers_gets_the_page_within_the_first_byte_timeout() {
-    let us1 = Backend::start("us-1").await;
-    let extra = "[proxy]\nfirst_byte_timeout = \"300ms\"\n";
-    let m = start(&config_text(&[R("us", &[&us1], &[])], extra)).await;
-    wait_for(Duration::from_secs(5), "healthy", || async {
-        region_state(&m, "us").await == "healthy"
-    })
-    .await;
+    let (_us1, m) = one_region("[proxy]\nfirst_byte_timeout = \"300ms\"\n").await;
     let started = tokio::time::Instant::now();
     let (status, headers, _) = get(&m, "/hang", &[]).await;
     assert_eq!(status, StatusCode::GATEWAY_TIMEOUT);
@@ -215,9 +220,10 @@ async fn a_backend_that_never_answers_gets_the_page_within_the_first_byte_timeou
 #[tokio::test]
 async fn a_100_mb_response_streams_through_intact() {
     let (_us1, _us2, _eu1, m) = two_regions().await;
-    let req = Request::get(format!("http://{}/big?n={MB_100}", m.http_addr))
-        .body(http_body_util::Full::new(Bytes::new()).boxed_unsync())
-        .unwrap();
+    let req = empty(
+        http::Method::GET,
+        format!("http://{}/big?n={MB_100}", m.http_addr),
+    );
     let resp = client().request(req).await.unwrap();
     assert_eq!(resp.status(), StatusCode::OK);
     let n = check_pattern(resp.into_body())
@@ -246,9 +252,7 @@ async fn shutdown_lets_a_request_in_flight_finish() {
     let (_us1, _us2, _eu1, m) = two_regions().await;
     let addr = m.http_addr;
     let slow = tokio::spawn(async move {
-        let req = Request::get(format!("http://{addr}/slow?ms=700"))
-            .body(http_body_util::Full::new(Bytes::new()).boxed_unsync())
-            .unwrap();
+        let req = empty(http::Method::GET, format!("http://{addr}/slow?ms=700"));
         let resp = client()
             .request(req)
             .await
@@ -281,16 +285,7 @@ async fn shutdown_lets_a_request_in_flight_finish() {
 
 #[tokio::test]
 async fn an_oversized_request_head_is_refused_with_431() {
-    let us1 = Backend::start("us-1").await;
-    let m = start(&config_text(
-        &[R("us", &[&us1], &[])],
-        "[limits]\nmax_header_bytes = 8192\n",
-    ))
-    .await;
-    wait_for(Duration::from_secs(5), "healthy", || async {
-        region_state(&m, "us").await == "healthy"
-    })
-    .await;
+    let (us1, m) = one_region("[limits]\nmax_header_bytes = 8192\n").await;
     let mut s = tokio::net::TcpStream::connect(m.http_addr).await.unwrap();
     let big = "a".repeat(16 * 1024);
     s.write_all(format!("GET / HTTP/1.1\r\nhost: x\r\nx-big: {big}\r\n\r\n").as_bytes())
@@ -310,13 +305,9 @@ async fn an_oversized_request_head_is_refused_with_431() {
 
 #[tokio::test]
 async fn an_idle_keep_alive_connection_is_closed() {
-    let us1 = Backend::start("us-1").await;
-    let extra = "[limits]\nkeepalive_idle_timeout = \"300ms\"\nheader_read_timeout = \"10s\"\n";
-    let m = start(&config_text(&[R("us", &[&us1], &[])], extra)).await;
-    wait_for(Duration::from_secs(5), "healthy", || async {
-        region_state(&m, "us").await == "healthy"
-    })
-    .await;
+    let (_us1, m) =
+        one_region("[limits]\nkeepalive_idle_timeout = \"300ms\"\nheader_read_timeout = \"10s\"\n")
+            .await;
     let mut s = tokio::net::TcpStream::connect(m.http_addr).await.unwrap();
     // Started before the request, so the idle time measured here can only
     // be longer than Meridian's, never shorter.
@@ -341,13 +332,8 @@ async fn an_idle_keep_alive_connection_is_closed() {
 
 #[tokio::test]
 async fn connections_beyond_the_limit_wait_until_one_closes() {
-    let us1 = Backend::start("us-1").await;
-    let extra = "[limits]\nmax_connections = 1\nkeepalive_idle_timeout = \"10s\"\n";
-    let m = start(&config_text(&[R("us", &[&us1], &[])], extra)).await;
-    wait_for(Duration::from_secs(5), "healthy", || async {
-        region_state(&m, "us").await == "healthy"
-    })
-    .await;
+    let (_us1, m) =
+        one_region("[limits]\nmax_connections = 1\nkeepalive_idle_timeout = \"10s\"\n").await;
     let request = b"GET / HTTP/1.1\r\nhost: x\r\n\r\n";
     let mut first = tokio::net::TcpStream::connect(m.http_addr).await.unwrap();
     first.write_all(request).await.unwrap();
@@ -373,13 +359,7 @@ async fn connections_beyond_the_limit_wait_until_one_closes() {
 
 #[tokio::test]
 async fn a_client_too_slow_to_send_its_request_head_is_dropped() {
-    let us1 = Backend::start("us-1").await;
-    let extra = "[limits]\nheader_read_timeout = \"300ms\"\n";
-    let m = start(&config_text(&[R("us", &[&us1], &[])], extra)).await;
-    wait_for(Duration::from_secs(5), "healthy", || async {
-        region_state(&m, "us").await == "healthy"
-    })
-    .await;
+    let (us1, m) = one_region("[limits]\nheader_read_timeout = \"300ms\"\n").await;
     let mut s = tokio::net::TcpStream::connect(m.http_addr).await.unwrap();
     s.write_all(b"GET / HTTP/1.1\r\nhost: x\r\nx-slow: ")
         .await
@@ -465,12 +445,7 @@ async fn a_backend_whose_check_answers_503_is_taken_out_and_its_traffic_fails_ov
 #[tokio::test]
 async fn a_backend_whose_check_hangs_is_down_not_alive() {
     // The half-alive node of the post-mortem: it accepts connections and never answers.
-    let us1 = Backend::start("us-1").await;
-    let m = start(&config_text(&[R("us", &[&us1], &[])], "")).await;
-    wait_for(Duration::from_secs(5), "us healthy", || async {
-        region_state(&m, "us").await == "healthy"
-    })
-    .await;
+    let (us1, m) = one_region("").await;
     us1.set_health(HealthAnswer::Hang);
     wait_for(Duration::from_secs(5), "us down", || async {
         region_state(&m, "us").await == "down"
@@ -489,19 +464,8 @@ async fn a_backend_whose_check_hangs_is_down_not_alive() {
 
 #[tokio::test]
 async fn a_response_body_that_stalls_is_cut_off_never_passed_as_complete() {
-    let us1 = Backend::start("us-1").await;
-    let m = start(&config_text(
-        &[R("us", &[&us1], &[])],
-        "[proxy]\nread_timeout = \"300ms\"\n",
-    ))
-    .await;
-    wait_for(Duration::from_secs(5), "healthy", || async {
-        region_state(&m, "us").await == "healthy"
-    })
-    .await;
-    let req = Request::get(format!("http://{}/stall", m.http_addr))
-        .body(http_body_util::Full::new(Bytes::new()).boxed_unsync())
-        .unwrap();
+    let (_us1, m) = one_region("[proxy]\nread_timeout = \"300ms\"\n").await;
+    let req = empty(http::Method::GET, format!("http://{}/stall", m.http_addr));
     let resp = client().request(req).await.unwrap();
     assert_eq!(resp.status(), StatusCode::OK);
     let body = tokio::time::timeout(Duration::from_secs(5), resp.into_body().collect())
@@ -517,16 +481,7 @@ async fn a_response_body_that_stalls_is_cut_off_never_passed_as_complete() {
 #[tokio::test]
 async fn a_slow_upload_is_not_a_slow_backend() {
     // first_byte_timeout is 400 ms; the upload takes about 1.5 s.
-    let us1 = Backend::start("us-1").await;
-    let m = start(&config_text(
-        &[R("us", &[&us1], &[])],
-        "[proxy]\nfirst_byte_timeout = \"400ms\"\n",
-    ))
-    .await;
-    wait_for(Duration::from_secs(5), "healthy", || async {
-        region_state(&m, "us").await == "healthy"
-    })
-    .await;
+    let (_us1, m) = one_region("[proxy]\nfirst_byte_timeout = \"400ms\"\n").await;
     let (mut tx, body) = http_body_util::channel::Channel::<Bytes>::new(1);
     let req = Request::post(format!("http://{}/sink", m.http_addr))
         .body(body.boxed_unsync())
@@ -548,16 +503,7 @@ async fn a_slow_upload_is_not_a_slow_backend() {
 
 #[tokio::test]
 async fn a_client_that_stops_in_the_middle_of_its_body_gets_408() {
-    let us1 = Backend::start("us-1").await;
-    let m = start(&config_text(
-        &[R("us", &[&us1], &[])],
-        "[limits]\nclient_body_timeout = \"300ms\"\n",
-    ))
-    .await;
-    wait_for(Duration::from_secs(5), "healthy", || async {
-        region_state(&m, "us").await == "healthy"
-    })
-    .await;
+    let (_us1, m) = one_region("[limits]\nclient_body_timeout = \"300ms\"\n").await;
     let mut s = tokio::net::TcpStream::connect(m.http_addr).await.unwrap();
     s.write_all(b"POST /sink HTTP/1.1\r\nhost: x\r\ncontent-length: 1000\r\n\r\n")
         .await
@@ -576,16 +522,7 @@ async fn a_client_that_stops_in_the_middle_of_its_body_gets_408() {
 
 #[tokio::test]
 async fn a_client_that_stops_reading_is_disconnected_after_the_send_timeout() {
-    let us1 = Backend::start("us-1").await;
-    let m = start(&config_text(
-        &[R("us", &[&us1], &[])],
-        "[limits]\nsend_timeout = \"300ms\"\n",
-    ))
-    .await;
-    wait_for(Duration::from_secs(5), "healthy", || async {
-        region_state(&m, "us").await == "healthy"
-    })
-    .await;
+    let (_us1, m) = one_region("[limits]\nsend_timeout = \"300ms\"\n").await;
     let mut s = tokio::net::TcpStream::connect(m.http_addr).await.unwrap();
     s.write_all(format!("GET /big?n={MB_100} HTTP/1.1\r\nhost: x\r\n\r\n").as_bytes())
         .await
@@ -626,9 +563,7 @@ async fn a_backend_that_closes_keep_alive_connections_early_costs_no_request() {
     let client = client();
     let mut failures = Vec::new();
     for i in 0..200 {
-        let req = Request::get(format!("http://{}/{i}", m.http_addr))
-            .body(http_body_util::Full::new(Bytes::new()).boxed_unsync())
-            .unwrap();
+        let req = empty(http::Method::GET, format!("http://{}/{i}", m.http_addr));
         let status = client.request(req).await.unwrap().status();
         if status != StatusCode::OK {
             failures.push((i, status));
@@ -643,21 +578,10 @@ async fn a_backend_that_closes_keep_alive_connections_early_costs_no_request() {
 
 #[tokio::test]
 async fn shutdown_closes_what_is_still_open_after_the_grace_period() {
-    let us1 = Backend::start("us-1").await;
-    let m = start(&config_text(
-        &[R("us", &[&us1], &[])],
-        "[limits]\nshutdown_grace = \"300ms\"\n",
-    ))
-    .await;
-    wait_for(Duration::from_secs(5), "healthy", || async {
-        region_state(&m, "us").await == "healthy"
-    })
-    .await;
+    let (us1, m) = one_region("[limits]\nshutdown_grace = \"300ms\"\n").await;
     let addr = m.http_addr;
     let hanging = tokio::spawn(async move {
-        let req = Request::get(format!("http://{addr}/hang"))
-            .body(http_body_util::Full::new(Bytes::new()).boxed_unsync())
-            .unwrap();
+        let req = empty(http::Method::GET, format!("http://{addr}/hang"));
         client().request(req).await.map(|r| r.status())
     });
     wait_for(
@@ -707,15 +631,8 @@ async fn a_response_is_streamed_not_buffered() {
     // The backend sends its second part only after the client has received
     // the first through Meridian: a proxy that buffered whole bodies would
     // wait forever.
-    let us1 = Backend::start("us-1").await;
-    let m = start(&config_text(&[R("us", &[&us1], &[])], "")).await;
-    wait_for(Duration::from_secs(5), "healthy", || async {
-        region_state(&m, "us").await == "healthy"
-    })
-    .await;
-    let req = Request::get(format!("http://{}/gated", m.http_addr))
-        .body(http_body_util::Full::new(Bytes::new()).boxed_unsync())
-        .unwrap();
+    let (us1, m) = one_region("").await;
+    let req = empty(http::Method::GET, format!("http://{}/gated", m.http_addr));
     let mut body = client().request(req).await.unwrap().into_body();
     let first = tokio::time::timeout(Duration::from_secs(5), body.frame())
         .await
@@ -733,12 +650,7 @@ async fn a_response_is_streamed_not_buffered() {
 async fn a_request_body_is_streamed_not_buffered() {
     // The client sends the rest only after the backend has received the
     // first part through Meridian.
-    let us1 = Backend::start("us-1").await;
-    let m = start(&config_text(&[R("us", &[&us1], &[])], "")).await;
-    wait_for(Duration::from_secs(5), "healthy", || async {
-        region_state(&m, "us").await == "healthy"
-    })
-    .await;
+    let (us1, m) = one_region("").await;
     let (mut tx, body) = http_body_util::channel::Channel::<Bytes>::new(1);
     let req = Request::post(format!("http://{}/gated-sink", m.http_addr))
         .body(body.boxed_unsync())
@@ -864,9 +776,7 @@ async fn a_dropped_connection_is_retried_once_per_request_not_once_per_backend()
         + dropped_b.load(std::sync::atomic::Ordering::SeqCst);
     assert_eq!(tries, 3, "first backend twice, the second once");
     // A POST is not idempotent: one try only.
-    let req = Request::post(format!("http://{}/", m.http_addr))
-        .body(http_body_util::Full::new(Bytes::new()).boxed_unsync())
-        .unwrap();
+    let req = empty(http::Method::POST, format!("http://{}/", m.http_addr));
     assert_eq!(
         client().request(req).await.unwrap().status(),
         StatusCode::BAD_GATEWAY

@@ -470,6 +470,15 @@ pub fn client() -> TestClient {
     Client::builder(TokioExecutor::new()).build(HttpConnector::new())
 }
 
+/// A request with no body.
+pub fn empty(method: http::Method, url: impl AsRef<str>) -> Request<BoxBody> {
+    Request::builder()
+        .method(method)
+        .uri(url.as_ref())
+        .body(Full::new(Bytes::new()).boxed_unsync())
+        .unwrap()
+}
+
 /// GET `path` from Meridian; returns status, headers and body text.
 pub async fn get(
     m: &Running,

@@ -711,12 +711,10 @@ async fn a_request_without_a_body_fails_over_when_connecting_stalls() {
     // A backend whose accept queue is full drops new connection attempts:
     // the connect timeout (1 s), not the first-byte timeout (300 ms), must
     // decide, and a failed connect goes to the failover region.
-    let std_listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let stalled = std_listener.local_addr().unwrap();
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
-    drop(std_listener);
-    socket.bind(stalled).unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
     let listener = socket.listen(1).unwrap();
+    let stalled = listener.local_addr().unwrap();
     let eu1 = Backend::start("eu-1").await;
     let text = format!(
         "[listen]\nhttp = \"127.0.0.1:0\"\n[proxy]\nconnect_timeout = \"1s\"\nfirst_byte_timeout = \"300ms\"\n\

@@ -1232,3 +1232,39 @@ fn contract_keys_not_implemented_yet_are_refused_with_what_to_do_instead() {
         Config::parse("test.toml", "[[region]]\nname = \"us\"\nbackends = [5]\n").unwrap_err();
     assert!(err.issues()[0].message.contains("invalid type"), "{err}");
 }
+
+#[test]
+fn every_unknown_key_and_every_other_problem_are_reported_in_one_run() {
+    let text = "[listen]\nhtp = \"0.0.0.0:80\"\n\n[[region]]\nname = \"us\"\nbackends = [\"http://10.0.0.1:80\"]\nfailover = [\"mars\"]\nnote = \"\"\"é—ü\nmulti-line\"\"\"\n[region.health]\nintervall = [\n  \"1s\",\n]\nrise = 0\n";
+    let err = Config::parse("test.toml", text).unwrap_err();
+    let found: Vec<(usize, &str)> = err
+        .issues()
+        .iter()
+        .map(|i| (i.line, i.key.as_str()))
+        .collect();
+    assert_eq!(
+        found,
+        vec![
+            (2, "listen.htp"),
+            (8, "region[0].note"),
+            (11, "region[0].health.intervall"),
+            (7, "region[0].failover[0]"),
+            (14, "region[0].health.rise"),
+        ],
+        "{err}"
+    );
+    assert!(
+        err.issues()[2]
+            .message
+            .contains("expected one of `path`, `interval`"),
+        "{err}"
+    );
+}
+
+#[test]
+fn an_unknown_table_stops_reading_there() {
+    let text = "[tls]\ncert = \"a.pem\"\n[listen]\nhtp = \"x\"\n";
+    let err = Config::parse("test.toml", text).unwrap_err();
+    assert_eq!(err.issues().len(), 1, "{err}");
+    assert_eq!(err.issues()[0].key, "tls");
+}

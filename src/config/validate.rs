@@ -25,37 +25,113 @@ const MAX_LOGO_BYTES: u64 = 256 * 1024;
 /// The smallest head buffer hyper accepts.
 const MIN_HEADER_BYTES: i64 = 8192;
 
+/// Most unknown keys reported from one file before reading stops.
+const MAX_UNKNOWN_KEYS: usize = 50;
+
 pub(super) fn parse(file_name: &str, text: &str) -> Result<Config, ConfigError> {
-    let de = toml::Deserializer::new(text);
-    let raw: FileConfig = serde_path_to_error::deserialize(de).map_err(|e| {
-        let key = e.path().to_string();
-        let inner = e.into_inner();
-        let (line, column) = inner
-            .span()
-            .map(|s| super::error::line_col(text, s.start))
-            .unwrap_or((1, 1));
-        // Spanned values add a private segment to the path that users never wrote.
-        let key = key.replace(".$__serde_spanned_private_value", "");
-        let key = if key == "." { String::new() } else { key };
-        let message = match not_yet_supported(&key, inner.message()) {
-            Some(why) => format!("not supported by this version of Meridian: {why}"),
-            None => tidy_serde_message(inner.message()),
-        };
-        ConfigError::Invalid(vec![ConfigIssue {
-            file: file_name.to_owned(),
-            line,
-            column,
-            key,
-            message,
-        }])
-    })?;
-    let mut issues = Issues::new(file_name, text);
-    let config = check(file_name, raw, &mut issues);
-    if issues.is_empty() {
-        Ok(config)
-    } else {
-        Err(ConfigError::Invalid(issues.into_vec()))
+    let mut found = Vec::new();
+    let mut current = std::borrow::Cow::Borrowed(text);
+    // serde stops at the first unknown key. Each one is reported, then blanked
+    // out (offsets kept, so lines stay right) and the file read again, so that
+    // one run of `meridian check` lists every unknown key and every other
+    // problem after them.
+    let raw = loop {
+        let de = toml::Deserializer::new(&current);
+        match serde_path_to_error::deserialize::<_, FileConfig>(de) {
+            Ok(raw) => break Some(raw),
+            Err(e) => {
+                let (issue, unknown_at) = shape_issue(file_name, text, e);
+                found.push(issue);
+                let blanked = unknown_at
+                    .filter(|_| found.len() < MAX_UNKNOWN_KEYS)
+                    .and_then(|at| blank_key_value(&current, at));
+                match blanked {
+                    Some(next) => current = std::borrow::Cow::Owned(next),
+                    None => break None,
+                }
+            }
+        }
+    };
+    if let Some(raw) = raw {
+        let mut issues = Issues::new(file_name, text);
+        let config = check(file_name, raw, &mut issues);
+        if issues.is_empty() && found.is_empty() {
+            return Ok(config);
+        }
+        found.extend(issues.into_vec());
     }
+    Err(ConfigError::Invalid(found))
+}
+
+/// The issue for a serde error, and where its key starts when the error is
+/// an unknown key (which can be blanked out and reading resumed).
+fn shape_issue(
+    file_name: &str,
+    text: &str,
+    e: serde_path_to_error::Error<toml::de::Error>,
+) -> (ConfigIssue, Option<usize>) {
+    let key = e.path().to_string();
+    let inner = e.into_inner();
+    let start = inner.span().map(|s| s.start);
+    let (line, column) = start.map_or((1, 1), |s| super::error::line_col(text, s));
+    // Spanned values add a private segment to the path that users never wrote.
+    let key = key.replace(".$__serde_spanned_private_value", "");
+    let key = if key == "." { String::new() } else { key };
+    let unknown_at = start.filter(|_| inner.message().starts_with("unknown field"));
+    let message = match not_yet_supported(&key, inner.message()) {
+        Some(why) => format!("not supported by this version of Meridian: {why}"),
+        None => tidy_serde_message(inner.message()),
+    };
+    let issue = ConfigIssue {
+        file: file_name.to_owned(),
+        line,
+        column,
+        key,
+        message,
+    };
+    (issue, unknown_at)
+}
+
+/// `text` with the `key = value` pair whose key starts at `key_start`
+/// replaced by spaces (newlines kept, so every offset stays the same), or
+/// `None` when it is not a plain key-value pair (a whole table, say).
+fn blank_key_value(text: &str, key_start: usize) -> Option<String> {
+    use toml_edit::{Item, TableLike, Value};
+
+    fn find(table: &dyn TableLike, key_start: usize) -> Option<std::ops::Range<usize>> {
+        for (name, item) in table.iter() {
+            let (key, _) = table.get_key_value(name)?;
+            if key.span().is_some_and(|s| s.start == key_start) {
+                return match item {
+                    Item::Value(v) => v.span().map(|v| key_start..v.end),
+                    _ => None,
+                };
+            }
+            let nested = match item {
+                Item::Table(t) => find(t, key_start),
+                Item::ArrayOfTables(a) => a.iter().find_map(|t| find(t, key_start)),
+                Item::Value(Value::InlineTable(t)) => find(t, key_start),
+                _ => None,
+            };
+            if nested.is_some() {
+                return nested;
+            }
+        }
+        None
+    }
+
+    let doc = toml_edit::ImDocument::parse(text).ok()?;
+    let range = find(doc.as_table(), key_start)?;
+    let mut out = String::with_capacity(text.len());
+    out.push_str(&text[..range.start]);
+    // One space per byte, so that multi-byte characters keep their width too.
+    out.extend(
+        text[range.clone()]
+            .bytes()
+            .map(|b| if b == b'\n' { '\n' } else { ' ' }),
+    );
+    out.push_str(&text[range.end..]);
+    Some(out)
 }
 
 /// Keys of the documented configuration contract that this version does not

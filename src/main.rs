@@ -68,10 +68,6 @@ fn main() -> ExitCode {
     }
 }
 
-fn load(path: &PathBuf) -> Result<Config, ConfigError> {
-    Config::load(path)
-}
-
 fn report(e: &ConfigError) {
     match e {
         ConfigError::Invalid(issues) => {
@@ -89,7 +85,7 @@ fn report(e: &ConfigError) {
 }
 
 fn check(path: &PathBuf) -> ExitCode {
-    let config = match load(path) {
+    let config = match Config::load(path) {
         Ok(c) => c,
         Err(e) => {
             report(&e);
@@ -116,7 +112,7 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 
 fn run(path: PathBuf) -> anyhow::Result<()> {
     telemetry::init();
-    let config = match load(&path) {
+    let config = match Config::load(&path) {
         Ok(c) => c,
         Err(e) => {
             report(&e);

@@ -23,6 +23,23 @@ async fn one_region(extra: &str) -> (Backend, meridian::server::Running) {
     (us1, m)
 }
 
+/// Meridian in front of "us" (failing over to "eu") and "eu" (failing over
+/// to "us"), one backend each, both healthy; `extra` is more TOML.
+async fn us_and_eu(extra: &str) -> (Backend, Backend, meridian::server::Running) {
+    let us1 = Backend::start("us-1").await;
+    let eu1 = Backend::start("eu-1").await;
+    let m = start(&config_text(
+        &[R("us", &[&us1], &["eu"]), R("eu", &[&eu1], &["us"])],
+        extra,
+    ))
+    .await;
+    wait_for(Duration::from_secs(5), "both regions healthy", || async {
+        region_state(&m, "us").await == "healthy" && region_state(&m, "eu").await == "healthy"
+    })
+    .await;
+    (us1, eu1, m)
+}
+
 async fn two_regions() -> (Backend, Backend, Backend, meridian::server::Running) {
     let us1 = Backend::start("us-1").await;
     let us2 = Backend::start("us-2").await;
@@ -60,18 +77,7 @@ async fn requests_reach_the_preferred_region_round_robin() {
 
 #[tokio::test]
 async fn a_geo_override_picks_the_region() {
-    let us1 = Backend::start("us-1").await;
-    let eu1 = Backend::start("eu-1").await;
-    let extra = "[geo]\ndefault_region = \"us\"\n[[geo.override]]\ncidr = \"127.0.0.0/8\"\nregion = \"eu\"\n";
-    let m = start(&config_text(
-        &[R("us", &[&us1], &["eu"]), R("eu", &[&eu1], &["us"])],
-        extra,
-    ))
-    .await;
-    wait_for(Duration::from_secs(5), "eu healthy", || async {
-        region_state(&m, "eu").await == "healthy"
-    })
-    .await;
+    let (_us1, _eu1, m) = us_and_eu("[geo]\ndefault_region = \"us\"\n[[geo.override]]\ncidr = \"127.0.0.0/8\"\nregion = \"eu\"\n").await;
     let (_, headers, body) = get(&m, "/", &[]).await;
     assert_eq!(served_by(&body), "eu-1");
     assert_eq!(headers["x-meridian-region"], "eu");
@@ -160,18 +166,7 @@ async fn a_region_that_stops_listening_fails_over_and_comes_back_after_rise() {
 
 #[tokio::test]
 async fn the_status_page_answers_when_every_backend_is_down() {
-    let us1 = Backend::start("us-1").await;
-    let eu1 = Backend::start("eu-1").await;
-    let extra = "[status_page]\nbrand = \"Acme\"\ntitle = \"Acme is taking a break\"\nretry_after = \"12s\"\n";
-    let m = start(&config_text(
-        &[R("us", &[&us1], &["eu"]), R("eu", &[&eu1], &["us"])],
-        extra,
-    ))
-    .await;
-    wait_for(Duration::from_secs(5), "healthy", || async {
-        region_state(&m, "eu").await == "healthy"
-    })
-    .await;
+    let (us1, eu1, m) = us_and_eu("[status_page]\nbrand = \"Acme\"\ntitle = \"Acme is taking a break\"\nretry_after = \"12s\"\n").await;
     us1.set_up(false);
     eu1.set_up(false);
     wait_for(Duration::from_secs(5), "both regions down", || async {

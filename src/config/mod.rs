@@ -100,6 +100,19 @@ pub struct Region {
     pub backends: Vec<Backend>,
     /// Active health check settings.
     pub health: Health,
+    /// Backends that must be up for the region to count as healthy rather
+    /// than degraded (`min_healthy`). Default: all of them.
+    pub min_healthy: Option<usize>,
+    /// How long a region that was down must stay up before its users are
+    /// sent back to it (`failback_hold`). Default 5 s.
+    pub failback_hold: Duration,
+    /// After the hold, the share of the region's users sent back to it grows
+    /// linearly over this time (`slow_start`). Default zero: all at once.
+    pub slow_start: Duration,
+    /// Overrides `proxy.first_byte_timeout` for this region's backends.
+    pub first_byte_timeout: Option<Duration>,
+    /// Passive health checking of live traffic.
+    pub outlier: Outlier,
 }
 
 /// One backend of a region.
@@ -114,10 +127,18 @@ pub struct Backend {
 }
 
 /// `[region.health]`: the active health check.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Health {
-    /// Path requested with `GET`. Default `/healthz`.
+    /// Request method. Default `GET`.
+    pub method: http::Method,
+    /// Path requested. Default `/healthz`.
     pub path: String,
+    /// `Host` header of checks. Default: the backend's `host:port`.
+    pub host: Option<http::HeaderValue>,
+    /// Statuses that pass, as inclusive ranges. Default 200-399.
+    pub expect_status: Vec<(u16, u16)>,
+    /// Text the response body must contain, when set (the body is read up to 64 KiB).
+    pub expect_body: Option<String>,
     /// Time between checks. Default 1 s.
     pub interval: Duration,
     /// Time a check may take. Default 800 ms.
@@ -126,6 +147,57 @@ pub struct Health {
     pub rise: u32,
     /// Consecutive failures that take an up backend down. Default 2.
     pub fall: u32,
+    /// Each wait between checks is `interval` times a random factor in
+    /// `1 ± jitter`, so that checks of many backends do not synchronise.
+    /// From 0 to 0.5. Default 0.1.
+    pub jitter: f64,
+    /// State of a backend before its first check. Default `Unknown`.
+    pub initial_state: InitialState,
+}
+
+/// `health.initial_state`: what a backend is before its first check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InitialState {
+    /// Takes no traffic until its first check passes (`"unknown"`).
+    Unknown,
+    /// Takes traffic at once; `fall` failures take it down (`"up"`).
+    Up,
+    /// Takes no traffic until `rise` checks pass (`"down"`).
+    Down,
+}
+
+/// `[region.outlier]`: passive health checking. Consecutive failures of live
+/// requests eject a backend at once, for a time that grows with each
+/// ejection; active checks bring it back once the time is over.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Outlier {
+    /// Consecutive failures that eject a backend; 0 turns passive checks off. Default 5.
+    pub consecutive_failures: u32,
+    /// Which failures count. Default: connect, reset, timeout, gateway.
+    pub failures: FailureKinds,
+    /// Ejection time of a first ejection; the n-th in a row lasts n times as long. Default 5 s.
+    pub base_ejection_time: Duration,
+    /// Longest ejection. Default 300 s.
+    pub max_ejection_time: Duration,
+    /// Largest share of the region's backends ejected at once, in percent.
+    /// One backend may always be ejected. Default 50.
+    pub max_ejected_percent: u8,
+}
+
+/// The kinds of request failure that `[region.outlier]` counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FailureKinds {
+    /// `"connect"`: the connection could not be opened.
+    pub connect: bool,
+    /// `"reset"`: the connection closed before a response head.
+    pub reset: bool,
+    /// `"timeout"`: no response head within the first-byte timeout, or a
+    /// hedged request answered first elsewhere.
+    pub timeout: bool,
+    /// `"gateway"`: a 502, 503 or 504 answer.
+    pub gateway: bool,
+    /// `"5xx"`: any 500-599 answer (includes `gateway`).
+    pub server_error: bool,
 }
 
 /// `[proxy]`: forwarding to backends.
@@ -153,6 +225,42 @@ pub struct Proxy {
     pub pool_idle_timeout: Duration,
     /// Idle pooled connections kept per backend. Default 64.
     pub pool_max_idle_per_backend: usize,
+    /// Methods retried after the backend may have seen the request (a reset,
+    /// a first-byte timeout, a 502/503/504) and hedged. Only idempotent
+    /// methods are allowed. Default GET, HEAD, OPTIONS.
+    pub retry_methods: Vec<http::Method>,
+    /// Largest request body kept for a retry (`replay_buffer`, bytes); a
+    /// larger body streams and is not retried. Default 64 KiB.
+    pub replay_buffer: usize,
+    /// Bounds retries and hedges together.
+    pub retry_budget: RetryBudget,
+    /// Hedging of slow idempotent requests; `None` when `hedge = false`.
+    pub hedge: Option<Hedge>,
+}
+
+/// `proxy.retry_budget_*`: retries and hedges may add at most `ratio` of
+/// the requests seen in `window`, plus `min_per_second`. Retries of requests
+/// that never reached a backend (connection refused) are not counted.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RetryBudget {
+    /// `retry_budget_ratio`, from 0 to 1. Default 0.2.
+    pub ratio: f64,
+    /// `retry_budget_window`, from 1 s to 60 s. Default 10 s.
+    pub window: Duration,
+    /// `retry_budget_min_per_second`, always allowed. Default 10.
+    pub min_per_second: u32,
+}
+
+/// `proxy.hedge_*`: an idempotent request with no response head after a
+/// delay derived from the region's observed latency (four times its moving
+/// average, kept between `min_delay` and `max_delay`) is also sent to the
+/// next candidate; the first answer wins.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Hedge {
+    /// `hedge_min_delay`. Default 50 ms.
+    pub min_delay: Duration,
+    /// `hedge_max_delay`. Default 250 ms.
+    pub max_delay: Duration,
 }
 
 /// `[limits]`: bounds on what clients may hold.

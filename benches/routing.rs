@@ -34,11 +34,18 @@ backends = ["http://10.1.0.1:80", "http://10.1.0.2:80"]
 
 fn views(us: BackendState) -> Vec<RegionView> {
     let view = |n: usize, s: BackendState| RegionView {
-        state: RegionState::of(std::iter::repeat_n(s, n)),
+        state: if s == BackendState::Up {
+            RegionState::Healthy
+        } else {
+            RegionState::Down
+        },
+        held: false,
+        ramp_permille: 1000,
         backends: vec![
             BackendView {
                 state: s,
-                last_error: None
+                last_error: None,
+                ejections: 0,
             };
             n
         ],
@@ -58,13 +65,13 @@ fn bench_routing(c: &mut Criterion) {
     c.bench_function("routing::plan (preferred healthy)", |b| {
         b.iter(|| {
             rotation = rotation.wrapping_add(1);
-            routing::plan(&config.regions, black_box(&healthy), 0, rotation, 3)
+            routing::plan(&config.regions, black_box(&healthy), 0, rotation, 7, 3)
         })
     });
     c.bench_function("routing::plan (failover)", |b| {
         b.iter(|| {
             rotation = rotation.wrapping_add(1);
-            routing::plan(&config.regions, black_box(&us_down), 0, rotation, 3)
+            routing::plan(&config.regions, black_box(&us_down), 0, rotation, 7, 3)
         })
     });
 }

@@ -87,6 +87,10 @@ pub struct RegionStatus {
     pub drained: bool,
     /// Backends taking traffic.
     pub healthy_backends: usize,
+    /// Recovered, but waiting out its fail-back hold before its users return.
+    pub failback_held: bool,
+    /// During slow start, the share of its users sent back to it, 0 to 1.
+    pub slow_start_share: f64,
     /// Regions tried when this one cannot serve.
     pub failover: Vec<String>,
     /// Backends.
@@ -104,6 +108,8 @@ pub struct BackendStatus {
     pub drained: bool,
     /// Why the last health check failed, if it did.
     pub last_error: Option<String>,
+    /// Ejections in a row by passive checks.
+    pub ejections: u32,
 }
 
 /// Builds the status body from the current snapshot.
@@ -119,6 +125,8 @@ pub fn status_body(shared: &Shared) -> StatusBody {
             state: v.state,
             drained: false,
             healthy_backends: v.healthy_backends(),
+            failback_held: v.held,
+            slow_start_share: f64::from(v.ramp_permille) / 1000.0,
             failover: r
                 .failover
                 .iter()
@@ -133,6 +141,7 @@ pub fn status_body(shared: &Shared) -> StatusBody {
                     state: bv.state,
                     drained: false,
                     last_error: bv.last_error.clone(),
+                    ejections: bv.ejections,
                 })
                 .collect(),
         })
@@ -159,9 +168,11 @@ mod tests {
 
     fn shared() -> Arc<Shared> {
         let text = "[[region]]\nname = \"us\"\nbackends = [\"http://10.0.0.1:80\"]\n";
-        Arc::new(Shared::new(Arc::new(
-            Config::parse("t.toml", text).unwrap(),
-        )))
+        let (signals, _) = tokio::sync::mpsc::channel(1);
+        Arc::new(Shared::new(
+            Arc::new(Config::parse("t.toml", text).unwrap()),
+            signals,
+        ))
     }
 
     async fn call(

@@ -1,8 +1,7 @@
-//! The bodies of the request path. The client's body on its way to a backend
-//! comes back to the proxy if the backend could not be reached before any of
-//! it was sent, and tells the proxy when it has been sent whole. Both
-//! directions are bounded by an idle timeout between two pieces of a body, so
-//! that a stalled client or backend cannot hold a connection forever.
+//! Response bodies on their way to clients, and the idle timer that bounds
+//! both directions: a pause between two pieces of a body longer than the
+//! timeout ends it, so that a stalled client or backend cannot hold a
+//! connection forever. The request direction is in [`crate::request_body`].
 
 use std::future::Future as _;
 use std::pin::Pin;
@@ -13,7 +12,6 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::Full;
 use hyper::body::Incoming;
-use tokio::sync::oneshot;
 use tokio::time::{Instant, Sleep};
 
 use crate::activity::InFlight;
@@ -32,14 +30,14 @@ pub enum BodyError {
 /// Bounds the pause between two frames of a body. The timer is only
 /// allocated once a body actually has to wait.
 #[derive(Debug)]
-struct IdleTimer {
+pub(crate) struct IdleTimer {
     limit: Duration,
     sleep: Option<Pin<Box<Sleep>>>,
     waiting: bool,
 }
 
 impl IdleTimer {
-    fn new(limit: Duration) -> Self {
+    pub(crate) fn new(limit: Duration) -> Self {
         IdleTimer {
             limit,
             sleep: None,
@@ -69,7 +67,7 @@ impl IdleTimer {
 }
 
 /// Polls `body` under `timer`.
-fn poll_timed(
+pub(crate) fn poll_timed(
     body: &mut Incoming,
     timer: &mut IdleTimer,
     cx: &mut Context<'_>,
@@ -81,116 +79,6 @@ fn poll_timed(
         }
         Poll::Pending if timer.expired(cx) => Poll::Ready(Some(Err(BodyError::Idle(timer.limit)))),
         Poll::Pending => Poll::Pending,
-    }
-}
-
-/// A request body sent to a backend.
-///
-/// When it is dropped without ever having been polled — the connection to
-/// the backend failed before anything was written — the client's body is
-/// handed back through [`Unsent`], so the request can go to another backend
-/// without buffering anything. When its last frame has been read, or when it
-/// is dropped (hyper drops an empty body as it writes the request head), it
-/// fires [`Sent`], which starts the wait for the response.
-#[derive(Debug)]
-pub struct UpstreamBody {
-    inner: Option<(Incoming, IdleTimer)>,
-    polled: bool,
-    unsent: Option<oneshot::Sender<Incoming>>,
-    sent: Option<oneshot::Sender<()>>,
-}
-
-/// Receives a client body that was never sent.
-#[derive(Debug)]
-pub struct Unsent(oneshot::Receiver<Incoming>);
-
-impl Unsent {
-    /// The body, if the backend never read any of it. Call after the request
-    /// future has finished, which drops the request.
-    pub fn take(mut self) -> Option<Incoming> {
-        self.0.try_recv().ok()
-    }
-}
-
-/// Completes when the request body has been read to its end, or is gone.
-/// Dropping the sender counts as sent, so that nothing waits forever.
-#[derive(Debug)]
-pub struct Sent(oneshot::Receiver<()>);
-
-impl Sent {
-    /// Waits until the body is sent whole (or dropped, so that nothing waits forever).
-    pub async fn wait(self) {
-        let _ = self.0.await;
-    }
-}
-
-impl UpstreamBody {
-    /// Wraps the client's body, pausing at most `idle` between two frames.
-    pub fn new(body: Incoming, idle: Duration) -> (UpstreamBody, Unsent, Sent) {
-        let (unsent_tx, unsent_rx) = oneshot::channel();
-        let (sent_tx, sent_rx) = oneshot::channel();
-        let body = UpstreamBody {
-            inner: Some((body, IdleTimer::new(idle))),
-            polled: false,
-            unsent: Some(unsent_tx),
-            sent: Some(sent_tx),
-        };
-        (body, Unsent(unsent_rx), Sent(sent_rx))
-    }
-
-    /// No body at all.
-    pub fn empty() -> (UpstreamBody, Sent) {
-        let (sent_tx, sent_rx) = oneshot::channel();
-        let body = UpstreamBody {
-            inner: None,
-            polled: false,
-            unsent: None,
-            sent: Some(sent_tx),
-        };
-        (body, Sent(sent_rx))
-    }
-}
-
-impl Body for UpstreamBody {
-    type Data = Bytes;
-    type Error = BodyError;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
-        let this = &mut *self;
-        this.polled = true;
-        let polled = match this.inner.as_mut() {
-            Some((body, timer)) => poll_timed(body, timer, cx),
-            None => Poll::Ready(None),
-        };
-        if let Poll::Ready(None) = polled {
-            if let Some(sent) = this.sent.take() {
-                let _ = sent.send(());
-            }
-        }
-        polled
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.as_ref().is_none_or(|(b, _)| b.is_end_stream())
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner
-            .as_ref()
-            .map_or_else(|| SizeHint::with_exact(0), |(b, _)| b.size_hint())
-    }
-}
-
-impl Drop for UpstreamBody {
-    fn drop(&mut self) {
-        if !self.polled {
-            if let (Some((body, _)), Some(unsent)) = (self.inner.take(), self.unsent.take()) {
-                let _ = unsent.send(body);
-            }
-        }
     }
 }
 

@@ -3,22 +3,27 @@
 //! A request is served in phases: [`geo`] finds the client's preferred
 //! region, [`routing`] turns it and one [`state`] snapshot into an ordered
 //! plan of backends (a pure function), [`proxy`] walks the plan through the
-//! [`upstream`] client with streaming [`body`] types and [`headers`] hygiene,
-//! and [`status_page`] answers when nothing can. [`health`] probes backends
-//! and reports to the single owner of the snapshot; [`server`] wires it all
-//! together and [`admin`] serves the operators' API.
+//! [`upstream`] client with streaming [`body`] and [`request_body`] types and
+//! [`headers`] hygiene, retrying and hedging within the [`budget`] and the
+//! delays [`latency`] suggests, and [`status_page`] answers when nothing can.
+//! [`health`] probes backends and, with what live traffic reports, feeds the
+//! single owner of the snapshot; [`server`] wires it all together and
+//! [`admin`] serves the operators' API.
 
 #![warn(missing_docs)]
 
 pub mod activity;
 pub mod admin;
 pub mod body;
+pub mod budget;
 pub mod config;
 pub mod demo;
 pub mod geo;
 pub mod headers;
 pub mod health;
+pub mod latency;
 pub mod proxy;
+pub mod request_body;
 pub mod routing;
 pub mod server;
 pub mod state;

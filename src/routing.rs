@@ -47,11 +47,16 @@ pub struct Plan {
 /// half-dead node of the post-mortem) must not use up every attempt while a
 /// healthy region waits. Attempts the failover regions cannot use go back to
 /// the preferred region.
+///
+/// A region waiting out its fail-back hold, and a slow-starting preferred
+/// region for the clients (by `client_key`) not yet let back, come last:
+/// they serve only when nothing else can.
 pub fn plan(
     regions: &[Region],
     views: &[RegionView],
     preferred: usize,
     rotation: usize,
+    client_key: u64,
     max: usize,
 ) -> Plan {
     let mut candidates = Vec::with_capacity(max.min(8));
@@ -61,8 +66,10 @@ pub fn plan(
             candidates,
         };
     };
-    let can_serve = |r: usize| views.get(r).is_some_and(|v| v.healthy_backends() > 0);
-    let home_cap = if max > 1 && home.failover.iter().any(|&r| can_serve(r)) {
+    let up = |r: usize| views.get(r).is_some_and(|v| v.healthy_backends() > 0);
+    let ready = |r: usize| up(r) && !views[r].held;
+    let home_ready = ready(preferred) && admitted(views[preferred].ramp_permille, client_key);
+    let home_cap = if max > 1 && home.failover.iter().any(|&r| ready(r)) {
         max - 1
     } else {
         max
@@ -86,22 +93,30 @@ pub fn plan(
             });
         }
     };
-    add(&mut candidates, preferred, Reason::Preferred, 0, home_cap);
+    if home_ready {
+        add(&mut candidates, preferred, Reason::Preferred, 0, home_cap);
+    }
     let home_taken = candidates.len();
-    for &region in &home.failover {
+    for &region in home.failover.iter().filter(|&&r| ready(r)) {
         add(&mut candidates, region, Reason::Failover, 0, max);
     }
-    add(
-        &mut candidates,
-        preferred,
-        Reason::Preferred,
-        home_taken,
-        max,
-    );
+    if home_ready {
+        add(&mut candidates, preferred, Reason::Preferred, home_taken, max);
+    } else if up(preferred) {
+        add(&mut candidates, preferred, Reason::Preferred, 0, max);
+    }
+    for &region in home.failover.iter().filter(|&&r| up(r) && !ready(r)) {
+        add(&mut candidates, region, Reason::Failover, 0, max);
+    }
     Plan {
         preferred,
         candidates,
     }
+}
+
+/// Whether a client is among the `permille` thousandths let back.
+fn admitted(permille: u16, client_key: u64) -> bool {
+    permille >= 1000 || client_key % 1000 < u64::from(permille)
 }
 
 /// Indices of the healthy backends of a region, starting at the
@@ -145,15 +160,21 @@ mod tests {
     fn views(states: &[&[BackendState]]) -> Vec<RegionView> {
         states
             .iter()
-            .map(|s| RegionView {
-                state: RegionState::of(s.iter().copied()),
-                backends: s
-                    .iter()
-                    .map(|&state| BackendView {
-                        state,
-                        last_error: None,
-                    })
-                    .collect(),
+            .map(|s| {
+                let up = s.iter().filter(|&&b| b == Up).count();
+                RegionView {
+                    state: RegionState::derive(up, s.len(), true, None, false),
+                    held: false,
+                    ramp_permille: 1000,
+                    backends: s
+                        .iter()
+                        .map(|&state| BackendView {
+                            state,
+                            last_error: None,
+                            ejections: 0,
+                        })
+                        .collect(),
+                }
             })
             .collect()
     }
@@ -165,7 +186,7 @@ mod tests {
     #[test]
     fn preferred_region_first_then_failover_in_order() {
         let v = views(&[&[Up, Up, Up], &[Up, Up], &[Up]]);
-        let p = plan(&regions(), &v, 0, 0, 10);
+        let p = plan(&regions(), &v, 0, 0, 0, 10);
         assert_eq!(
             pairs(&p),
             vec![(0, 0), (0, 1), (0, 2), (1, 0), (1, 1), (2, 0)]
@@ -181,14 +202,14 @@ mod tests {
     #[test]
     fn unhealthy_and_unknown_backends_are_skipped() {
         let v = views(&[&[Down, Up, Unknown], &[Down, Up], &[Up]]);
-        let p = plan(&regions(), &v, 0, 0, 10);
+        let p = plan(&regions(), &v, 0, 0, 0, 10);
         assert_eq!(pairs(&p), vec![(0, 1), (1, 1), (2, 0)]);
     }
 
     #[test]
     fn a_down_region_fails_over() {
         let v = views(&[&[Down, Down, Down], &[Up, Up], &[Up]]);
-        let p = plan(&regions(), &v, 0, 0, 2);
+        let p = plan(&regions(), &v, 0, 0, 0, 2);
         assert_eq!(pairs(&p), vec![(1, 0), (1, 1)]);
         assert!(p.candidates.iter().all(|c| c.reason == Reason::Failover));
     }
@@ -197,20 +218,20 @@ mod tests {
     fn failover_is_not_transitive() {
         // eu fails over to us only, never on to ap.
         let v = views(&[&[Down, Down, Down], &[Down, Down], &[Up]]);
-        assert!(plan(&regions(), &v, 1, 0, 10).candidates.is_empty());
+        assert!(plan(&regions(), &v, 1, 0, 0, 10).candidates.is_empty());
         // ap has no failover list at all.
         let v = views(&[&[Up, Up, Up], &[Up, Up], &[Down]]);
-        assert!(plan(&regions(), &v, 2, 0, 10).candidates.is_empty());
+        assert!(plan(&regions(), &v, 2, 0, 0, 10).candidates.is_empty());
     }
 
     #[test]
     fn rotation_spreads_requests_round_robin() {
         let v = views(&[&[Up, Up, Up], &[Up, Up], &[Up]]);
         let firsts: Vec<usize> = (0..6)
-            .map(|r| plan(&regions(), &v, 0, r, 1).candidates[0].backend)
+            .map(|r| plan(&regions(), &v, 0, r, 0, 1).candidates[0].backend)
             .collect();
         assert_eq!(firsts, vec![0, 1, 2, 0, 1, 2]);
-        let p = plan(&regions(), &v, 0, 1, 4);
+        let p = plan(&regions(), &v, 0, 1, 0, 4);
         assert_eq!(pairs(&p), vec![(0, 1), (0, 2), (0, 0), (1, 1)]);
     }
 
@@ -219,7 +240,7 @@ mod tests {
         let v = views(&[&[Up, Up, Up], &[Up, Up], &[Up]]);
         for max in 0..8 {
             for rotation in 0..7 {
-                let p = plan(&regions(), &v, 0, rotation, max);
+                let p = plan(&regions(), &v, 0, rotation, 0, max);
                 assert_eq!(p.candidates.len(), max.min(6));
                 let mut seen = pairs(&p);
                 seen.sort();
@@ -232,35 +253,35 @@ mod tests {
     #[test]
     fn unknown_preferred_region_gives_an_empty_plan() {
         let v = views(&[&[Up, Up, Up], &[Up, Up], &[Up]]);
-        assert!(plan(&regions(), &v, 7, 0, 10).candidates.is_empty());
+        assert!(plan(&regions(), &v, 7, 0, 0, 10).candidates.is_empty());
     }
 
     #[test]
     fn a_failover_region_keeps_one_attempt_when_the_preferred_region_fills_the_plan() {
         let v = views(&[&[Up, Up, Up], &[Up, Up], &[Up]]);
-        let p = plan(&regions(), &v, 0, 0, 3);
+        let p = plan(&regions(), &v, 0, 0, 0, 3);
         assert_eq!(pairs(&p), vec![(0, 0), (0, 1), (1, 0)]);
         // With nowhere to fail over to, every attempt stays home.
         let v = views(&[&[Up, Up, Up], &[Down, Down], &[Down]]);
         assert_eq!(
-            pairs(&plan(&regions(), &v, 0, 0, 3)),
+            pairs(&plan(&regions(), &v, 0, 0, 0, 3)),
             vec![(0, 0), (0, 1), (0, 2)]
         );
         // A single attempt is the preferred region's.
         let v = views(&[&[Up, Up, Up], &[Up, Up], &[Up]]);
-        assert_eq!(pairs(&plan(&regions(), &v, 0, 0, 1)), vec![(0, 0)]);
+        assert_eq!(pairs(&plan(&regions(), &v, 0, 0, 0, 1)), vec![(0, 0)]);
     }
 
     #[test]
     fn attempts_the_failover_regions_cannot_use_go_back_home() {
         // us fails over to eu (down) and ap (one backend).
         let v = views(&[&[Up, Up, Up], &[Down, Down], &[Up]]);
-        let p = plan(&regions(), &v, 0, 0, 3);
+        let p = plan(&regions(), &v, 0, 0, 0, 3);
         assert_eq!(pairs(&p), vec![(0, 0), (0, 1), (2, 0)]);
-        let p = plan(&regions(), &v, 0, 0, 5);
+        let p = plan(&regions(), &v, 0, 0, 0, 5);
         assert_eq!(pairs(&p), vec![(0, 0), (0, 1), (0, 2), (2, 0)]);
         let v = views(&[&[Up, Up, Up], &[Up, Down], &[Down]]);
-        let p = plan(&regions(), &v, 0, 0, 4);
+        let p = plan(&regions(), &v, 0, 0, 0, 4);
         assert_eq!(pairs(&p), vec![(0, 0), (0, 1), (0, 2), (1, 0)]);
     }
 
@@ -268,8 +289,61 @@ mod tests {
     fn round_robin_stays_even_when_a_backend_is_down() {
         let v = views(&[&[Up, Down, Up], &[Up, Up], &[Up]]);
         let firsts: Vec<usize> = (0..6)
-            .map(|r| plan(&regions(), &v, 0, r, 1).candidates[0].backend)
+            .map(|r| plan(&regions(), &v, 0, r, 0, 1).candidates[0].backend)
             .collect();
         assert_eq!(firsts, vec![0, 2, 0, 2, 0, 2]);
+    }
+
+    #[test]
+    fn ejected_backends_are_skipped() {
+        let v = views(&[&[Ejected, Up, Up], &[Up, Up], &[Up]]);
+        let p = plan(&regions(), &v, 0, 0, 0, 10);
+        assert_eq!(pairs(&p)[..2], [(0, 1), (0, 2)]);
+    }
+
+    #[test]
+    fn a_held_region_serves_only_when_nothing_else_can() {
+        let mut v = views(&[&[Up, Up, Up], &[Up, Up], &[Up]]);
+        v[0].held = true;
+        let p = plan(&regions(), &v, 0, 0, 0, 10);
+        assert_eq!(
+            pairs(&p),
+            vec![(1, 0), (1, 1), (2, 0), (0, 0), (0, 1), (0, 2)],
+            "its users stay on the failover regions"
+        );
+        // A held failover region goes after the ready ones.
+        let mut v = views(&[&[Down, Down, Down], &[Up, Up], &[Up]]);
+        v[1].held = true;
+        assert_eq!(
+            pairs(&plan(&regions(), &v, 0, 0, 0, 10)),
+            vec![(2, 0), (1, 0), (1, 1)]
+        );
+        // Held and nothing else: still served.
+        let mut v = views(&[&[Up, Down, Down], &[Down, Down], &[Down]]);
+        v[0].held = true;
+        assert_eq!(pairs(&plan(&regions(), &v, 0, 0, 0, 10)), vec![(0, 0)]);
+    }
+
+    #[test]
+    fn slow_start_lets_a_growing_share_of_clients_back() {
+        let mut v = views(&[&[Up, Up, Up], &[Up, Up], &[Up]]);
+        let back = |v: &[RegionView]| {
+            (0..1000u64)
+                .filter(|&key| plan(&regions(), v, 0, 0, key, 3).candidates[0].region == 0)
+                .collect::<Vec<u64>>()
+        };
+        v[0].ramp_permille = 0;
+        assert!(back(&v).is_empty());
+        v[0].ramp_permille = 250;
+        let quarter = back(&v);
+        assert_eq!(quarter.len(), 250);
+        v[0].ramp_permille = 600;
+        let more = back(&v);
+        assert_eq!(more.len(), 600);
+        assert!(quarter.iter().all(|k| more.contains(k)), "clients let back stay back");
+        // A client not yet let back still reaches its region as a last resort.
+        let p = plan(&regions(), &v, 0, 0, 999, 10);
+        assert_eq!(p.candidates.last().map(|c| c.region), Some(0));
+        assert_eq!(p.candidates[0].region, 1);
     }
 }

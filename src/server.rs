@@ -62,7 +62,11 @@ pub struct Running {
 pub async fn start(config: Config) -> Result<Running, StartError> {
     let pages = Arc::new(StatusPages::new(&config.status_page)?);
     let config = Arc::new(config);
-    let shared = Arc::new(Shared::new(Arc::clone(&config)));
+    let total: usize = config.regions.iter().map(|r| r.backends.len()).sum();
+    // Each prober has at most one report in flight; ejection requests that
+    // find the channel full are dropped and asked again by the next run.
+    let (signals, signals_rx) = mpsc::channel(total.max(1) * 2 + 256);
+    let shared = Arc::new(Shared::new(Arc::clone(&config), signals.clone()));
     let stop = CancellationToken::new();
     let background = TaskTracker::new();
     let connections = TaskTracker::new();
@@ -94,7 +98,8 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     };
     let admin_addr = admin.as_ref().and_then(|(l, _)| l.local_addr().ok());
 
-    spawn_health(&config, &shared, &stop, &background);
+    background.spawn(state::run_owner(Arc::clone(&shared), signals_rx, stop.clone()));
+    spawn_probes(&config, &signals, &stop, &background);
 
     let proxy = Proxy::new(Arc::clone(&shared), crate::upstream::client(&config), pages);
     let hard_stop = CancellationToken::new();
@@ -143,16 +148,12 @@ struct Stops {
 }
 
 /// Starts the state owner and one prober per backend.
-fn spawn_health(
+fn spawn_probes(
     config: &Config,
-    shared: &Arc<Shared>,
+    tx: &mpsc::Sender<state::Signal>,
     stop: &CancellationToken,
     tasks: &TaskTracker,
 ) {
-    let total: usize = config.regions.iter().map(|r| r.backends.len()).sum();
-    // Each prober has at most one report in flight, so this never fills.
-    let (tx, rx) = mpsc::channel(total.max(1) * 2);
-    tasks.spawn(state::run_owner(Arc::clone(shared), rx, stop.clone()));
     let probe = HttpProbe::new(config.proxy.connect_timeout);
     for (ri, region) in config.regions.iter().enumerate() {
         for (bi, backend) in region.backends.iter().enumerate() {

@@ -18,7 +18,7 @@ use tokio::net::TcpStream;
 use tokio_io_timeout::TimeoutStream;
 use tower_service::Service;
 
-use crate::body::UpstreamBody;
+use crate::request_body::UpstreamBody;
 use crate::config::Config;
 
 /// The pooled client used for live traffic.

@@ -1,122 +1,23 @@
-//! Backend health: the pure per-backend state machine with rise/fall hysteresis,
-//! the [`Probe`] trait with its HTTP implementation, and the probing loop that
-//! reports each result to the state owner.
-//!
-//! A backend that answers slowly is as unhealthy as one that does not answer:
-//! every check has a timeout, and a check that runs past it fails. In the
-//! outage Meridian answers, a half-alive node was never declared dead.
+//! Active checks: the [`Probe`] trait, its HTTP implementation on fresh
+//! connections, and the jittered loop that reports each result.
 
 use std::future::Future;
+use std::hash::{BuildHasher, Hasher};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::Empty;
+use http_body_util::{BodyExt, Empty, Limited};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use serde::Serialize;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Backend, Health};
 use crate::telemetry::error_chain;
 
-/// Observed health of one backend.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum BackendState {
-    /// Not checked yet; takes no traffic.
-    Unknown,
-    /// Passing checks; takes traffic.
-    Up,
-    /// Failing checks; takes no traffic.
-    Down,
-}
-
-impl BackendState {
-    /// The lower-case name used in logs and the admin API.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            BackendState::Unknown => "unknown",
-            BackendState::Up => "up",
-            BackendState::Down => "down",
-        }
-    }
-}
-
-/// A change of [`BackendState`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Transition {
-    /// State before.
-    pub from: BackendState,
-    /// State after.
-    pub to: BackendState,
-}
-
-/// The current run of identical results, as one value so that passes and
-/// failures can never both be counted at once.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Streak {
-    None,
-    Passes(u32),
-    Failures(u32),
-}
-
-/// Rise/fall hysteresis for one backend.
-///
-/// The first result decides an unknown backend at once, so that Meridian
-/// serves within one check of starting; after that `rise` consecutive passes
-/// bring a down backend up and `fall` consecutive failures take an up one down.
-#[derive(Debug, Clone)]
-pub struct HealthMachine {
-    state: BackendState,
-    streak: Streak,
-    rise: u32,
-    fall: u32,
-}
-
-impl HealthMachine {
-    /// A machine in the `Unknown` state.
-    pub fn new(rise: u32, fall: u32) -> Self {
-        HealthMachine {
-            state: BackendState::Unknown,
-            streak: Streak::None,
-            rise: rise.max(1),
-            fall: fall.max(1),
-        }
-    }
-
-    /// The current state.
-    pub fn state(&self) -> BackendState {
-        self.state
-    }
-
-    /// Records one check result; returns the transition it caused, if any.
-    pub fn observe(&mut self, passed: bool) -> Option<Transition> {
-        self.streak = match (self.streak, passed) {
-            (Streak::Passes(n), true) => Streak::Passes(n.saturating_add(1)),
-            (_, true) => Streak::Passes(1),
-            (Streak::Failures(n), false) => Streak::Failures(n.saturating_add(1)),
-            (_, false) => Streak::Failures(1),
-        };
-        let next = match (self.state, self.streak) {
-            (BackendState::Unknown, Streak::Passes(_)) => BackendState::Up,
-            (BackendState::Unknown, Streak::Failures(_)) => BackendState::Down,
-            (BackendState::Down, Streak::Passes(n)) if n >= self.rise => BackendState::Up,
-            (BackendState::Up, Streak::Failures(n)) if n >= self.fall => BackendState::Down,
-            (state, _) => state,
-        };
-        if next == self.state {
-            return None;
-        }
-        let t = Transition {
-            from: self.state,
-            to: next,
-        };
-        self.state = next;
-        Some(t)
-    }
-}
+/// Most of a check's response body read to look for `expect_body`.
+pub const MAX_CHECK_BODY: usize = 64 * 1024;
 
 /// Why a health check failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -127,9 +28,12 @@ pub enum ProbeError {
     /// No answer within the check's timeout.
     #[error("no answer within {0:?}")]
     Timeout(Duration),
-    /// An answer with a status outside 200-399.
+    /// An answer with a status outside `expect_status`.
     #[error("status {0}")]
     Status(u16),
+    /// An answer whose body lacks `expect_body`.
+    #[error("body does not contain {0:?}")]
+    Body(String),
 }
 
 /// One kind of health check: a single job, so that tests can script their own.
@@ -142,7 +46,9 @@ pub trait Probe: Send + Sync + 'static {
     ) -> impl Future<Output = Result<(), ProbeError>> + Send;
 }
 
-/// `GET <path>` over a fresh connection, passing on 200-399.
+/// The configured request (`GET /healthz` by default) over a fresh
+/// connection, passing on an expected status and, when set, a body that
+/// contains the expected text.
 ///
 /// Checks never reuse connections: a warm pooled connection would hide a
 /// backend that no longer accepts new ones, and checks must not queue behind
@@ -172,12 +78,18 @@ impl Probe for HttpProbe {
             backend.url.to_string().trim_end_matches('/'),
             health.path
         );
-        let request = http::Request::get(uri)
+        let mut request = http::Request::builder()
+            .method(health.method.clone())
+            .uri(uri)
             .header(
                 http::header::USER_AGENT,
                 concat!("meridian-health/", env!("CARGO_PKG_VERSION")),
             )
-            .header(http::header::CONNECTION, "close")
+            .header(http::header::CONNECTION, "close");
+        if let Some(host) = &health.host {
+            request = request.header(http::header::HOST, host.clone());
+        }
+        let request = request
             .body(Empty::new())
             .map_err(|e| ProbeError::Request(e.to_string()))?;
         let response = self
@@ -185,12 +97,68 @@ impl Probe for HttpProbe {
             .request(request)
             .await
             .map_err(|e| ProbeError::Request(error_chain(&e)))?;
-        let status = response.status();
-        if status.is_success() || status.is_redirection() {
+        let status = response.status().as_u16();
+        if !health
+            .expect_status
+            .iter()
+            .any(|&(low, high)| (low..=high).contains(&status))
+        {
+            return Err(ProbeError::Status(status));
+        }
+        let Some(expected) = &health.expect_body else {
+            return Ok(());
+        };
+        let body = Limited::new(response.into_body(), MAX_CHECK_BODY);
+        // A body longer than the limit is searched in its first part.
+        let mut seen = Vec::new();
+        let mut body = std::pin::pin!(body);
+        while let Some(frame) = body.frame().await {
+            match frame {
+                Ok(frame) => {
+                    if let Some(data) = frame.data_ref() {
+                        seen.extend_from_slice(data);
+                    }
+                }
+                Err(e) if e.is::<http_body_util::LengthLimitError>() => break,
+                Err(e) => return Err(ProbeError::Request(e.to_string())),
+            }
+        }
+        if contains(&seen, expected.as_bytes()) {
             Ok(())
         } else {
-            Err(ProbeError::Status(status.as_u16()))
+            Err(ProbeError::Body(expected.clone()))
         }
+    }
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    needle.is_empty() || haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+/// `interval` scaled by a random factor in `1 ± jitter`.
+fn jittered(interval: Duration, jitter: f64, random: u64) -> Duration {
+    // 53 random bits give a uniform fraction in [0, 1).
+    let unit = (random >> 11) as f64 / (1u64 << 53) as f64;
+    interval.mul_f64(1.0 + jitter * (2.0 * unit - 1.0))
+}
+
+/// A small random-number source for jitter: a per-loop random seed, then
+/// splitmix64. Jitter needs spread, not secrecy.
+struct Spread(u64);
+
+impl Spread {
+    fn new() -> Self {
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u64(0);
+        Spread(h.finish())
+    }
+
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
     }
 }
 
@@ -205,24 +173,29 @@ pub struct Report {
     pub result: Result<(), ProbeError>,
 }
 
-/// Checks one backend every `interval` until `stop` is cancelled or the state
-/// owner is gone. The first check runs at once.
-pub async fn probe_loop<P: Probe>(
+/// Checks one backend every `interval` (with jitter) until `stop` is
+/// cancelled or the state owner is gone. The first check runs at once.
+pub async fn probe_loop<P: Probe, T: From<Report>>(
     probe: P,
     region: usize,
     backend_index: usize,
     backend: Backend,
     health: Health,
-    reports: mpsc::Sender<Report>,
+    reports: mpsc::Sender<T>,
     stop: CancellationToken,
 ) {
-    let mut ticker = tokio::time::interval(health.interval);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut spread = Spread::new();
+    let mut next = tokio::time::Instant::now();
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
-            _ = ticker.tick() => {}
+            _ = tokio::time::sleep_until(next) => {}
         }
+        // Waits are measured from the start of each check, so that a slow
+        // check does not stretch the interval; a check longer than the
+        // interval is followed by the next at once.
+        let started = tokio::time::Instant::now();
+        next = started + jittered(health.interval, health.jitter, spread.next());
         let result = tokio::select! {
             _ = stop.cancelled() => return,
             r = tokio::time::timeout(health.timeout, probe.check(&backend, &health)) => {
@@ -234,7 +207,7 @@ pub async fn probe_loop<P: Probe>(
             backend: backend_index,
             result,
         };
-        if reports.send(report).await.is_err() {
+        if reports.send(report.into()).await.is_err() {
             return;
         }
     }
@@ -242,62 +215,7 @@ pub async fn probe_loop<P: Probe>(
 
 #[cfg(test)]
 mod tests {
-    use super::BackendState::*;
     use super::*;
-
-    fn run(m: &mut HealthMachine, results: &[bool]) -> Vec<Option<(BackendState, BackendState)>> {
-        results
-            .iter()
-            .map(|&r| m.observe(r).map(|t| (t.from, t.to)))
-            .collect()
-    }
-
-    #[test]
-    fn first_result_decides_an_unknown_backend() {
-        let mut m = HealthMachine::new(3, 3);
-        assert_eq!(m.state(), Unknown);
-        assert_eq!(run(&mut m, &[true]), vec![Some((Unknown, Up))]);
-        let mut m = HealthMachine::new(3, 3);
-        assert_eq!(run(&mut m, &[false]), vec![Some((Unknown, Down))]);
-    }
-
-    #[test]
-    fn up_goes_down_only_after_fall_consecutive_failures() {
-        let mut m = HealthMachine::new(2, 3);
-        m.observe(true);
-        assert_eq!(
-            run(&mut m, &[false, false, true, false, false]),
-            vec![None; 5]
-        );
-        assert_eq!(m.state(), Up);
-        assert_eq!(run(&mut m, &[false]), vec![Some((Up, Down))]);
-    }
-
-    #[test]
-    fn down_comes_back_only_after_rise_consecutive_passes() {
-        let mut m = HealthMachine::new(2, 1);
-        m.observe(false);
-        assert_eq!(run(&mut m, &[true, false, true]), vec![None, None, None]);
-        assert_eq!(run(&mut m, &[true]), vec![Some((Down, Up))]);
-        assert_eq!(run(&mut m, &[true, true]), vec![None, None]);
-    }
-
-    #[test]
-    fn rise_and_fall_of_one_flip_on_every_change() {
-        let mut m = HealthMachine::new(1, 1);
-        assert_eq!(
-            run(&mut m, &[true, false, true]),
-            vec![Some((Unknown, Up)), Some((Up, Down)), Some((Down, Up))]
-        );
-    }
-
-    #[test]
-    fn long_streaks_do_not_overflow() {
-        let mut m = HealthMachine::new(1, 1);
-        m.streak = Streak::Passes(u32::MAX);
-        m.state = Up;
-        assert_eq!(m.observe(true), None);
-    }
 
     /// A probe that plays a script: `Some(result)` answers at once, `None` never answers.
     struct Scripted {
@@ -316,6 +234,27 @@ mod tests {
         }
     }
 
+    #[test]
+    fn jitter_stays_within_its_bounds_and_spreads() {
+        let interval = Duration::from_secs(1);
+        assert_eq!(jittered(interval, 0.1, 0), Duration::from_millis(900));
+        assert_eq!(jittered(interval, 0.0, u64::MAX), interval);
+        let mut spread = Spread::new();
+        let waits: Vec<Duration> = (0..1000)
+            .map(|_| jittered(interval, 0.1, spread.next()))
+            .collect();
+        assert!(waits.iter().all(|w| *w >= Duration::from_millis(900) && *w <= Duration::from_millis(1100)));
+        let below = waits.iter().filter(|w| **w < interval).count();
+        assert!((350..650).contains(&below), "{below} of 1000 below the interval");
+    }
+
+    #[test]
+    fn body_search_finds_text_anywhere() {
+        assert!(contains(b"status: ok\n", b"ok"));
+        assert!(!contains(b"status: down", b"ok"));
+        assert!(contains(b"", b""));
+    }
+
     #[tokio::test(start_paused = true)]
     async fn the_probe_loop_checks_every_interval_times_out_and_stops() {
         let config = crate::config::Config::parse(
@@ -323,6 +262,8 @@ mod tests {
             "[[region]]\nname = \"us\"\nbackends = [\"http://10.0.0.1:80\"]\n[region.health]\ninterval = \"1s\"\ntimeout = \"100ms\"\n",
         )
         .unwrap();
+        let mut health = config.regions[0].health.clone();
+        health.jitter = 0.0;
         let region = &config.regions[0];
         let probe = std::sync::Arc::new(Scripted {
             script: std::sync::Mutex::new(
@@ -336,7 +277,7 @@ mod tests {
             ),
             calls: std::sync::Mutex::new(Vec::new()),
         });
-        let (tx, mut rx) = mpsc::channel(4);
+        let (tx, mut rx) = mpsc::channel::<Report>(4);
         let stop = CancellationToken::new();
         let started = tokio::time::Instant::now();
         let task = tokio::spawn(probe_loop(
@@ -344,7 +285,7 @@ mod tests {
             0,
             0,
             region.backends[0].clone(),
-            region.health.clone(),
+            health,
             tx,
             stop.clone(),
         ));

@@ -1,0 +1,139 @@
+//! One forwarding attempt on one backend, and what its failure means: for
+//! passive health, for the page the client gets, and for whether the request
+//! may go to another backend.
+
+use std::future::Future;
+use std::time::Duration;
+
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper_util::client::legacy;
+
+use crate::body::BodyError;
+use crate::health::Failure;
+use crate::request_body::{Sent, UpstreamBody};
+use crate::status_page::Rescue;
+use crate::telemetry::error_chain;
+use crate::upstream::UpstreamClient;
+
+/// How one forwarding attempt ended without a response.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum AttemptError {
+    /// No connection to the backend: the request never left Meridian.
+    #[error("cannot connect: {}", error_chain(.0))]
+    Connect(legacy::Error),
+    /// The connection closed or was reset before any response, as when a
+    /// pooled keep-alive connection was closed by the backend just as it was
+    /// reused. The backend may have seen the request.
+    #[error("connection lost before a response: {}", error_chain(.0))]
+    Disconnected(legacy::Error),
+    /// No response head within the first-byte timeout after the request was sent.
+    #[error("no response within {0:?}")]
+    Timeout(Duration),
+    /// The client's body stalled (`timed_out`) or broke while it was being forwarded.
+    #[error("client body: {detail}")]
+    ClientBody {
+        /// The client paused longer than the client body timeout.
+        timed_out: bool,
+        /// What happened.
+        detail: String,
+    },
+    /// Any other failure of the exchange, such as a response that is not HTTP.
+    #[error("{}", error_chain(.0))]
+    Exchange(legacy::Error),
+}
+
+impl AttemptError {
+    fn from_client(e: legacy::Error) -> Self {
+        if e.is_connect() {
+            return AttemptError::Connect(e);
+        }
+        let mut source = std::error::Error::source(&e);
+        while let Some(s) = source {
+            if let Some(body) = s.downcast_ref::<BodyError>() {
+                return AttemptError::ClientBody {
+                    timed_out: matches!(body, BodyError::Idle(_)),
+                    detail: body.to_string(),
+                };
+            }
+            let lost = s
+                .downcast_ref::<hyper::Error>()
+                .is_some_and(|h| h.is_incomplete_message() || h.is_canceled())
+                || s.downcast_ref::<std::io::Error>().is_some_and(|io| {
+                    matches!(
+                        io.kind(),
+                        std::io::ErrorKind::ConnectionReset
+                            | std::io::ErrorKind::BrokenPipe
+                            | std::io::ErrorKind::ConnectionAborted
+                    )
+                });
+            if lost {
+                return AttemptError::Disconnected(e);
+            }
+            source = s.source();
+        }
+        AttemptError::Exchange(e)
+    }
+
+    /// Whether the request may go to another backend. One that never left
+    /// Meridian always may; one the backend may have seen only when its
+    /// method may be retried; one whose client broke never.
+    pub(super) fn may_retry(&self, retry_method: bool) -> bool {
+        match self {
+            AttemptError::Connect(_) => true,
+            AttemptError::ClientBody { .. } => false,
+            _ => retry_method,
+        }
+    }
+
+    /// Whether another try costs the backends something, and so draws on the
+    /// retry budget: all but a connection that was never made.
+    pub(super) fn reached_backend(&self) -> bool {
+        !matches!(self, AttemptError::Connect(_))
+    }
+
+    /// What it says about the backend's health, if anything.
+    pub(super) fn failure(&self) -> Option<Failure> {
+        match self {
+            AttemptError::Connect(_) => Some(Failure::Connect),
+            AttemptError::Disconnected(_) | AttemptError::Exchange(_) => Some(Failure::Reset),
+            AttemptError::Timeout(_) => Some(Failure::Timeout),
+            AttemptError::ClientBody { .. } => None,
+        }
+    }
+
+    pub(super) fn rescue(&self) -> Rescue {
+        match self {
+            AttemptError::Timeout(_) => Rescue::BackendTimeout,
+            AttemptError::ClientBody {
+                timed_out: true, ..
+            } => Rescue::ClientTimeout,
+            _ => Rescue::BackendFailed,
+        }
+    }
+}
+
+/// Sends `request` and waits for the response head. The first-byte timeout
+/// starts once the request has been handed to a backend connection with its
+/// body read whole from the client: connecting is bounded by the connect
+/// timeout (and a failure to connect goes to the next candidate), a slow
+/// upload by the client body timeout, and a backend that stops reading by
+/// the send timeout.
+pub(super) fn attempt(
+    client: &UpstreamClient,
+    request: Request<UpstreamBody>,
+    sent: Sent,
+    first_byte: Duration,
+) -> impl Future<Output = Result<Response<Incoming>, AttemptError>> + Send + 'static {
+    let exchange = client.request(request);
+    async move {
+        let deadline = async {
+            sent.wait().await;
+            tokio::time::sleep(first_byte).await;
+        };
+        tokio::select! {
+            result = exchange => result.map_err(AttemptError::from_client),
+            () = deadline => Err(AttemptError::Timeout(first_byte)),
+        }
+    }
+}

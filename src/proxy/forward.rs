@@ -1,0 +1,354 @@
+//! Walking a plan for one request: attempts in order, retries where they are
+//! safe and within the budget, and hedges of slow idempotent requests.
+//!
+//! - A request that never reached a backend (no connection) goes to the next
+//!   candidate whatever its method, without drawing on the retry budget.
+//! - A request the backend may have seen — reset, no response head in time,
+//!   a response that is not HTTP, or a 502/503/504 answer — goes on only when
+//!   its method is in `retry_methods`, its body is still at hand (none, never
+//!   read, or copied within `replay_buffer`), and the retry budget allows.
+//! - A request with no response head after the hedge delay is also sent to
+//!   the next candidate, under the same conditions; the first good answer
+//!   wins and the others are dropped.
+//! - Nothing is retried once a response has been handed to the client.
+
+use std::future::{poll_fn, Future};
+use std::pin::Pin;
+use std::task::Poll;
+
+use http::Response;
+use hyper::body::Incoming;
+use tokio::time::{Instant, Sleep};
+
+use super::attempt::{attempt, AttemptError};
+use super::{build_upstream, Head, Proxy, X_MERIDIAN_REGION};
+use crate::body::ResponseBody;
+use crate::health::Failure;
+use crate::request_body::{Replay, Returned, UpstreamBody};
+use crate::routing::Plan;
+use crate::state::Snapshot;
+use crate::status_page::Rescue;
+
+type AttemptFuture = Pin<Box<dyn Future<Output = Result<Response<Incoming>, AttemptError>> + Send>>;
+
+/// An attempt in flight.
+struct Running {
+    /// Index in the plan's candidates.
+    candidate: usize,
+    started: Instant,
+    /// Takes back the body; `None` for a request without one.
+    returned: Option<Returned>,
+    future: AttemptFuture,
+}
+
+enum Event {
+    Done(usize, Result<Response<Incoming>, AttemptError>),
+    Hedge,
+}
+
+/// The forwarding of one request along its plan.
+pub(super) struct Forward<'a> {
+    proxy: &'a Proxy,
+    snapshot: &'a Snapshot,
+    plan: &'a Plan,
+    head: &'a Head,
+    keep_host: bool,
+    /// The method may be retried after a backend may have seen it, and hedged.
+    retry_method: bool,
+    has_body: bool,
+    /// The body between attempts, when it can still be sent.
+    pending: Option<Replay>,
+    /// The next candidate not tried yet.
+    next: usize,
+    retried_same: bool,
+    hedging: bool,
+    running: Vec<Running>,
+    last_error: Option<(AttemptError, usize)>,
+    /// A 502/503/504 answer kept while a retry may do better.
+    fallback: Option<(Response<Incoming>, usize)>,
+}
+
+impl<'a> Forward<'a> {
+    pub(super) fn new(
+        proxy: &'a Proxy,
+        snapshot: &'a Snapshot,
+        plan: &'a Plan,
+        head: &'a Head,
+        keep_host: bool,
+        body: Incoming,
+    ) -> Self {
+        use http_body::Body as _;
+        let retry_method = snapshot.config.proxy.retry_methods.contains(&head.method);
+        let has_body = !body.is_end_stream();
+        Forward {
+            proxy,
+            snapshot,
+            plan,
+            head,
+            keep_host,
+            retry_method,
+            has_body,
+            pending: has_body.then(|| Replay::unread(body)),
+            next: 0,
+            retried_same: false,
+            hedging: retry_method && snapshot.config.proxy.hedge.is_some(),
+            running: Vec::new(),
+            last_error: None,
+            fallback: None,
+        }
+    }
+
+    /// Forwards until a backend answers; otherwise says which page to serve.
+    pub(super) async fn run(mut self) -> Result<Response<ResponseBody>, Rescue> {
+        if self.plan.candidates.is_empty() {
+            return Err(Rescue::NoRegion);
+        }
+        self.start(None, false)?;
+        let mut hedge_timer = self.hedge_timer();
+        while !self.running.is_empty() {
+            let event = poll_fn(|cx| {
+                for (i, r) in self.running.iter_mut().enumerate() {
+                    if let Poll::Ready(result) = r.future.as_mut().poll(cx) {
+                        return Poll::Ready(Event::Done(i, result));
+                    }
+                }
+                if let Some(t) = hedge_timer.as_mut() {
+                    if t.as_mut().poll(cx).is_ready() {
+                        return Poll::Ready(Event::Hedge);
+                    }
+                }
+                Poll::Pending
+            })
+            .await;
+            match event {
+                Event::Hedge => {
+                    if !self.hedge() {
+                        self.hedging = false;
+                    }
+                }
+                Event::Done(i, Ok(response)) => {
+                    let running = self.running.swap_remove(i);
+                    if let Some(response) = self.answered(running, response)? {
+                        return Ok(response);
+                    }
+                }
+                Event::Done(i, Err(e)) => {
+                    let mut running = self.running.swap_remove(i);
+                    self.collect(&mut running.returned);
+                    self.failed(running.candidate, e)?;
+                }
+            }
+            hedge_timer = self.hedge_timer();
+        }
+        if let Some((response, candidate)) = self.fallback.take() {
+            return Ok(self.deliver(response, candidate));
+        }
+        Err(self.give_up())
+    }
+
+    /// A response head arrived: hands it on, or keeps a 502/503/504 aside
+    /// while another try may do better.
+    fn answered(
+        &mut self,
+        mut running: Running,
+        response: Response<Incoming>,
+    ) -> Result<Option<Response<ResponseBody>>, Rescue> {
+        let c = self.plan.candidates[running.candidate];
+        let shared = &self.proxy.shared;
+        let status = response.status().as_u16();
+        if status >= 500 {
+            shared.passive_failure(c.region, c.backend, Failure::Status(status));
+        } else {
+            shared.passive_success(c.region, c.backend);
+        }
+        if (502..=504).contains(&status) && self.retry_method {
+            self.collect(&mut running.returned);
+            if !self.running.is_empty() || self.start(None, true)? {
+                tracing::debug!(region = %self.region_name(running.candidate), status, "retrying a gateway error");
+                self.fallback = Some((response, running.candidate));
+                return Ok(None);
+            }
+        }
+        self.proxy.latency.observe(c.region, running.started.elapsed());
+        // Attempts started earlier and still waiting lost to this one: as
+        // slow as a timeout, as far as their backends' health goes.
+        for other in self.running.iter().filter(|o| o.started < running.started) {
+            let o = self.plan.candidates[other.candidate];
+            shared.passive_failure(o.region, o.backend, Failure::Timeout);
+        }
+        Ok(Some(self.deliver(response, running.candidate)))
+    }
+
+    /// An attempt failed: counts it against the backend and tries again where allowed.
+    fn failed(&mut self, candidate: usize, e: AttemptError) -> Result<(), Rescue> {
+        let c = self.plan.candidates[candidate];
+        if let Some(failure) = e.failure() {
+            self.proxy
+                .shared
+                .passive_failure(c.region, c.backend, failure);
+        }
+        tracing::debug!(region = %self.region_name(candidate), backend = %self.backend_address(candidate), error = %e, "attempt failed");
+        let retry = e.may_retry(self.retry_method);
+        let reached = e.reached_backend();
+        // A dropped keep-alive connection says little about the backend: it
+        // gets one more try before the next candidate, once per request, so
+        // a request that kills backends cannot take twice its share of them.
+        let same = !self.retried_same && matches!(e, AttemptError::Disconnected(_));
+        self.last_error = Some((e, candidate));
+        if !retry {
+            // Whatever else is running may still answer.
+            return Ok(());
+        }
+        if same {
+            // Not counted against the budget: this is the everyday race of a
+            // keep-alive connection closed by the backend as it was reused.
+            self.retried_same = true;
+            self.start(Some(candidate), false)?;
+        } else {
+            self.start(None, reached)?;
+        }
+        Ok(())
+    }
+
+    /// Sends the request to the next candidate too, if the body and the
+    /// budget allow; false when no hedge can be sent.
+    fn hedge(&mut self) -> bool {
+        for i in 0..self.running.len() {
+            if let Some(r) = self.running[i].returned.as_mut().and_then(Returned::take) {
+                self.pending = Some(r);
+            }
+        }
+        let complete = !self.has_body || self.pending.as_ref().is_some_and(|p| p.copy_if_complete().is_some());
+        if !complete || self.next >= self.plan.candidates.len() {
+            return false;
+        }
+        let started = self.start(None, true).unwrap_or(false);
+        if started {
+            let c = self.running.last().map(|r| r.candidate).unwrap_or_default();
+            tracing::debug!(region = %self.region_name(c), backend = %self.backend_address(c), "hedged a slow request");
+        }
+        started
+    }
+
+    /// When the next hedge is due: the hedge delay after the latest attempt started.
+    fn hedge_timer(&self) -> Option<Pin<Box<Sleep>>> {
+        let hedge = self.snapshot.config.proxy.hedge.as_ref()?;
+        if !self.hedging || self.next >= self.plan.candidates.len() {
+            return None;
+        }
+        let last = self.running.iter().max_by_key(|r| r.started)?;
+        let region = self.plan.candidates[last.candidate].region;
+        let delay = self.proxy.latency.hedge_delay(region, hedge);
+        Some(Box::pin(tokio::time::sleep_until(last.started + delay)))
+    }
+
+    /// Takes back what an attempt left of the body.
+    fn collect(&mut self, returned: &mut Option<Returned>) {
+        if let Some(r) = returned.as_mut().and_then(Returned::take) {
+            self.pending = Some(r);
+        }
+    }
+
+    /// The body for one more attempt: a copy when it is whole in memory,
+    /// else what is left of it; `None` when it is gone.
+    fn next_body(&mut self) -> Option<Option<Replay>> {
+        if !self.has_body {
+            return Some(None);
+        }
+        match self.pending.as_ref().and_then(Replay::copy_if_complete) {
+            Some(copy) => Some(Some(copy)),
+            None => self.pending.take().map(Some),
+        }
+    }
+
+    /// Starts an attempt on `same` or the next candidate; false when there
+    /// is none, the body is gone, or a retry that would reach a backend
+    /// finds the budget spent.
+    fn start(&mut self, same: Option<usize>, costs_budget: bool) -> Result<bool, Rescue> {
+        let candidate = match same {
+            Some(c) => c,
+            None if self.next < self.plan.candidates.len() => self.next,
+            None => return Ok(false),
+        };
+        if self.has_body && self.pending.is_none() {
+            return Ok(false);
+        }
+        if costs_budget && !self.proxy.budget.try_retry(Instant::now()) {
+            tracing::debug!("retry budget spent");
+            return Ok(false);
+        }
+        let Some(body) = self.next_body() else {
+            return Ok(false);
+        };
+        if same.is_none() {
+            self.next += 1;
+        }
+        let config = &self.snapshot.config;
+        let c = self.plan.candidates[candidate];
+        let region = &config.regions[c.region];
+        let backend = &region.backends[c.backend];
+        let keep = (self.retry_method && config.proxy.replay_buffer > 0).then_some(config.proxy.replay_buffer);
+        let (upstream_body, returned, sent) = match body {
+            Some(b) => {
+                let (b, returned, sent) = UpstreamBody::new(b, config.limits.client_body_timeout, keep);
+                (b, Some(returned), sent)
+            }
+            None => {
+                let (b, sent) = UpstreamBody::empty();
+                (b, None, sent)
+            }
+        };
+        let request = build_upstream(self.head, backend, self.keep_host, upstream_body).map_err(|e| {
+            tracing::warn!(error = %e, "cannot build the upstream request");
+            Rescue::BackendFailed
+        })?;
+        let first_byte = region
+            .first_byte_timeout
+            .unwrap_or(config.proxy.first_byte_timeout);
+        self.running.push(Running {
+            candidate,
+            started: Instant::now(),
+            returned,
+            future: Box::pin(attempt(&self.proxy.client, request, sent, first_byte)),
+        });
+        Ok(true)
+    }
+
+    /// The response as the client gets it.
+    fn deliver(&self, mut response: Response<Incoming>, candidate: usize) -> Response<ResponseBody> {
+        let config = &self.snapshot.config;
+        let region = &config.regions[self.plan.candidates[candidate].region];
+        let version = response.version();
+        crate::headers::forward_response(response.headers_mut(), version);
+        response
+            .headers_mut()
+            .insert(X_MERIDIAN_REGION, region.name_header.clone());
+        let read_timeout = config.proxy.read_timeout;
+        response.map(|b| ResponseBody::upstream(b, read_timeout))
+    }
+
+    /// Nothing answered: logs why and picks the page.
+    fn give_up(&mut self) -> Rescue {
+        match self.last_error.take() {
+            None => Rescue::NoRegion,
+            // The client's own doing: nothing an operator needs to hear about.
+            Some((e @ AttemptError::ClientBody { .. }, _)) => {
+                tracing::debug!(error = %e, "request body failed");
+                e.rescue()
+            }
+            Some((e, candidate)) => {
+                tracing::warn!(region = %self.region_name(candidate), backend = %self.backend_address(candidate), error = %e, "request failed");
+                e.rescue()
+            }
+        }
+    }
+
+    fn region_name(&self, candidate: usize) -> &str {
+        &self.snapshot.config.regions[self.plan.candidates[candidate].region].name
+    }
+
+    fn backend_address(&self, candidate: usize) -> &str {
+        let c = self.plan.candidates[candidate];
+        &self.snapshot.config.regions[c.region].backends[c.backend].address
+    }
+}

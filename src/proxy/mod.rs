@@ -1,0 +1,186 @@
+//! The proxy service: for each request, in phases — find the client address,
+//! plan the candidates, forward along the plan (retrying and hedging where
+//! that is safe), and rescue with the status page when the plan runs out.
+//! Bodies stream in both directions.
+
+mod attempt;
+mod forward;
+
+use std::convert::Infallible;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use http::header::{HeaderValue, HOST};
+use http::{HeaderMap, Method, Request, Response, Uri, Version};
+use hyper::body::Incoming;
+
+use crate::body::ResponseBody;
+use crate::budget::RetryBudget;
+use crate::config::Backend;
+use crate::latency::Latency;
+use crate::request_body::UpstreamBody;
+use crate::routing::{self, Plan};
+use crate::state::{Shared, Snapshot};
+use crate::status_page::{PublicRegion, Rescue, StatusPages};
+use crate::upstream::UpstreamClient;
+use crate::{geo, headers};
+
+/// Response header naming the region that served the request.
+pub const X_MERIDIAN_REGION: http::HeaderName = http::HeaderName::from_static("x-meridian-region");
+
+/// The request handler of the public listener.
+#[derive(Debug, Clone)]
+pub struct Proxy {
+    shared: Arc<Shared>,
+    client: UpstreamClient,
+    pages: Arc<StatusPages>,
+    budget: Arc<RetryBudget>,
+    latency: Arc<Latency>,
+}
+
+/// The parts of a request needed to send it again.
+struct Head {
+    method: Method,
+    uri: Uri,
+    version: Version,
+    headers: HeaderMap,
+}
+
+impl Proxy {
+    /// A proxy over `shared` state, forwarding with `client`.
+    pub fn new(shared: Arc<Shared>, client: UpstreamClient, pages: Arc<StatusPages>) -> Self {
+        let config = Arc::clone(&shared.load().config);
+        Proxy {
+            budget: Arc::new(RetryBudget::new(
+                &config.proxy.retry_budget,
+                tokio::time::Instant::now(),
+            )),
+            latency: Arc::new(Latency::new(config.regions.len())),
+            shared,
+            client,
+            pages,
+        }
+    }
+
+    /// Serves one request from `peer`. Never fails: errors become Meridian's own answers.
+    pub async fn handle(
+        &self,
+        request: Request<Incoming>,
+        peer: SocketAddr,
+    ) -> Result<Response<ResponseBody>, Infallible> {
+        let snapshot = self.shared.load();
+        self.budget.request(tokio::time::Instant::now());
+        let client = geo::client_ip(peer);
+        let plan = self.plan(&snapshot, client);
+        let (parts, body) = request.into_parts();
+        let mut head = Head {
+            method: parts.method,
+            uri: parts.uri,
+            version: parts.version,
+            headers: parts.headers,
+        };
+        let keep_host = prepare_headers(&mut head, snapshot.config.proxy.preserve_host, client);
+        let forward = forward::Forward::new(self, &snapshot, &plan, &head, keep_host, body);
+        Ok(match forward.run().await {
+            Ok(response) => response,
+            Err(rescue) => self.rescue(&snapshot, rescue, &head.headers),
+        })
+    }
+
+    /// Phase 1: the client's preferred region and the ordered candidates.
+    fn plan(&self, snapshot: &Snapshot, client: IpAddr) -> Plan {
+        let config = &snapshot.config;
+        let preferred = geo::preferred_region(&config.geo, client);
+        routing::plan(
+            &config.regions,
+            &snapshot.regions,
+            preferred,
+            self.shared.next_rotation(preferred),
+            client_key(client),
+            config.proxy.max_attempts,
+        )
+    }
+
+    /// Phase 3: Meridian's own answer, the branded page, when no backend can.
+    fn rescue(
+        &self,
+        snapshot: &Snapshot,
+        rescue: Rescue,
+        request_headers: &HeaderMap,
+    ) -> Response<ResponseBody> {
+        let regions: Vec<PublicRegion> = snapshot
+            .config
+            .regions
+            .iter()
+            .zip(&snapshot.regions)
+            .map(|(r, v)| PublicRegion {
+                name: r.name.clone(),
+                up: v.healthy_backends() > 0,
+            })
+            .collect();
+        self.pages
+            .respond(rescue, &regions, request_headers)
+            .map(ResponseBody::local)
+    }
+}
+
+/// Readies the request head for backends; returns whether the client's
+/// `Host` is kept.
+fn prepare_headers(head: &mut Head, preserve_host: bool, client: IpAddr) -> bool {
+    // RFC 9112 §3.2.2: the authority of an absolute-form target replaces
+    // Host — host and port only, never a user:password part.
+    if let Some(authority) = head.uri.authority() {
+        let host = match authority.port() {
+            Some(port) => HeaderValue::from_str(&format!("{}:{port}", authority.host())),
+            None => HeaderValue::from_str(authority.host()),
+        };
+        if let Ok(host) = host {
+            head.headers.insert(HOST, host);
+        }
+    }
+    let keep_host = preserve_host && head.headers.contains_key(HOST);
+    headers::forward_request(&mut head.headers, head.version, client, "http");
+    keep_host
+}
+
+/// A stable number per client address, so that a slow start sends the same
+/// users back first and never bounces one user between regions.
+fn client_key(client: IpAddr) -> u64 {
+    let bits: u128 = match client {
+        IpAddr::V4(v4) => u128::from(u32::from(v4)),
+        IpAddr::V6(v6) => u128::from(v6),
+    };
+    let folded = (bits as u64) ^ ((bits >> 64) as u64);
+    // splitmix64's finaliser spreads neighbouring addresses apart.
+    let mut z = folded.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// The request as `backend` receives it: origin-form target, the prepared
+/// headers, and `Host` kept or set to the backend's address.
+fn build_upstream(
+    head: &Head,
+    backend: &Backend,
+    keep_host: bool,
+    body: UpstreamBody,
+) -> Result<Request<UpstreamBody>, http::Error> {
+    let path = head.uri.path_and_query().map_or("/", |p| p.as_str());
+    let uri = Uri::builder()
+        .scheme("http")
+        .authority(backend.address.as_str())
+        .path_and_query(path)
+        .build()?;
+    let mut request = Request::builder()
+        .method(head.method.clone())
+        .uri(uri)
+        .body(body)?;
+    *request.headers_mut() = head.headers.clone();
+    if !keep_host {
+        request
+            .headers_mut()
+            .insert(HOST, backend.host_header.clone());
+    }
+    Ok(request)
+}

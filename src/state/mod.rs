@@ -1,0 +1,313 @@
+//! Runtime state: one [`Snapshot`] of configuration and health, published
+//! whole through an `ArcSwap` by a single owner task. Requests call
+//! [`Shared::load`] once and use that consistent view throughout; they never
+//! take a lock. What requests learn about backends goes back to the owner as
+//! counters and [`Signal`]s.
+
+mod tracker;
+
+pub use tracker::Tracker;
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use serde::Serialize;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::health::{BackendState, Failure, PassiveCounters, Report};
+
+/// Most recent transitions kept for `/api/v1/status`.
+pub const MAX_EVENTS: usize = 100;
+
+/// Derived state of a region.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RegionState {
+    /// At least `min_healthy` backends are up.
+    Healthy,
+    /// Some backends are up, fewer than `min_healthy`; the region serves on those.
+    Degraded,
+    /// No backend is up and at least one failed; the region cannot serve.
+    Down,
+    /// An operator stopped new requests to the region.
+    Drained,
+    /// No backend has been checked yet (just after start); the region cannot serve.
+    Unknown,
+}
+
+impl RegionState {
+    /// Derives the state of a region from its backends: `up` of `total` take
+    /// traffic, `checked` says whether any has a verdict yet.
+    pub fn derive(
+        up: usize,
+        total: usize,
+        checked: bool,
+        min_healthy: Option<usize>,
+        drained: bool,
+    ) -> RegionState {
+        let wanted = min_healthy.unwrap_or(total).clamp(1, total.max(1));
+        match (drained, up, checked) {
+            (true, _, _) => RegionState::Drained,
+            (false, 0, false) => RegionState::Unknown,
+            (false, 0, true) => RegionState::Down,
+            (false, n, _) if n < wanted => RegionState::Degraded,
+            _ => RegionState::Healthy,
+        }
+    }
+
+    /// Whether a region in this state takes requests.
+    pub fn serves(self) -> bool {
+        matches!(self, RegionState::Healthy | RegionState::Degraded)
+    }
+
+    /// The lower-case name used in logs and the admin API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RegionState::Healthy => "healthy",
+            RegionState::Degraded => "degraded",
+            RegionState::Down => "down",
+            RegionState::Drained => "drained",
+            RegionState::Unknown => "unknown",
+        }
+    }
+}
+
+/// What is known of one backend.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackendView {
+    /// Observed health.
+    pub state: BackendState,
+    /// Why the last check failed, if it did.
+    pub last_error: Option<String>,
+    /// Ejections in a row by passive checks (0 when none).
+    pub ejections: u32,
+}
+
+/// What is known of one region.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegionView {
+    /// Derived state.
+    pub state: RegionState,
+    /// The region recovered and waits out its fail-back hold: it serves
+    /// only when no other region can.
+    pub held: bool,
+    /// During slow start, the share of the region's own users sent back to
+    /// it, in thousandths; 1000 otherwise.
+    pub ramp_permille: u16,
+    /// Backends, in configuration order.
+    pub backends: Vec<BackendView>,
+}
+
+impl RegionView {
+    /// Backends that take traffic.
+    pub fn healthy_backends(&self) -> usize {
+        self.backends
+            .iter()
+            .filter(|b| b.state == BackendState::Up)
+            .count()
+    }
+}
+
+/// A recorded state change of a region or backend.
+#[derive(Debug, Clone, Serialize)]
+pub struct Event {
+    /// When it happened (RFC 3339, UTC).
+    pub at: String,
+    /// The region name, or `region/host:port` for a backend.
+    pub subject: String,
+    /// State before.
+    pub from: &'static str,
+    /// State after.
+    pub to: &'static str,
+    /// Why.
+    pub reason: String,
+}
+
+/// One consistent view of configuration and health.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    /// The configuration in force.
+    pub config: Arc<Config>,
+    /// Health of every region, indexed like `config.regions`.
+    pub regions: Vec<RegionView>,
+    /// Recent transitions, oldest first, at most [`MAX_EVENTS`].
+    pub events: Arc<VecDeque<Event>>,
+}
+
+impl Snapshot {
+    /// The view before any check has run, from each region's `initial_state`.
+    pub fn initial(config: Arc<Config>) -> Snapshot {
+        Tracker::new(config).snapshot()
+    }
+}
+
+/// What the request path tells the state owner.
+#[derive(Debug)]
+pub enum Signal {
+    /// An active check result.
+    Check(Report),
+    /// A backend reached its region's `consecutive_failures` on live traffic.
+    Eject {
+        /// Region index.
+        region: usize,
+        /// Backend index within the region.
+        backend: usize,
+        /// The failure that completed the run.
+        failure: Failure,
+    },
+}
+
+impl From<Report> for Signal {
+    fn from(r: Report) -> Self {
+        Signal::Check(r)
+    }
+}
+
+/// State shared by the request path, the admin API and the owner task.
+#[derive(Debug)]
+pub struct Shared {
+    snapshot: ArcSwap<Snapshot>,
+    /// One round-robin counter per preferred region: a shared one would give
+    /// each region the same backends whenever traffic alternates regularly.
+    rotations: Box<[AtomicUsize]>,
+    passive: PassiveCounters,
+    signals: mpsc::Sender<Signal>,
+}
+
+impl Shared {
+    /// Shared state holding the initial snapshot of `config`; the request
+    /// path's ejection requests go to `signals`.
+    pub fn new(config: Arc<Config>, signals: mpsc::Sender<Signal>) -> Shared {
+        let rotations = config.regions.iter().map(|_| AtomicUsize::new(0)).collect();
+        Shared {
+            passive: PassiveCounters::new(&config),
+            snapshot: ArcSwap::from_pointee(Snapshot::initial(config)),
+            rotations,
+            signals,
+        }
+    }
+
+    /// Records that a live request succeeded on a backend.
+    pub fn passive_success(&self, region: usize, backend: usize) {
+        self.passive.success(region, backend);
+    }
+
+    /// Records that a live request failed on a backend; a run long enough
+    /// asks the owner to eject it. Never waits: when the owner is behind, the
+    /// request is dropped and the next run asks again.
+    pub fn passive_failure(&self, region: usize, backend: usize, failure: Failure) {
+        if self.passive.failure(region, backend, failure) {
+            let _ = self.signals.try_send(Signal::Eject {
+                region,
+                backend,
+                failure,
+            });
+        }
+    }
+
+    /// The current snapshot.
+    pub fn load(&self) -> Arc<Snapshot> {
+        self.snapshot.load_full()
+    }
+
+    /// The next round-robin position for clients preferring `region`.
+    pub fn next_rotation(&self, region: usize) -> usize {
+        self.rotations
+            .get(region)
+            .map_or(0, |r| r.fetch_add(1, Ordering::Relaxed))
+    }
+
+    fn publish(&self, snapshot: Snapshot) {
+        self.snapshot.store(Arc::new(snapshot));
+    }
+}
+
+/// The single writer of the snapshot: applies check results, ejections and
+/// timers (fail-back holds, slow start) through the [`Tracker`], and
+/// publishes a new snapshot whenever something changed.
+pub async fn run_owner(
+    shared: Arc<Shared>,
+    mut signals: mpsc::Receiver<Signal>,
+    stop: CancellationToken,
+) {
+    let mut tracker = Tracker::new(Arc::clone(&shared.load().config));
+    loop {
+        let now = tokio::time::Instant::now();
+        let deadline = tracker.next_deadline(now);
+        let changed = tokio::select! {
+            _ = stop.cancelled() => return,
+            signal = signals.recv() => match signal {
+                None => return,
+                Some(Signal::Check(r)) => tracker.check(r.region, r.backend, r.result, tokio::time::Instant::now()),
+                Some(Signal::Eject { region, backend, failure }) => {
+                    tracker.eject(region, backend, failure, tokio::time::Instant::now())
+                }
+            },
+            () = sleep_until(deadline) => tracker.tick(tokio::time::Instant::now()),
+        };
+        if changed {
+            shared.publish(tracker.snapshot());
+        }
+    }
+}
+
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn region_state_is_derived_from_its_backends() {
+        use RegionState::*;
+        let derive = RegionState::derive;
+        // (up, total, checked, min_healthy, drained) -> state
+        assert_eq!(derive(2, 2, true, None, false), Healthy);
+        assert_eq!(derive(1, 2, true, None, false), Degraded);
+        assert_eq!(derive(1, 2, true, Some(1), false), Healthy);
+        assert_eq!(derive(2, 3, true, Some(2), false), Healthy);
+        assert_eq!(derive(1, 3, true, Some(2), false), Degraded);
+        assert_eq!(derive(0, 2, true, Some(1), false), Down);
+        assert_eq!(derive(0, 2, false, None, false), Unknown);
+        assert_eq!(derive(0, 0, false, None, false), Unknown);
+        assert_eq!(derive(2, 2, true, Some(9), false), Healthy, "min_healthy above the total means all");
+        for up in 0..3 {
+            for checked in [false, true] {
+                assert_eq!(derive(up, 2, checked, None, true), Drained);
+            }
+        }
+        for s in [Healthy, Degraded] {
+            assert!(s.serves());
+        }
+        for s in [Down, Drained, Unknown] {
+            assert!(!s.serves());
+        }
+    }
+
+    #[test]
+    fn each_preferred_region_has_its_own_rotation() {
+        let text = "[[region]]\nname = \"us\"\nbackends = [\"http://10.0.0.1:80\"]\n\
+                    [[region]]\nname = \"eu\"\nbackends = [\"http://10.1.0.1:80\"]\n";
+        let (tx, _rx) = mpsc::channel(1);
+        let shared = Shared::new(Arc::new(Config::parse("t.toml", text).unwrap()), tx);
+        // Alternating traffic still walks each region's backends in turn.
+        let seen: Vec<(usize, usize)> = (0..3)
+            .map(|_| (shared.next_rotation(0), shared.next_rotation(1)))
+            .collect();
+        assert_eq!(seen, vec![(0, 0), (1, 1), (2, 2)]);
+        assert_eq!(
+            shared.next_rotation(9),
+            0,
+            "an unknown region does not panic"
+        );
+    }
+}

@@ -1,0 +1,603 @@
+//! The state owner's logic, with time passed in: active check results,
+//! passive ejections and timers in, a new [`Snapshot`] and events out.
+//!
+//! A region that went down and recovers is held for its `failback_hold`
+//! before its users return: it must stay up for the whole hold, so a
+//! flapping region never drags traffic back and forth. After the hold, with
+//! `slow_start`, its users return a share at a time.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use tokio::time::Instant;
+
+use super::{BackendView, Event, RegionState, RegionView, Snapshot, MAX_EVENTS};
+use crate::config::Config;
+use crate::health::{may_eject, BackendState, Ejection, Failure, HealthMachine, ProbeError};
+
+/// How often the share of a slow-starting region is raised.
+const RAMP_STEPS: u32 = 20;
+
+#[derive(Debug, Clone)]
+struct BackendTrack {
+    machine: HealthMachine,
+    ejection: Ejection,
+}
+
+impl BackendTrack {
+    fn state(&self) -> BackendState {
+        if self.ejection.is_ejected() {
+            BackendState::Ejected
+        } else {
+            self.machine.state()
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+struct RegionTrack {
+    /// Went down since its users last returned: a recovery is held.
+    was_down: bool,
+    hold_until: Option<Instant>,
+    ramp_from: Option<Instant>,
+}
+
+/// Health of every backend and region, and the recent events.
+#[derive(Debug, Clone)]
+pub struct Tracker {
+    config: Arc<Config>,
+    views: Vec<RegionView>,
+    backends: Vec<Vec<BackendTrack>>,
+    regions: Vec<RegionTrack>,
+    events: VecDeque<Event>,
+    events_shared: Arc<VecDeque<Event>>,
+}
+
+impl Tracker {
+    /// Every backend in its region's `initial_state`.
+    pub fn new(config: Arc<Config>) -> Tracker {
+        let backends: Vec<Vec<BackendTrack>> = config
+            .regions
+            .iter()
+            .map(|r| {
+                r.backends
+                    .iter()
+                    .map(|_| BackendTrack {
+                        machine: HealthMachine::new(
+                            r.health.rise,
+                            r.health.fall,
+                            r.health.initial_state,
+                        ),
+                        ejection: Ejection::default(),
+                    })
+                    .collect()
+            })
+            .collect();
+        let views = config
+            .regions
+            .iter()
+            .zip(&backends)
+            .map(|(r, tracks)| {
+                let backends: Vec<BackendView> = tracks
+                    .iter()
+                    .map(|t| BackendView {
+                        state: t.state(),
+                        last_error: None,
+                        ejections: 0,
+                    })
+                    .collect();
+                let up = backends.iter().filter(|b| b.state == BackendState::Up).count();
+                let checked = backends.iter().any(|b| b.state != BackendState::Unknown);
+                RegionView {
+                    state: RegionState::derive(up, backends.len(), checked, r.min_healthy, false),
+                    held: false,
+                    ramp_permille: 1000,
+                    backends,
+                }
+            })
+            .collect();
+        Tracker {
+            regions: vec![RegionTrack::default(); config.regions.len()],
+            config,
+            views,
+            backends,
+            events: VecDeque::new(),
+            events_shared: Arc::new(VecDeque::new()),
+        }
+    }
+
+    /// The current view.
+    pub fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            config: Arc::clone(&self.config),
+            regions: self.views.clone(),
+            events: Arc::clone(&self.events_shared),
+        }
+    }
+
+    /// Applies one active check result; true when the view changed.
+    pub fn check(
+        &mut self,
+        region: usize,
+        backend: usize,
+        result: Result<(), ProbeError>,
+        now: Instant,
+    ) -> bool {
+        let Some(track) = self.backends.get_mut(region).and_then(|r| r.get_mut(backend)) else {
+            return false;
+        };
+        let before = track.state();
+        track.machine.observe(result.is_ok());
+        let returned = result.is_ok() && track.ejection.check_passed(now);
+        let after = track.state();
+        let error = result.err().map(|e| e.to_string());
+        let view = &mut self.views[region].backends[backend];
+        let mut changed = view.last_error != error;
+        view.last_error = error.clone();
+        if before != after {
+            view.state = after;
+            let reason = match (error, returned) {
+                (Some(e), _) => e,
+                (None, true) => "ejection time over and health check passed".to_owned(),
+                (None, false) => "health check passed".to_owned(),
+            };
+            self.backend_event(region, backend, before, after, &reason);
+            self.refresh_region(region, now);
+            changed = true;
+        }
+        changed
+    }
+
+    /// Ejects a backend after a run of failures on live traffic, unless it is
+    /// not up or the region's `max_ejected_percent` forbids; true when it did.
+    pub fn eject(&mut self, region: usize, backend: usize, failure: Failure, now: Instant) -> bool {
+        let Some(cfg) = self.config.regions.get(region) else {
+            return false;
+        };
+        let Some(tracks) = self.backends.get(region) else {
+            return false;
+        };
+        if tracks.get(backend).is_none_or(|t| t.state() != BackendState::Up) {
+            return false;
+        }
+        let ejected = tracks.iter().filter(|t| t.ejection.is_ejected()).count();
+        let outlier = &cfg.outlier;
+        if !may_eject(ejected, tracks.len(), outlier.max_ejected_percent) {
+            tracing::warn!(
+                backend = %format_args!("{}/{}", cfg.name, cfg.backends[backend].address),
+                ejected,
+                max_ejected_percent = outlier.max_ejected_percent,
+                "not ejected: the region's ejection cap is reached"
+            );
+            return false;
+        }
+        let track = &mut self.backends[region][backend];
+        let time = track.ejection.eject(now, outlier.base_ejection_time, outlier.max_ejection_time);
+        let streak = track.ejection.streak();
+        let view = &mut self.views[region].backends[backend];
+        view.state = BackendState::Ejected;
+        view.ejections = streak;
+        let reason = format!(
+            "{} consecutive failures on live traffic, the last of them {failure}; ejected for {} (ejection {streak} in a row)",
+            outlier.consecutive_failures,
+            humantime_serde::re::humantime::format_duration(time),
+        );
+        self.backend_event(region, backend, BackendState::Up, BackendState::Ejected, &reason);
+        self.refresh_region(region, now);
+        true
+    }
+
+    /// Ends fail-back holds and advances slow starts due at `now`; true when
+    /// the view changed.
+    pub fn tick(&mut self, now: Instant) -> bool {
+        let mut changed = false;
+        let config = Arc::clone(&self.config);
+        for (region, cfg) in config.regions.iter().enumerate() {
+            let track = &mut self.regions[region];
+            if track.hold_until.is_some_and(|t| now >= t) {
+                track.hold_until = None;
+                track.was_down = false;
+                self.views[region].held = false;
+                if !cfg.slow_start.is_zero() {
+                    track.ramp_from = Some(now);
+                    self.views[region].ramp_permille = 0;
+                }
+                let reason = format!(
+                    "up for the whole fail-back hold of {}; its users return",
+                    humantime_serde::re::humantime::format_duration(cfg.failback_hold)
+                );
+                let name = cfg.name.clone();
+                tracing::info!(region = %name, %reason, "fail-back");
+                self.push_event(&name, "held", "serving", &reason);
+                changed = true;
+            }
+            let track = &mut self.regions[region];
+            if let Some(from) = track.ramp_from {
+                let share = permille(now.saturating_duration_since(from), cfg.slow_start);
+                if share >= 1000 {
+                    track.ramp_from = None;
+                }
+                if self.views[region].ramp_permille != share {
+                    self.views[region].ramp_permille = share;
+                    changed = true;
+                }
+            }
+        }
+        changed
+    }
+
+    /// When [`Tracker::tick`] has work next.
+    pub fn next_deadline(&self, now: Instant) -> Option<Instant> {
+        self.regions
+            .iter()
+            .zip(&self.config.regions)
+            .filter_map(|(t, cfg)| {
+                let ramp = t.ramp_from.map(|_| {
+                    now + (cfg.slow_start / RAMP_STEPS).max(Duration::from_millis(10))
+                });
+                match (t.hold_until, ramp) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                }
+            })
+            .min()
+    }
+
+    fn refresh_region(&mut self, region: usize, now: Instant) {
+        let cfg = &self.config.regions[region];
+        let view = &mut self.views[region];
+        let up = view.healthy_backends();
+        let checked = view.backends.iter().any(|b| b.state != BackendState::Unknown);
+        let before = view.state;
+        let after = RegionState::derive(up, view.backends.len(), checked, cfg.min_healthy, false);
+        if after == before {
+            return;
+        }
+        view.state = after;
+        let track = &mut self.regions[region];
+        let mut reason = format!("{up} of {} backends up", view.backends.len());
+        if !after.serves() {
+            if after == RegionState::Down {
+                track.was_down = true;
+            }
+            track.hold_until = None;
+            track.ramp_from = None;
+            view.held = false;
+            view.ramp_permille = 1000;
+        } else if !before.serves() && track.was_down {
+            if !cfg.failback_hold.is_zero() {
+                track.hold_until = Some(now + cfg.failback_hold);
+                view.held = true;
+                reason.push_str(&format!(
+                    "; its users return after a fail-back hold of {}",
+                    humantime_serde::re::humantime::format_duration(cfg.failback_hold)
+                ));
+            } else {
+                track.was_down = false;
+                if !cfg.slow_start.is_zero() {
+                    track.ramp_from = Some(now);
+                    view.ramp_permille = 0;
+                }
+            }
+        }
+        let name = cfg.name.clone();
+        if after.serves() {
+            tracing::info!(region = %name, from = before.as_str(), to = after.as_str(), %reason, "region state changed");
+        } else {
+            tracing::warn!(region = %name, from = before.as_str(), to = after.as_str(), %reason, "region state changed");
+        }
+        self.push_event(&name, before.as_str(), after.as_str(), &reason);
+    }
+
+    fn backend_event(
+        &mut self,
+        region: usize,
+        backend: usize,
+        from: BackendState,
+        to: BackendState,
+        reason: &str,
+    ) {
+        let cfg = &self.config.regions[region];
+        let subject = format!("{}/{}", cfg.name, cfg.backends[backend].address);
+        if to == BackendState::Up {
+            tracing::info!(backend = %subject, from = from.as_str(), to = to.as_str(), %reason, "backend state changed");
+        } else {
+            tracing::warn!(backend = %subject, from = from.as_str(), to = to.as_str(), %reason, "backend state changed");
+        }
+        self.push_event(&subject, from.as_str(), to.as_str(), reason);
+    }
+
+    fn push_event(&mut self, subject: &str, from: &'static str, to: &'static str, reason: &str) {
+        push_event(&mut self.events, subject, from, to, reason);
+        self.events_shared = Arc::new(self.events.clone());
+    }
+}
+
+fn permille(elapsed: Duration, total: Duration) -> u16 {
+    if total.is_zero() || elapsed >= total {
+        return 1000;
+    }
+    (elapsed.as_nanos() * 1000 / total.as_nanos()) as u16
+}
+
+fn push_event(
+    events: &mut VecDeque<Event>,
+    subject: &str,
+    from: &'static str,
+    to: &'static str,
+    reason: &str,
+) {
+    if events.len() == MAX_EVENTS {
+        events.pop_front();
+    }
+    events.push_back(Event {
+        at: humantime_serde::re::humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
+        subject: subject.to_owned(),
+        from,
+        to,
+        reason: reason.to_owned(),
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use BackendState::{Down, Ejected, Unknown, Up};
+
+    const PASS: Result<(), ProbeError> = Ok(());
+
+    fn fail() -> Result<(), ProbeError> {
+        Err(ProbeError::Status(503))
+    }
+
+    fn tracker(extra: &str, backends: usize) -> Tracker {
+        let list: Vec<String> = (1..=backends)
+            .map(|i| format!("\"http://10.0.0.{i}:80\""))
+            .collect();
+        let text = format!(
+            "[[region]]\nname = \"us\"\nfailover = [\"eu\"]\nbackends = [{}]\n{extra}\n\
+             [[region]]\nname = \"eu\"\nbackends = [\"http://10.1.0.1:80\"]\n",
+            list.join(", ")
+        );
+        Tracker::new(Arc::new(Config::parse("t.toml", &text).unwrap()))
+    }
+
+    fn tracker_with(backends: usize, edit: impl FnOnce(&mut Config)) -> Tracker {
+        let mut t = tracker("", backends);
+        let mut config = (*t.config).clone();
+        edit(&mut config);
+        t = Tracker::new(Arc::new(config));
+        t
+    }
+
+    fn states(t: &Tracker, region: usize) -> Vec<BackendState> {
+        t.views[region].backends.iter().map(|b| b.state).collect()
+    }
+
+    fn last_event(t: &Tracker) -> (String, &'static str, &'static str) {
+        let e = t.events.back().expect("an event");
+        (e.subject.clone(), e.from, e.to)
+    }
+
+    #[test]
+    fn region_states_follow_checks() {
+        let mut t = tracker("", 2);
+        let now = Instant::now();
+        assert_eq!(t.views[0].state, RegionState::Unknown);
+        assert!(t.check(0, 0, PASS, now));
+        assert_eq!(t.views[0].state, RegionState::Degraded);
+        t.check(0, 1, PASS, now);
+        assert_eq!(t.views[0].state, RegionState::Healthy);
+        t.check(0, 0, fail(), now);
+        assert_eq!(t.views[0].state, RegionState::Healthy, "fall is 2");
+        t.check(0, 0, fail(), now);
+        assert_eq!(states(&t, 0), vec![Down, Up]);
+        assert_eq!(t.views[0].state, RegionState::Degraded);
+        assert_eq!(last_event(&t), ("us".into(), "healthy", "degraded"));
+        t.check(0, 1, fail(), now);
+        t.check(0, 1, fail(), now);
+        assert_eq!(t.views[0].state, RegionState::Down);
+    }
+
+    #[test]
+    fn a_repeated_failure_with_the_same_error_changes_nothing() {
+        let mut t = tracker("", 1);
+        let now = Instant::now();
+        assert!(t.check(0, 0, fail(), now));
+        assert!(!t.check(0, 0, fail(), now));
+    }
+
+    #[test]
+    fn initial_state_up_serves_before_any_check() {
+        let t = tracker_with(2, |c| {
+            c.regions[0].health.initial_state = crate::config::InitialState::Up
+        });
+        assert_eq!(t.views[0].state, RegionState::Healthy);
+        assert_eq!(states(&t, 0), vec![Up, Up]);
+        assert_eq!(states(&t, 1), vec![Unknown]);
+    }
+
+    #[test]
+    fn min_healthy_decides_degraded() {
+        let mut t = tracker_with(3, |c| c.regions[0].min_healthy = Some(2));
+        let now = Instant::now();
+        t.check(0, 0, PASS, now);
+        assert_eq!(t.views[0].state, RegionState::Degraded);
+        t.check(0, 1, PASS, now);
+        assert_eq!(t.views[0].state, RegionState::Healthy);
+        t.check(0, 2, fail(), now);
+        assert_eq!(t.views[0].state, RegionState::Healthy);
+    }
+
+    #[test]
+    fn ejection_takes_a_backend_out_until_a_check_passes_after_its_time() {
+        let mut t = tracker("", 2);
+        let now = Instant::now();
+        t.check(0, 0, PASS, now);
+        t.check(0, 1, PASS, now);
+        assert!(t.eject(0, 0, Failure::Connect, now));
+        assert_eq!(states(&t, 0), vec![Ejected, Up]);
+        assert_eq!(t.views[0].state, RegionState::Degraded);
+        assert_eq!(last_event(&t).2, "degraded");
+        assert!(t.events.iter().any(|e| e.to == "ejected" && e.subject == "us/10.0.0.1:80"));
+        assert!(!t.eject(0, 0, Failure::Connect, now), "already ejected");
+        assert!(!t.eject(0, 1, Failure::Connect, now), "the cap of 50% keeps one of two");
+        t.check(0, 0, PASS, now + Duration::from_secs(4));
+        assert_eq!(states(&t, 0), vec![Ejected, Up], "5 s not over");
+        t.check(0, 0, PASS, now + Duration::from_secs(5));
+        assert_eq!(states(&t, 0), vec![Up, Up]);
+        assert_eq!(t.views[0].state, RegionState::Healthy);
+        // The next ejection soon after lasts twice as long.
+        let later = now + Duration::from_secs(6);
+        assert!(t.eject(0, 0, Failure::Status(503), later));
+        assert_eq!(t.views[0].backends[0].ejections, 2);
+        t.check(0, 0, PASS, later + Duration::from_secs(9));
+        assert_eq!(states(&t, 0)[0], Ejected);
+        t.check(0, 0, PASS, later + Duration::from_secs(10));
+        assert_eq!(states(&t, 0)[0], Up);
+    }
+
+    #[test]
+    fn an_ejected_backend_whose_checks_fail_stays_out_until_it_rises() {
+        let mut t = tracker("", 1);
+        let now = Instant::now();
+        t.check(0, 0, PASS, now);
+        assert!(t.eject(0, 0, Failure::Timeout, now));
+        assert_eq!(t.views[0].state, RegionState::Down, "a single backend may be ejected");
+        t.check(0, 0, fail(), now + Duration::from_secs(6));
+        t.check(0, 0, fail(), now + Duration::from_secs(7));
+        assert_eq!(states(&t, 0), vec![Ejected]);
+        t.check(0, 0, PASS, now + Duration::from_secs(8));
+        assert_eq!(states(&t, 0), vec![Down], "ejection over, but down by its checks");
+        t.check(0, 0, PASS, now + Duration::from_secs(9));
+        assert_eq!(states(&t, 0), vec![Up]);
+    }
+
+    #[test]
+    fn only_up_backends_are_ejected() {
+        let mut t = tracker("", 1);
+        let now = Instant::now();
+        assert!(!t.eject(0, 0, Failure::Connect, now), "unknown");
+        t.check(0, 0, fail(), now);
+        assert!(!t.eject(0, 0, Failure::Connect, now), "down");
+        assert!(!t.eject(5, 0, Failure::Connect, now), "no such region");
+        assert!(!t.eject(0, 5, Failure::Connect, now), "no such backend");
+    }
+
+    fn bring_up(t: &mut Tracker, now: Instant) {
+        t.check(0, 0, PASS, now);
+        t.check(0, 0, PASS, now);
+    }
+
+    fn take_down(t: &mut Tracker, now: Instant) {
+        t.check(0, 0, fail(), now);
+        t.check(0, 0, fail(), now);
+    }
+
+    #[test]
+    fn a_recovered_region_is_held_for_the_fail_back_hold() {
+        let mut t = tracker("", 1);
+        let t0 = Instant::now();
+        bring_up(&mut t, t0);
+        assert!(!t.views[0].held, "no hold at start");
+        assert_eq!(t.next_deadline(t0), None);
+        take_down(&mut t, t0);
+        assert_eq!(t.views[0].state, RegionState::Down);
+        bring_up(&mut t, t0 + Duration::from_secs(1));
+        assert_eq!(t.views[0].state, RegionState::Healthy);
+        assert!(t.views[0].held);
+        let due = t0 + Duration::from_secs(6);
+        assert_eq!(t.next_deadline(t0), Some(due));
+        assert!(!t.tick(due - Duration::from_millis(1)));
+        assert!(t.views[0].held);
+        assert!(t.tick(due));
+        assert!(!t.views[0].held);
+        assert_eq!(last_event(&t), ("us".into(), "held", "serving"));
+        assert_eq!(t.next_deadline(due), None);
+    }
+
+    #[test]
+    fn a_flapping_region_never_finishes_its_hold() {
+        let mut t = tracker("", 1);
+        let t0 = Instant::now();
+        bring_up(&mut t, t0);
+        let mut now = t0;
+        for _ in 0..10 {
+            take_down(&mut t, now);
+            now += Duration::from_secs(1);
+            bring_up(&mut t, now);
+            assert!(t.views[0].held);
+            now += Duration::from_secs(1);
+            t.tick(now);
+            assert!(t.views[0].held, "held while it flaps");
+        }
+        now += Duration::from_secs(5);
+        t.tick(now);
+        assert!(!t.views[0].held, "released once up for the whole hold");
+    }
+
+    #[test]
+    fn a_region_down_from_the_start_is_held_when_it_comes_up() {
+        let mut t = tracker("", 1);
+        let t0 = Instant::now();
+        t.check(0, 0, fail(), t0);
+        assert_eq!(t.views[0].state, RegionState::Down);
+        bring_up(&mut t, t0);
+        assert!(t.views[0].held);
+    }
+
+    #[test]
+    fn zero_hold_returns_at_once_and_slow_start_ramps() {
+        let mut t = tracker_with(1, |c| {
+            c.regions[0].failback_hold = Duration::ZERO;
+            c.regions[0].slow_start = Duration::from_secs(10);
+        });
+        let t0 = Instant::now();
+        bring_up(&mut t, t0);
+        assert_eq!(t.views[0].ramp_permille, 1000, "no ramp at start");
+        take_down(&mut t, t0);
+        bring_up(&mut t, t0);
+        assert!(!t.views[0].held);
+        assert_eq!(t.views[0].ramp_permille, 0);
+        assert_eq!(t.next_deadline(t0), Some(t0 + Duration::from_millis(500)));
+        t.tick(t0 + Duration::from_secs(5));
+        assert_eq!(t.views[0].ramp_permille, 500);
+        t.tick(t0 + Duration::from_secs(11));
+        assert_eq!(t.views[0].ramp_permille, 1000);
+        assert_eq!(t.next_deadline(t0 + Duration::from_secs(11)), None);
+    }
+
+    #[test]
+    fn slow_start_follows_the_hold() {
+        let mut t = tracker_with(1, |c| {
+            c.regions[0].failback_hold = Duration::from_secs(2);
+            c.regions[0].slow_start = Duration::from_secs(4);
+        });
+        let t0 = Instant::now();
+        bring_up(&mut t, t0);
+        take_down(&mut t, t0);
+        bring_up(&mut t, t0);
+        assert!(t.views[0].held);
+        t.tick(t0 + Duration::from_secs(2));
+        assert!(!t.views[0].held);
+        assert_eq!(t.views[0].ramp_permille, 0);
+        t.tick(t0 + Duration::from_secs(3));
+        assert_eq!(t.views[0].ramp_permille, 250);
+        // Going down ends the ramp; the next recovery is held again.
+        take_down(&mut t, t0 + Duration::from_secs(3));
+        assert_eq!(t.views[0].ramp_permille, 1000);
+        bring_up(&mut t, t0 + Duration::from_secs(4));
+        assert!(t.views[0].held);
+    }
+
+    #[test]
+    fn events_are_capped() {
+        let mut events = VecDeque::new();
+        for i in 0..MAX_EVENTS + 5 {
+            push_event(&mut events, &format!("r{i}"), "up", "down", "x");
+        }
+        assert_eq!(events.len(), MAX_EVENTS);
+        assert_eq!(events.front().map(|e| e.subject.as_str()), Some("r5"));
+    }
+}

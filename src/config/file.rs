@@ -88,15 +88,15 @@ pub struct RegionFile {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HealthFile {
-    pub method: Option<Spanned<String>>,
     pub path: Option<Spanned<String>>,
-    pub host: Option<Spanned<String>>,
-    pub expect_status: Option<Spanned<Vec<Spanned<StatusFile>>>>,
-    pub expect_body: Option<Spanned<String>>,
     pub interval: Option<Spanned<Dur>>,
     pub timeout: Option<Spanned<Dur>>,
     pub rise: Option<Spanned<i64>>,
     pub fall: Option<Spanned<i64>>,
+    pub method: Option<Spanned<String>>,
+    pub host: Option<Spanned<String>>,
+    pub expect_status: Option<Spanned<Vec<Spanned<StatusFile>>>>,
+    pub expect_body: Option<Spanned<String>>,
     pub jitter: Option<Spanned<Num>>,
     pub initial_state: Option<Spanned<String>>,
 }

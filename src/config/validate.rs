@@ -753,20 +753,31 @@ fn http_method(
     None
 }
 
-/// A `Host` header value: a host name or address, with an optional port.
+/// A `Host` header value: a host name or address, with an optional port
+/// (`www.example.com`, `10.1.0.10:8080`, `[::1]:8080`).
 fn host_header(text: &str) -> Option<http::HeaderValue> {
-    if text.is_empty()
-        || text
-            .bytes()
-            .any(|b| b.is_ascii_whitespace() || matches!(b, b'/' | b'@' | b'?' | b'#' | b'\\'))
-    {
-        return None;
-    }
-    let authority: http::uri::Authority = text.parse().ok()?;
-    if authority.host().is_empty() {
-        return None;
-    }
-    if text.ends_with(':') || (authority.port().is_some() && authority.port_u16().is_none()) {
+    let (host_ok, port) = if let Some(rest) = text.strip_prefix('[') {
+        let (ip, after) = rest.split_once(']')?;
+        let port = match after {
+            "" => None,
+            _ => Some(after.strip_prefix(':')?),
+        };
+        (ip.parse::<std::net::Ipv6Addr>().is_ok(), port)
+    } else {
+        let (host, port) = match text.split_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (text, None),
+        };
+        let ok = !host.is_empty()
+            && host
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'));
+        (ok, port)
+    };
+    let port_ok = port.is_none_or(|p| {
+        !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) && p.parse::<u16>().is_ok()
+    });
+    if !host_ok || !port_ok {
         return None;
     }
     http::HeaderValue::from_str(text).ok()

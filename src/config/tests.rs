@@ -1960,6 +1960,20 @@ fn reference_config_is_valid() {
         Vec::<String>::new(),
         "and warns about nothing"
     );
+
+    // Region "us" and [proxy] show the newer keys with their default values.
+    let defaults = accepted("[[region]]\nname = \"us\"\nbackends = [\"http://10.1.0.10:8080\"]\n");
+    let (shown, default) = (&config.regions[us], &defaults.regions[0]);
+    assert_eq!(shown.health, default.health);
+    assert_eq!(shown.outlier, default.outlier);
+    assert_eq!(shown.failback_hold, default.failback_hold);
+    assert_eq!(shown.slow_start, default.slow_start);
+    assert_eq!(shown.min_healthy, Some(shown.backends.len()));
+    let (shown, default) = (&config.proxy, &defaults.proxy);
+    assert_eq!(shown.retry_methods, default.retry_methods);
+    assert_eq!(shown.replay_buffer, default.replay_buffer);
+    assert_eq!(shown.retry_budget, default.retry_budget);
+    assert_eq!(shown.hedge, default.hedge);
 }
 
 #[test]

@@ -76,6 +76,12 @@ pub struct RegionFile {
     pub backends: Option<Spanned<Vec<Spanned<String>>>>,
     #[serde(default)]
     pub health: HealthFile,
+    pub min_healthy: Option<Spanned<i64>>,
+    pub failback_hold: Option<Spanned<Dur>>,
+    pub slow_start: Option<Spanned<Dur>>,
+    pub first_byte_timeout: Option<Spanned<Dur>>,
+    #[serde(default)]
+    pub outlier: OutlierFile,
 }
 
 /// `[region.health]`
@@ -87,6 +93,23 @@ pub struct HealthFile {
     pub timeout: Option<Spanned<Dur>>,
     pub rise: Option<Spanned<i64>>,
     pub fall: Option<Spanned<i64>>,
+    pub method: Option<Spanned<String>>,
+    pub host: Option<Spanned<String>>,
+    pub expect_status: Option<Spanned<Vec<Spanned<StatusFile>>>>,
+    pub expect_body: Option<Spanned<String>>,
+    pub jitter: Option<Spanned<Num>>,
+    pub initial_state: Option<Spanned<String>>,
+}
+
+/// `[region.outlier]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutlierFile {
+    pub consecutive_failures: Option<Spanned<i64>>,
+    pub failures: Option<Spanned<Vec<Spanned<String>>>>,
+    pub base_ejection_time: Option<Spanned<Dur>>,
+    pub max_ejection_time: Option<Spanned<Dur>>,
+    pub max_ejected_percent: Option<Spanned<i64>>,
 }
 
 /// `[proxy]`
@@ -101,6 +124,14 @@ pub struct ProxyFile {
     pub max_attempts: Option<Spanned<i64>>,
     pub pool_idle_timeout: Option<Spanned<Dur>>,
     pub pool_max_idle_per_backend: Option<Spanned<i64>>,
+    pub retry_methods: Option<Spanned<Vec<Spanned<String>>>>,
+    pub replay_buffer: Option<Spanned<i64>>,
+    pub retry_budget_ratio: Option<Spanned<Num>>,
+    pub retry_budget_window: Option<Spanned<Dur>>,
+    pub retry_budget_min_per_second: Option<Spanned<i64>>,
+    pub hedge: Option<bool>,
+    pub hedge_min_delay: Option<Spanned<Dur>>,
+    pub hedge_max_delay: Option<Spanned<Dur>>,
 }
 
 /// `[limits]`
@@ -145,5 +176,64 @@ impl<'de> Deserialize<'de> for Dur {
                     "invalid duration \"{text}\": expected a positive duration such as \"800ms\", \"2s\" or \"1m\""
                 ))
             })
+    }
+}
+
+/// A number written as a float (`0.25`) or a whole number (`0`, `1`).
+#[derive(Debug, Clone, Copy)]
+pub struct Num(pub f64);
+
+impl<'de> Deserialize<'de> for Num {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = Num;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a number such as 0.1")
+            }
+            fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<Num, E> {
+                Ok(Num(v))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Num, E> {
+                Ok(Num(v as f64))
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Num, E> {
+                Ok(Num(v as f64))
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
+}
+
+/// One item of `health.expect_status`: a status code (`200`) or a string
+/// holding a code or an inclusive range (`"200"`, `"200-399"`).
+#[derive(Debug, Clone)]
+pub enum StatusFile {
+    Code(i64),
+    Text(String),
+}
+
+impl<'de> Deserialize<'de> for StatusFile {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = StatusFile;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a status code such as 200 or a range such as \"200-399\"")
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<StatusFile, E> {
+                Ok(StatusFile::Code(v))
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<StatusFile, E> {
+                Ok(StatusFile::Code(i64::try_from(v).unwrap_or(i64::MAX)))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<StatusFile, E> {
+                Ok(StatusFile::Text(v.to_owned()))
+            }
+            fn visit_string<E: serde::de::Error>(self, v: String) -> Result<StatusFile, E> {
+                Ok(StatusFile::Text(v))
+            }
+        }
+        d.deserialize_any(Visitor)
     }
 }

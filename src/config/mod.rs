@@ -345,6 +345,18 @@ impl Config {
                     r.name, r.health.timeout, r.health.interval
                 ));
             }
+            if let Some(hedge) = &self.proxy.hedge {
+                let (timeout, key) = match r.first_byte_timeout {
+                    Some(t) => (t, "first_byte_timeout"),
+                    None => (self.proxy.first_byte_timeout, "proxy.first_byte_timeout"),
+                };
+                if timeout < hedge.max_delay {
+                    out.push(format!(
+                        "region \"{}\": {key} ({:?}) is shorter than proxy.hedge_max_delay ({:?}): a slow request may time out before it is hedged",
+                        r.name, timeout, hedge.max_delay
+                    ));
+                }
+            }
         }
         out
     }
@@ -382,11 +394,12 @@ impl Config {
             };
             let _ = writeln!(
                 out,
-                "  {} ({} backend{}; failover: {}; health: GET {} every {}, timeout {}, rise {}, fall {})",
+                "  {} ({} backend{}; failover: {}; health: {} {} every {}, timeout {}, rise {}, fall {})",
                 r.name,
                 r.backends.len(),
                 if r.backends.len() == 1 { "" } else { "s" },
                 failover,
+                r.health.method,
                 r.health.path,
                 humantime_serde::re::humantime::format_duration(r.health.interval),
                 humantime_serde::re::humantime::format_duration(r.health.timeout),

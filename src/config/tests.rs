@@ -596,6 +596,658 @@ path = "healthz"
     );
 }
 
+#[test]
+fn health_method_must_be_one_of_the_check_methods() {
+    let text = r#"
+[[region]]
+name = "us"
+backends = ["http://10.1.0.10:8080"]
+
+[region.health]
+method = "PUT"
+"#;
+    assert_only_issue(
+        text,
+        "method",
+        "region[0].health.method",
+        "invalid method \"PUT\": expected one of GET, HEAD, OPTIONS, POST",
+    );
+}
+
+#[test]
+fn health_method_in_lower_case_is_refused_with_the_upper_case_form() {
+    let text = r#"
+[[region]]
+name = "us"
+backends = ["http://10.1.0.10:8080"]
+
+[region.health]
+method = "head"
+"#;
+    assert_only_issue(
+        text,
+        "method",
+        "region[0].health.method",
+        "methods are case-sensitive; expected \"HEAD\"",
+    );
+}
+
+#[test]
+fn invalid_health_host_says_what_is_expected() {
+    for host in [
+        "",
+        "www.example.com/x",
+        "a b",
+        "user@example.com",
+        "example.com:http",
+        "example.com:",
+    ] {
+        let text = format!(
+            "[[region]]\nname = \"us\"\nbackends = [\"http://10.1.0.10:8080\"]\n\n[region.health]\nhost = \"{host}\"\n"
+        );
+        assert_only_issue(
+            &text,
+            "host =",
+            "region[0].health.host",
+            &format!("invalid Host header \"{host}\": expected a host or host:port"),
+        );
+    }
+}
+
+#[test]
+fn health_host_accepts_names_addresses_and_ports() {
+    for host in [
+        "www.example.com",
+        "www.example.com:8443",
+        "10.1.0.10",
+        "[::1]:8080",
+    ] {
+        let text = format!(
+            "[[region]]\nname = \"us\"\nbackends = [\"http://10.1.0.10:8080\"]\n\n[region.health]\nhost = \"{host}\"\n"
+        );
+        let config = accepted(&text);
+        assert_eq!(
+            config.regions[0]
+                .health
+                .host
+                .as_ref()
+                .map(|h| h.to_str().unwrap()),
+            Some(host)
+        );
+    }
+}
+
+#[test]
+fn reversed_expect_status_range_is_refused() {
+    let text = r#"
+[[region]]
+name = "us"
+backends = ["http://10.1.0.10:8080"]
+
+[region.health]
+expect_status = [200, "399-200"]
+"#;
+    assert_only_issue(
+        text,
+        "expect_status",
+        "region[0].health.expect_status[1]",
+        "invalid status range \"399-200\": 399 is larger than 200; expected LOW-HIGH with LOW <= HIGH",
+    );
+}
+
+#[test]
+fn invalid_expect_status_items_say_what_is_expected() {
+    let cases = [
+        (
+            "99",
+            "99 is out of range: expected a status code from 100 to 599",
+        ),
+        ("600", "600 is out of range"),
+        ("\"200-700\"", "\"200-700\" is out of range"),
+        ("\"2xx\"", "invalid status \"2xx\": expected a status code"),
+        ("\"200-\"", "invalid status \"200-\""),
+        ("\"-200\"", "invalid status \"-200\""),
+        (
+            "true",
+            "expected a status code such as 200 or a range such as \"200-399\"",
+        ),
+    ];
+    for (item, why) in cases {
+        let text = format!(
+            "[[region]]\nname = \"us\"\nbackends = [\"http://10.1.0.10:8080\"]\n\n[region.health]\nexpect_status = [{item}]\n"
+        );
+        assert_only_issue(
+            &text,
+            "expect_status",
+            "region[0].health.expect_status[0]",
+            why,
+        );
+    }
+}
+
+#[test]
+fn empty_expect_status_is_refused() {
+    let text = r#"
+[[region]]
+name = "us"
+backends = ["http://10.1.0.10:8080"]
+
+[region.health]
+expect_status = []
+"#;
+    assert_only_issue(
+        text,
+        "expect_status",
+        "region[0].health.expect_status",
+        "no status is listed, so every check would fail",
+    );
+}
+
+#[test]
+fn expect_status_accepts_codes_single_strings_and_ranges() {
+    let config = accepted(
+        r#"
+[[region]]
+name = "us"
+backends = ["http://10.1.0.10:8080"]
+
+[region.health]
+expect_status = [204, "200", "300-302", "100-599"]
+"#,
+    );
+    assert_eq!(
+        config.regions[0].health.expect_status,
+        [(204, 204), (200, 200), (300, 302), (100, 599)]
+    );
+}
+
+#[test]
+fn empty_expect_body_is_refused() {
+    let text = r#"
+[[region]]
+name = "us"
+backends = ["http://10.1.0.10:8080"]
+
+[region.health]
+expect_body = ""
+"#;
+    assert_only_issue(
+        text,
+        "expect_body",
+        "region[0].health.expect_body",
+        "is empty: expected the text a healthy response body contains",
+    );
+}
+
+#[test]
+fn expect_body_with_head_checks_is_refused() {
+    let text = r#"
+[[region]]
+name = "us"
+backends = ["http://10.1.0.10:8080"]
+
+[region.health]
+method = "HEAD"
+expect_body = "ok"
+"#;
+    assert_only_issue(
+        text,
+        "expect_body",
+        "region[0].health.expect_body",
+        "a response to HEAD has no body, so expect_body could never match",
+    );
+}
+
+#[test]
+fn jitter_out_of_range_is_refused() {
+    for (jitter, shown) in [("0.9", "0.9"), ("-0.1", "-0.1"), ("1", "1"), ("nan", "NaN")] {
+        let text = format!(
+            "[[region]]\nname = \"us\"\nbackends = [\"http://10.1.0.10:8080\"]\n\n[region.health]\njitter = {jitter}\n"
+        );
+        assert_only_issue(
+            &text,
+            "jitter",
+            "region[0].health.jitter",
+            &format!("{shown} is out of range: expected a number from 0.0 to 0.5"),
+        );
+    }
+}
+
+#[test]
+fn jitter_accepts_a_whole_zero_and_refuses_a_string() {
+    let config = accepted(
+        "[[region]]\nname = \"us\"\nbackends = [\"http://10.1.0.10:8080\"]\n\n[region.health]\njitter = 0\n",
+    );
+    assert_eq!(config.regions[0].health.jitter, 0.0);
+
+    let text =
+        "[[region]]\nname = \"us\"\nbackends = [\"http://10.1.0.10:8080\"]\n\n[region.health]\njitter = \"10%\"\n";
+    assert_only_issue(
+        text,
+        "jitter",
+        "region[0].health.jitter",
+        "expected a number such as 0.1",
+    );
+}
+
+#[test]
+fn unknown_initial_state_lists_the_valid_ones() {
+    let text = r#"
+[[region]]
+name = "us"
+backends = ["http://10.1.0.10:8080"]
+
+[region.health]
+initial_state = "maybe"
+"#;
+    assert_only_issue(
+        text,
+        "initial_state",
+        "region[0].health.initial_state",
+        "invalid initial state \"maybe\": expected \"unknown\", \"up\" or \"down\"",
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Degraded regions, fail-back and first-byte timeouts
+// ---------------------------------------------------------------------------
+
+#[test]
+fn min_healthy_above_the_backend_count_is_refused() {
+    let text = r#"
+[[region]]
+name = "us"
+backends = ["http://10.1.0.10:8080", "http://10.1.0.11:8080"]
+min_healthy = 3
+"#;
+    assert_only_issue(
+        text,
+        "min_healthy",
+        "region[0].min_healthy",
+        "3 is more than the 2 backends of region \"us\": expected a whole number from 1 to 2",
+    );
+}
+
+#[test]
+fn zero_min_healthy_is_refused() {
+    let text = r#"
+[[region]]
+name = "us"
+backends = ["http://10.1.0.10:8080"]
+min_healthy = 0
+"#;
+    assert_only_issue(
+        text,
+        "min_healthy",
+        "region[0].min_healthy",
+        "0 is out of range: expected a whole number from 1 to 1",
+    );
+}
+
+#[test]
+fn zero_failback_hold_and_slow_start_are_allowed_and_mean_off() {
+    let config = accepted(
+        r#"
+[[region]]
+name = "us"
+backends = ["http://10.1.0.10:8080"]
+failback_hold = "0s"
+slow_start = "0s"
+"#,
+    );
+    assert_eq!(config.regions[0].failback_hold, Duration::ZERO);
+    assert_eq!(config.regions[0].slow_start, Duration::ZERO);
+}
+
+#[test]
+fn zero_region_first_byte_timeout_is_refused() {
+    let text = r#"
+[[region]]
+name = "us"
+backends = ["http://10.1.0.10:8080"]
+first_byte_timeout = "0ms"
+"#;
+    assert_only_issue(
+        text,
+        "first_byte_timeout",
+        "region[0].first_byte_timeout",
+        "must be greater than zero",
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Outlier detection
+// ---------------------------------------------------------------------------
+
+#[test]
+fn unknown_and_repeated_failure_kinds_are_refused() {
+    let text = r#"
+[[region]]
+name = "us"
+backends = ["http://10.1.0.10:8080"]
+
+[region.outlier]
+failures = ["connect", "4xx", "connect"]
+"#;
+    let issues = rejected(text);
+    assert_eq!(issues.len(), 2, "{issues:#?}");
+    let line = line_of(text, "failures");
+    assert_issue(
+        &issues[0],
+        line,
+        "region[0].outlier.failures[1]",
+        "unknown failure kind \"4xx\": expected one of \"connect\", \"reset\", \"timeout\", \"gateway\", \"5xx\"",
+    );
+    assert_issue(
+        &issues[1],
+        line,
+        "region[0].outlier.failures[2]",
+        "\"connect\" is listed twice",
+    );
+}
+
+#[test]
+fn empty_failures_need_passive_checks_off() {
+    let text = r#"
+[[region]]
+name = "us"
+backends = ["http://10.1.0.10:8080"]
+
+[region.outlier]
+failures = []
+"#;
+    assert_only_issue(
+        text,
+        "failures",
+        "region[0].outlier.failures",
+        "no failure kind is listed, so no backend would ever be ejected",
+    );
+
+    let config = accepted(
+        "[[region]]\nname = \"us\"\nbackends = [\"http://10.1.0.10:8080\"]\n\n[region.outlier]\nconsecutive_failures = 0\nfailures = []\n",
+    );
+    let o = &config.regions[0].outlier;
+    assert_eq!(o.consecutive_failures, 0);
+    assert_eq!(
+        o.failures,
+        FailureKinds {
+            connect: false,
+            reset: false,
+            timeout: false,
+            gateway: false,
+            server_error: false,
+        }
+    );
+}
+
+#[test]
+fn max_ejection_time_shorter_than_base_is_refused() {
+    let text = r#"
+[[region]]
+name = "us"
+backends = ["http://10.1.0.10:8080"]
+
+[region.outlier]
+base_ejection_time = "30s"
+max_ejection_time = "10s"
+"#;
+    assert_only_issue(
+        text,
+        "max_ejection_time",
+        "region[0].outlier.max_ejection_time",
+        "10s is shorter than base_ejection_time (30s): expected at least base_ejection_time",
+    );
+
+    // With the maximum left at its default, the base is what was written wrong.
+    let text = r#"
+[[region]]
+name = "us"
+backends = ["http://10.1.0.10:8080"]
+
+[region.outlier]
+base_ejection_time = "10m"
+"#;
+    assert_only_issue(
+        text,
+        "base_ejection_time",
+        "region[0].outlier.base_ejection_time",
+        "10m is longer than max_ejection_time (5m, its default)",
+    );
+}
+
+#[test]
+fn outlier_numbers_out_of_range_are_refused() {
+    let text = r#"
+[[region]]
+name = "us"
+backends = ["http://10.1.0.10:8080"]
+
+[region.outlier]
+consecutive_failures = 1001
+base_ejection_time = "0s"
+max_ejected_percent = 101
+"#;
+    let issues = rejected(text);
+    assert_eq!(issues.len(), 3, "{issues:#?}");
+    assert_issue(
+        &issues[0],
+        line_of(text, "consecutive_failures"),
+        "region[0].outlier.consecutive_failures",
+        "1001 is out of range: expected a whole number from 0 to 1000",
+    );
+    assert_issue(
+        &issues[1],
+        line_of(text, "base_ejection_time"),
+        "region[0].outlier.base_ejection_time",
+        "must be greater than zero",
+    );
+    assert_issue(
+        &issues[2],
+        line_of(text, "max_ejected_percent"),
+        "region[0].outlier.max_ejected_percent",
+        "101 is out of range: expected a percentage from 0 to 100",
+    );
+}
+
+#[test]
+fn unknown_key_in_region_outlier_is_named() {
+    let text = r#"
+[[region]]
+name = "us"
+backends = ["http://10.1.0.10:8080"]
+
+[region.outlier]
+interval = "10s"
+"#;
+    assert_only_issue(
+        text,
+        "interval",
+        "region[0].outlier.interval",
+        "unknown key `interval`, expected one of `consecutive_failures`",
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Retries, retry budget and hedging
+// ---------------------------------------------------------------------------
+
+#[test]
+fn non_idempotent_retry_methods_are_refused_with_the_reason() {
+    for method in ["POST", "PATCH", "post"] {
+        let text = format!(
+            "[[region]]\nname = \"us\"\nbackends = [\"http://10.1.0.10:8080\"]\n\n[proxy]\nretry_methods = [\"GET\", \"{method}\"]\n"
+        );
+        let issue = assert_only_issue(
+            &text,
+            "retry_methods",
+            "proxy.retry_methods[1]",
+            "is not idempotent, so it can never be retried or hedged once a backend may have seen it: expected idempotent methods among GET, HEAD, OPTIONS, PUT, DELETE, TRACE",
+        );
+        assert!(
+            issue.message.starts_with(&method.to_ascii_uppercase()),
+            "{issue}"
+        );
+    }
+}
+
+#[test]
+fn unknown_repeated_and_lower_case_retry_methods_are_refused() {
+    let text = r#"
+[[region]]
+name = "us"
+backends = ["http://10.1.0.10:8080"]
+
+[proxy]
+retry_methods = ["GET", "FETCH", "get", "GET"]
+"#;
+    let issues = rejected(text);
+    assert_eq!(issues.len(), 3, "{issues:#?}");
+    let line = line_of(text, "retry_methods");
+    assert_issue(
+        &issues[0],
+        line,
+        "proxy.retry_methods[1]",
+        "invalid method \"FETCH\": expected one of GET, HEAD, OPTIONS, PUT, DELETE, TRACE",
+    );
+    assert_issue(
+        &issues[1],
+        line,
+        "proxy.retry_methods[2]",
+        "methods are case-sensitive; expected \"GET\"",
+    );
+    assert_issue(
+        &issues[2],
+        line,
+        "proxy.retry_methods[3]",
+        "GET is listed twice",
+    );
+}
+
+#[test]
+fn empty_retry_methods_retries_nothing() {
+    let config = accepted(
+        "[[region]]\nname = \"us\"\nbackends = [\"http://10.1.0.10:8080\"]\n\n[proxy]\nretry_methods = []\nreplay_buffer = 0\n",
+    );
+    assert!(config.proxy.retry_methods.is_empty());
+    assert_eq!(config.proxy.replay_buffer, 0);
+}
+
+#[test]
+fn retry_and_hedge_numbers_out_of_range_are_refused() {
+    let text = r#"
+[[region]]
+name = "us"
+backends = ["http://10.1.0.10:8080"]
+
+[proxy]
+replay_buffer = 16777217
+retry_budget_ratio = 1.5
+retry_budget_window = "500ms"
+retry_budget_min_per_second = -1
+hedge_min_delay = "0s"
+"#;
+    let issues = rejected(text);
+    assert_eq!(issues.len(), 5, "{issues:#?}");
+    assert_issue(
+        &issues[0],
+        line_of(text, "retry_budget_ratio"),
+        "proxy.retry_budget_ratio",
+        "1.5 is out of range: expected a number from 0.0 to 1.0",
+    );
+    assert_issue(
+        &issues[1],
+        line_of(text, "retry_budget_window"),
+        "proxy.retry_budget_window",
+        "500ms is out of range: expected a duration from 1s to 1m",
+    );
+    assert_issue(
+        &issues[2],
+        line_of(text, "retry_budget_min_per_second"),
+        "proxy.retry_budget_min_per_second",
+        "-1 is out of range: expected a whole number from 0 to 100000",
+    );
+    assert_issue(
+        &issues[3],
+        line_of(text, "hedge_min_delay"),
+        "proxy.hedge_min_delay",
+        "must be greater than zero",
+    );
+    assert_issue(
+        &issues[4],
+        line_of(text, "replay_buffer"),
+        "proxy.replay_buffer",
+        "16777217 is out of range: expected a number of bytes from 0 to 16777216",
+    );
+}
+
+#[test]
+fn retry_budget_ratio_accepts_whole_zero_and_one() {
+    for (ratio, expected) in [("0", 0.0), ("1", 1.0), ("0.05", 0.05)] {
+        let config = accepted(&format!(
+            "[[region]]\nname = \"us\"\nbackends = [\"http://10.1.0.10:8080\"]\n\n[proxy]\nretry_budget_ratio = {ratio}\n"
+        ));
+        assert_eq!(config.proxy.retry_budget.ratio, expected);
+    }
+}
+
+#[test]
+fn hedge_max_delay_shorter_than_min_is_refused() {
+    let text = r#"
+[[region]]
+name = "us"
+backends = ["http://10.1.0.10:8080"]
+
+[proxy]
+hedge_min_delay = "100ms"
+hedge_max_delay = "80ms"
+"#;
+    assert_only_issue(
+        text,
+        "hedge_max_delay",
+        "proxy.hedge_max_delay",
+        "80ms is shorter than hedge_min_delay (100ms): expected at least hedge_min_delay",
+    );
+}
+
+#[test]
+fn hedge_false_turns_hedging_off() {
+    let config = accepted(
+        "[[region]]\nname = \"us\"\nbackends = [\"http://10.1.0.10:8080\"]\n\n[proxy]\nhedge = false\n",
+    );
+    assert_eq!(config.proxy.hedge, None);
+}
+
+#[test]
+fn first_byte_timeout_shorter_than_hedge_max_delay_is_a_warning() {
+    let config = accepted(
+        r#"
+[[region]]
+name = "us"
+backends = ["http://10.1.0.10:8080"]
+first_byte_timeout = "200ms"
+
+[[region]]
+name = "eu"
+backends = ["http://10.2.0.10:8080"]
+
+[proxy]
+first_byte_timeout = "100ms"
+"#,
+    );
+    assert_eq!(
+        config.warnings(),
+        [
+            "region \"us\": first_byte_timeout (200ms) is shorter than proxy.hedge_max_delay (250ms): a slow request may time out before it is hedged",
+            "region \"eu\": proxy.first_byte_timeout (100ms) is shorter than proxy.hedge_max_delay (250ms): a slow request may time out before it is hedged",
+        ]
+    );
+    // Without hedging there is nothing to warn about.
+    let config = accepted(
+        "[[region]]\nname = \"us\"\nbackends = [\"http://10.1.0.10:8080\"]\nfirst_byte_timeout = \"100ms\"\n\n[proxy]\nhedge = false\n",
+    );
+    assert!(config.warnings().is_empty(), "{:?}", config.warnings());
+}
+
 // ---------------------------------------------------------------------------
 // Geo overrides
 // ---------------------------------------------------------------------------
@@ -876,11 +1528,37 @@ backends = ["http://10.2.0.10"]
         assert_eq!(
             r.health,
             Health {
+                method: http::Method::GET,
                 path: "/healthz".to_owned(),
+                host: None,
+                expect_status: vec![(200, 399)],
+                expect_body: None,
                 interval: Duration::from_secs(1),
                 timeout: Duration::from_millis(800),
                 rise: 2,
                 fall: 2,
+                jitter: 0.1,
+                initial_state: InitialState::Unknown,
+            }
+        );
+        assert_eq!(r.min_healthy, None, "all backends");
+        assert_eq!(r.failback_hold, Duration::from_secs(5));
+        assert_eq!(r.slow_start, Duration::ZERO);
+        assert_eq!(r.first_byte_timeout, None);
+        assert_eq!(
+            r.outlier,
+            Outlier {
+                consecutive_failures: 5,
+                failures: FailureKinds {
+                    connect: true,
+                    reset: true,
+                    timeout: true,
+                    gateway: true,
+                    server_error: false,
+                },
+                base_ejection_time: Duration::from_secs(5),
+                max_ejection_time: Duration::from_secs(300),
+                max_ejected_percent: 50,
             }
         );
     }
@@ -894,6 +1572,26 @@ backends = ["http://10.2.0.10"]
     assert_eq!(p.max_attempts, 3);
     assert_eq!(p.pool_idle_timeout, Duration::from_secs(4));
     assert_eq!(p.pool_max_idle_per_backend, 64);
+    assert_eq!(
+        p.retry_methods,
+        [http::Method::GET, http::Method::HEAD, http::Method::OPTIONS]
+    );
+    assert_eq!(p.replay_buffer, 65536);
+    assert_eq!(
+        p.retry_budget,
+        RetryBudget {
+            ratio: 0.2,
+            window: Duration::from_secs(10),
+            min_per_second: 10,
+        }
+    );
+    assert_eq!(
+        p.hedge,
+        Some(Hedge {
+            min_delay: Duration::from_millis(50),
+            max_delay: Duration::from_millis(250),
+        })
+    );
 
     let l = &config.limits;
     assert_eq!(l.max_connections, 10_000);
@@ -937,18 +1635,40 @@ continents = ["NA"]
 failover = ["eu"]
 backends = ["http://10.1.0.10:8080", "http://10.1.0.11:8080"]
 
+min_healthy = 1
+failback_hold = "30s"
+slow_start = "2m"
+first_byte_timeout = "5s"
+
 [region.health]
+method = "HEAD"
 path = "/ready"
+host = "health.example.com:8443"
+expect_status = [204, "200-299"]
 interval = "2s"
 timeout = "1s 500ms"
 rise = 3
 fall = 5
+jitter = 0.25
+initial_state = "up"
+
+[region.outlier]
+consecutive_failures = 3
+failures = ["reset", "5xx"]
+base_ejection_time = "10s"
+max_ejection_time = "1m"
+max_ejected_percent = 100
 
 [[region]]
 name = "eu"
 continents = ["EU"]
 failover = ["us"]
 backends = ["http://10.2.0.10:8080"]
+
+[region.health]
+method = "POST"
+expect_body = "ok"
+initial_state = "down"
 
 [proxy]
 connect_timeout = "500ms"
@@ -959,6 +1679,14 @@ preserve_host = false
 max_attempts = 2
 pool_idle_timeout = "30s"
 pool_max_idle_per_backend = 8
+retry_methods = ["GET", "PUT", "DELETE"]
+replay_buffer = 1048576
+retry_budget_ratio = 0.5
+retry_budget_window = "30s"
+retry_budget_min_per_second = 0
+hedge = true
+hedge_min_delay = "20ms"
+hedge_max_delay = "1s"
 
 [limits]
 max_connections = 500
@@ -991,17 +1719,47 @@ retry_after = "1m"
     assert_eq!(
         us.health,
         Health {
+            method: http::Method::HEAD,
             path: "/ready".to_owned(),
+            host: Some(http::HeaderValue::from_static("health.example.com:8443")),
+            expect_status: vec![(204, 204), (200, 299)],
+            expect_body: None,
             interval: Duration::from_secs(2),
             timeout: Duration::from_millis(1500),
             rise: 3,
             fall: 5,
+            jitter: 0.25,
+            initial_state: InitialState::Up,
         }
     );
+    assert_eq!(us.min_healthy, Some(1));
+    assert_eq!(us.failback_hold, Duration::from_secs(30));
+    assert_eq!(us.slow_start, Duration::from_secs(120));
+    assert_eq!(us.first_byte_timeout, Some(Duration::from_secs(5)));
     assert_eq!(
-        config.regions[1].health.path, "/healthz",
-        "defaults per region"
+        us.outlier,
+        Outlier {
+            consecutive_failures: 3,
+            failures: FailureKinds {
+                connect: false,
+                reset: true,
+                timeout: false,
+                gateway: false,
+                server_error: true,
+            },
+            base_ejection_time: Duration::from_secs(10),
+            max_ejection_time: Duration::from_secs(60),
+            max_ejected_percent: 100,
+        }
     );
+    let eu = &config.regions[1];
+    assert_eq!(eu.health.path, "/healthz", "defaults per region");
+    assert_eq!(eu.health.method, http::Method::POST);
+    assert_eq!(eu.health.expect_body.as_deref(), Some("ok"));
+    assert_eq!(eu.health.initial_state, InitialState::Down);
+    assert_eq!(eu.health.expect_status, [(200, 399)]);
+    assert_eq!(eu.failback_hold, Duration::from_secs(5));
+    assert_eq!(eu.outlier.consecutive_failures, 5);
 
     let p = &config.proxy;
     assert_eq!(p.connect_timeout, Duration::from_millis(500));
@@ -1012,6 +1770,26 @@ retry_after = "1m"
     assert_eq!(p.max_attempts, 2);
     assert_eq!(p.pool_idle_timeout, Duration::from_secs(30));
     assert_eq!(p.pool_max_idle_per_backend, 8);
+    assert_eq!(
+        p.retry_methods,
+        [http::Method::GET, http::Method::PUT, http::Method::DELETE]
+    );
+    assert_eq!(p.replay_buffer, 1 << 20);
+    assert_eq!(
+        p.retry_budget,
+        RetryBudget {
+            ratio: 0.5,
+            window: Duration::from_secs(30),
+            min_per_second: 0,
+        }
+    );
+    assert_eq!(
+        p.hedge,
+        Some(Hedge {
+            min_delay: Duration::from_millis(20),
+            max_delay: Duration::from_secs(1),
+        })
+    );
 
     let l = &config.limits;
     assert_eq!(l.max_connections, 500);
@@ -1182,6 +1960,20 @@ fn reference_config_is_valid() {
         Vec::<String>::new(),
         "and warns about nothing"
     );
+
+    // Region "us" and [proxy] show the newer keys with their default values.
+    let defaults = accepted("[[region]]\nname = \"us\"\nbackends = [\"http://10.1.0.10:8080\"]\n");
+    let (shown, default) = (&config.regions[us], &defaults.regions[0]);
+    assert_eq!(shown.health, default.health);
+    assert_eq!(shown.outlier, default.outlier);
+    assert_eq!(shown.failback_hold, default.failback_hold);
+    assert_eq!(shown.slow_start, default.slow_start);
+    assert_eq!(shown.min_healthy, Some(shown.backends.len()));
+    let (shown, default) = (&config.proxy, &defaults.proxy);
+    assert_eq!(shown.retry_methods, default.retry_methods);
+    assert_eq!(shown.replay_buffer, default.replay_buffer);
+    assert_eq!(shown.retry_budget, default.retry_budget);
+    assert_eq!(shown.hedge, default.hedge);
 }
 
 #[test]

@@ -11,9 +11,10 @@ use ipnet::IpNet;
 use toml::Spanned;
 
 use super::error::{ConfigError, ConfigIssue, Issues};
-use super::file::{self, Dur, FileConfig};
+use super::file::{self, Dur, FileConfig, Num, StatusFile};
 use super::{
-    Admin, Backend, Config, Geo, GeoOverride, Health, Limits, Listen, Proxy, Region, StatusPage,
+    Admin, Backend, Config, FailureKinds, Geo, GeoOverride, Health, Hedge, InitialState, Limits,
+    Listen, Outlier, Proxy, Region, RetryBudget, StatusPage,
 };
 
 /// Continent codes as GeoIP databases spell them.
@@ -27,6 +28,22 @@ const MIN_HEADER_BYTES: i64 = 8192;
 
 /// Most unknown keys reported from one file before reading stops.
 const MAX_UNKNOWN_KEYS: usize = 50;
+
+/// Methods an active health check may use.
+const HEALTH_METHODS: [&str; 4] = ["GET", "HEAD", "OPTIONS", "POST"];
+
+/// Methods that may be retried or hedged: the idempotent ones (RFC 9110, 9.2.2).
+const RETRY_METHODS: [&str; 6] = ["GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"];
+
+/// Standard methods that are not idempotent, refused in `proxy.retry_methods`
+/// with the reason.
+const NON_IDEMPOTENT_METHODS: [&str; 3] = ["POST", "PATCH", "CONNECT"];
+
+/// `region.outlier.failures` names, in the order of [`FailureKinds`]' fields.
+const FAILURE_KINDS: [&str; 5] = ["connect", "reset", "timeout", "gateway", "5xx"];
+
+/// Largest `proxy.replay_buffer`: 16 MiB.
+const MAX_REPLAY_BUFFER: i64 = 16 << 20;
 
 pub(super) fn parse(file_name: &str, text: &str) -> Result<Config, ConfigError> {
     let mut found = Vec::new();
@@ -391,6 +408,39 @@ fn check_regions(issues: &mut Issues, raw: &[file::RegionFile]) -> Vec<Region> {
 
         let backends = check_backends(issues, i, r);
         let health = check_health(issues, i, &r.health);
+        let min_healthy = r.min_healthy.as_ref().and_then(|m| {
+            let n = *m.get_ref();
+            let key = format!("region[{i}].min_healthy");
+            let most = backends.len().max(1) as i64;
+            if n < 1 {
+                issues.at(
+                    span(m),
+                    key,
+                    format!("{n} is out of range: expected a whole number from 1 to {most}, the number of backends of region \"{name}\""),
+                );
+                None
+            } else if n > most && !backends.is_empty() {
+                issues.at(
+                    span(m),
+                    key,
+                    format!(
+                        "{n} is more than the {most} backend{} of region \"{name}\": expected a whole number from 1 to {most}",
+                        if most == 1 { "" } else { "s" }
+                    ),
+                );
+                None
+            } else {
+                Some(n as usize)
+            }
+        });
+        let first_byte_timeout = r.first_byte_timeout.as_ref().map(|t| {
+            duration(
+                issues,
+                &format!("region[{i}].first_byte_timeout"),
+                Some(t),
+                Duration::from_secs(30),
+            )
+        });
         regions.push(Region {
             name: name.to_owned(),
             countries,
@@ -401,6 +451,11 @@ fn check_regions(issues: &mut Issues, raw: &[file::RegionFile]) -> Vec<Region> {
                 .unwrap_or_else(|_| http::HeaderValue::from_static("invalid")),
             backends,
             health,
+            min_healthy,
+            failback_hold: duration_or_zero(r.failback_hold.as_ref(), Duration::from_secs(5)),
+            slow_start: duration_or_zero(r.slow_start.as_ref(), Duration::ZERO),
+            first_byte_timeout,
+            outlier: check_outlier(issues, i, &r.outlier),
         });
     }
     regions
@@ -557,13 +612,25 @@ pub(crate) fn backend_url(text: &str) -> Result<Backend, String> {
 
 fn check_health(issues: &mut Issues, i: usize, raw: &file::HealthFile) -> Health {
     let file::HealthFile {
+        method,
         path,
+        host,
+        expect_status,
+        expect_body,
         interval,
         timeout,
         rise,
         fall,
+        jitter,
+        initial_state,
     } = raw;
     let key = |k: &str| format!("region[{i}].health.{k}");
+    let method = match method {
+        None => http::Method::GET,
+        Some(m) => {
+            http_method(issues, m, &key("method"), &HEALTH_METHODS).unwrap_or(http::Method::GET)
+        }
+    };
     let path = match path {
         Some(p)
             if !p.get_ref().starts_with('/')
@@ -582,8 +649,69 @@ fn check_health(issues: &mut Issues, i: usize, raw: &file::HealthFile) -> Health
         Some(p) => p.get_ref().clone(),
         None => "/healthz".to_owned(),
     };
+    let host = host.as_ref().and_then(|h| match host_header(h.get_ref()) {
+        Some(v) => Some(v),
+        None => {
+            issues.at(
+                span(h),
+                key("host"),
+                format!(
+                    "invalid Host header \"{}\": expected a host or host:port without spaces, slashes or credentials, such as \"www.example.com\" or \"10.1.0.10:8080\"",
+                    h.get_ref()
+                ),
+            );
+            None
+        }
+    });
+    let expect_status = match expect_status {
+        None => vec![(200, 399)],
+        Some(list) => check_expect_status(issues, &key("expect_status"), list),
+    };
+    let expect_body = match expect_body {
+        None => None,
+        Some(b) if b.get_ref().is_empty() => {
+            issues.at(
+                span(b),
+                key("expect_body"),
+                "is empty: expected the text a healthy response body contains, or leave the key out",
+            );
+            None
+        }
+        Some(b) if method == http::Method::HEAD => {
+            issues.at(
+                span(b),
+                key("expect_body"),
+                "a response to HEAD has no body, so expect_body could never match: use method = \"GET\", or leave expect_body out",
+            );
+            None
+        }
+        Some(b) => Some(b.get_ref().clone()),
+    };
+    let jitter = fraction(issues, &key("jitter"), jitter.as_ref(), 0.1, 0.5);
+    let initial_state = match initial_state {
+        None => InitialState::Unknown,
+        Some(s) => match s.get_ref().as_str() {
+            "unknown" => InitialState::Unknown,
+            "up" => InitialState::Up,
+            "down" => InitialState::Down,
+            other => {
+                issues.at(
+                    span(s),
+                    key("initial_state"),
+                    format!(
+                        "invalid initial state \"{other}\": expected \"unknown\", \"up\" or \"down\""
+                    ),
+                );
+                InitialState::Unknown
+            }
+        },
+    };
     Health {
+        method,
         path,
+        host,
+        expect_status,
+        expect_body,
         interval: duration(
             issues,
             &key("interval"),
@@ -598,6 +726,341 @@ fn check_health(issues: &mut Issues, i: usize, raw: &file::HealthFile) -> Health
         ),
         rise: count(issues, &key("rise"), rise.as_ref(), 2, 1000) as u32,
         fall: count(issues, &key("fall"), fall.as_ref(), 2, 1000) as u32,
+        jitter,
+        initial_state,
+    }
+}
+
+/// A method among `allowed`, written in upper case (methods are case-sensitive).
+fn http_method(
+    issues: &mut Issues,
+    value: &Spanned<String>,
+    key: &str,
+    allowed: &[&str],
+) -> Option<http::Method> {
+    let text = value.get_ref().as_str();
+    let expected = allowed.join(", ");
+    if allowed.contains(&text) {
+        return http::Method::from_bytes(text.as_bytes()).ok();
+    }
+    let upper = text.to_ascii_uppercase();
+    let message = if allowed.contains(&upper.as_str()) {
+        format!("invalid method \"{text}\": methods are case-sensitive; expected \"{upper}\"")
+    } else {
+        format!("invalid method \"{text}\": expected one of {expected}")
+    };
+    issues.at(span(value), key, message);
+    None
+}
+
+/// A `Host` header value: a host name or address, with an optional port
+/// (`www.example.com`, `10.1.0.10:8080`, `[::1]:8080`).
+fn host_header(text: &str) -> Option<http::HeaderValue> {
+    let (host_ok, port) = if let Some(rest) = text.strip_prefix('[') {
+        let (ip, after) = rest.split_once(']')?;
+        let port = match after {
+            "" => None,
+            _ => Some(after.strip_prefix(':')?),
+        };
+        (ip.parse::<std::net::Ipv6Addr>().is_ok(), port)
+    } else {
+        let (host, port) = match text.split_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (text, None),
+        };
+        let ok = !host.is_empty()
+            && host
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'));
+        (ok, port)
+    };
+    let port_ok = port.is_none_or(|p| {
+        !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) && p.parse::<u16>().is_ok()
+    });
+    if !host_ok || !port_ok {
+        return None;
+    }
+    http::HeaderValue::from_str(text).ok()
+}
+
+/// `health.expect_status`: codes and inclusive ranges, as `(low, high)`.
+fn check_expect_status(
+    issues: &mut Issues,
+    key: &str,
+    list: &Spanned<Vec<Spanned<StatusFile>>>,
+) -> Vec<(u16, u16)> {
+    const EXPECTED: &str =
+        "expected a status code from 100 to 599, such as 200, or an inclusive range such as \"200-399\"";
+    if list.get_ref().is_empty() {
+        issues.at(
+            span(list),
+            key,
+            "no status is listed, so every check would fail: expected at least one code or range, such as [\"200-399\"]",
+        );
+        return vec![(200, 399)];
+    }
+    let code = |text: &str| -> Option<u16> {
+        let text = text.trim();
+        if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        text.parse::<u16>().ok()
+    };
+    let mut out = Vec::new();
+    for (j, item) in list.get_ref().iter().enumerate() {
+        let key = format!("{key}[{j}]");
+        let range = match item.get_ref() {
+            StatusFile::Code(n) if (100..=599).contains(n) => Ok((*n as u16, *n as u16)),
+            StatusFile::Code(n) => Err(format!("{n} is out of range: {EXPECTED}")),
+            StatusFile::Text(t) => {
+                let (low, high) = t.split_once('-').unwrap_or((t, t));
+                match (code(low), code(high)) {
+                    (Some(low), Some(high))
+                        if !(100..=599).contains(&low) || !(100..=599).contains(&high) =>
+                    {
+                        Err(format!("\"{t}\" is out of range: {EXPECTED}"))
+                    }
+                    (Some(low), Some(high)) if low > high => Err(format!(
+                        "invalid status range \"{t}\": {low} is larger than {high}; expected LOW-HIGH with LOW <= HIGH, such as \"200-399\""
+                    )),
+                    (Some(low), Some(high)) => Ok((low, high)),
+                    _ => Err(format!("invalid status \"{t}\": {EXPECTED}")),
+                }
+            }
+        };
+        match range {
+            Ok(r) => out.push(r),
+            Err(message) => issues.at(span(item), key, message),
+        }
+    }
+    out
+}
+
+fn check_outlier(issues: &mut Issues, i: usize, raw: &file::OutlierFile) -> Outlier {
+    let file::OutlierFile {
+        consecutive_failures,
+        failures,
+        base_ejection_time,
+        max_ejection_time,
+        max_ejected_percent,
+    } = raw;
+    let key = |k: &str| format!("region[{i}].outlier.{k}");
+    let consecutive_failures = ranged(
+        issues,
+        &key("consecutive_failures"),
+        consecutive_failures.as_ref(),
+        5,
+        (0, 1000),
+        "a whole number",
+    ) as u32;
+    let failures = match failures {
+        None => FailureKinds {
+            connect: true,
+            reset: true,
+            timeout: true,
+            gateway: true,
+            server_error: false,
+        },
+        Some(list) => {
+            let expected = FAILURE_KINDS
+                .iter()
+                .map(|k| format!("\"{k}\""))
+                .collect::<Vec<_>>()
+                .join(", ");
+            if list.get_ref().is_empty() && consecutive_failures != 0 {
+                issues.at(
+                    span(list),
+                    key("failures"),
+                    format!(
+                        "no failure kind is listed, so no backend would ever be ejected: expected some of {expected}, or consecutive_failures = 0 to turn passive checks off"
+                    ),
+                );
+            }
+            let mut seen = [false; FAILURE_KINDS.len()];
+            for (j, f) in list.get_ref().iter().enumerate() {
+                let key = format!("{}[{j}]", key("failures"));
+                match FAILURE_KINDS.iter().position(|k| k == f.get_ref()) {
+                    None => issues.at(
+                        span(f),
+                        key,
+                        format!(
+                            "unknown failure kind \"{}\": expected one of {expected}",
+                            f.get_ref()
+                        ),
+                    ),
+                    Some(k) if seen[k] => {
+                        issues.at(span(f), key, format!("\"{}\" is listed twice", f.get_ref()))
+                    }
+                    Some(k) => seen[k] = true,
+                }
+            }
+            let [connect, reset, timeout, gateway, server_error] = seen;
+            FailureKinds {
+                connect,
+                reset,
+                timeout,
+                gateway,
+                server_error,
+            }
+        }
+    };
+    let base = duration(
+        issues,
+        &key("base_ejection_time"),
+        base_ejection_time.as_ref(),
+        Duration::from_secs(5),
+    );
+    let max = duration(
+        issues,
+        &key("max_ejection_time"),
+        max_ejection_time.as_ref(),
+        Duration::from_secs(300),
+    );
+    not_shorter(
+        issues,
+        (&key("max_ejection_time"), max_ejection_time.as_ref(), max),
+        (
+            &key("base_ejection_time"),
+            base_ejection_time.as_ref(),
+            base,
+        ),
+    );
+    Outlier {
+        consecutive_failures,
+        failures,
+        base_ejection_time: base,
+        max_ejection_time: max,
+        max_ejected_percent: ranged(
+            issues,
+            &key("max_ejected_percent"),
+            max_ejected_percent.as_ref(),
+            50,
+            (0, 100),
+            "a percentage",
+        ) as u8,
+    }
+}
+
+/// Reports a `longer` duration (a maximum) that is shorter than `shorter` (its
+/// minimum). Each is `(key, value as written, value used)`. The issue is at
+/// the maximum when it is written, else at the minimum.
+fn not_shorter(
+    issues: &mut Issues,
+    longer: (&str, Option<&Spanned<Dur>>, Duration),
+    shorter: (&str, Option<&Spanned<Dur>>, Duration),
+) {
+    let (long_key, long_value, long) = longer;
+    let (short_key, short_value, short) = shorter;
+    if long >= short {
+        return;
+    }
+    let fmt = humantime_serde::re::humantime::format_duration;
+    let name = |k: &str| k.rsplit('.').next().unwrap_or(k).to_owned();
+    let (long_name, short_name) = (name(long_key), name(short_key));
+    if let Some(v) = long_value {
+        issues.at(
+            span(v),
+            long_key,
+            format!(
+                "{} is shorter than {short_name} ({}): expected at least {short_name}",
+                fmt(long),
+                fmt(short)
+            ),
+        );
+    } else if let Some(v) = short_value {
+        issues.at(
+            span(v),
+            short_key,
+            format!(
+                "{} is longer than {long_name} ({}, its default): expected at most {long_name}, or set {long_name} too",
+                fmt(short),
+                fmt(long)
+            ),
+        );
+    }
+}
+
+/// A fraction from 0 to `max`.
+fn fraction(
+    issues: &mut Issues,
+    key: &str,
+    value: Option<&Spanned<Num>>,
+    default: f64,
+    max: f64,
+) -> f64 {
+    match value {
+        None => default,
+        Some(v) if !(0.0..=max).contains(&v.get_ref().0) => {
+            issues.at(
+                span(v),
+                key,
+                format!(
+                    "{} is out of range: expected a number from 0.0 to {max:.1}",
+                    v.get_ref().0
+                ),
+            );
+            default
+        }
+        Some(v) => v.get_ref().0,
+    }
+}
+
+/// A duration where zero is allowed (and means "off").
+fn duration_or_zero(value: Option<&Spanned<Dur>>, default: Duration) -> Duration {
+    value.map_or(default, |v| v.get_ref().0)
+}
+
+/// A duration from `min` to `max`.
+fn duration_within(
+    issues: &mut Issues,
+    key: &str,
+    value: Option<&Spanned<Dur>>,
+    default: Duration,
+    (min, max): (Duration, Duration),
+) -> Duration {
+    let fmt = humantime_serde::re::humantime::format_duration;
+    match value {
+        None => default,
+        Some(v) if v.get_ref().0 < min || v.get_ref().0 > max => {
+            issues.at(
+                span(v),
+                key,
+                format!(
+                    "{} is out of range: expected a duration from {} to {}",
+                    fmt(v.get_ref().0),
+                    fmt(min),
+                    fmt(max)
+                ),
+            );
+            default
+        }
+        Some(v) => v.get_ref().0,
+    }
+}
+
+/// A whole number from `min` to `max`; `what` names it in messages ("a whole number").
+fn ranged(
+    issues: &mut Issues,
+    key: &str,
+    value: Option<&Spanned<i64>>,
+    default: i64,
+    (min, max): (i64, i64),
+    what: &str,
+) -> i64 {
+    match value {
+        None => default,
+        Some(v) if *v.get_ref() < min || *v.get_ref() > max => {
+            issues.at(
+                span(v),
+                key,
+                format!(
+                    "{} is out of range: expected {what} from {min} to {max}",
+                    v.get_ref()
+                ),
+            );
+            default
+        }
+        Some(v) => *v.get_ref(),
     }
 }
 
@@ -740,7 +1203,89 @@ fn check_proxy(issues: &mut Issues, raw: file::ProxyFile) -> Proxy {
         max_attempts,
         pool_idle_timeout,
         pool_max_idle_per_backend,
+        retry_methods,
+        replay_buffer,
+        retry_budget_ratio,
+        retry_budget_window,
+        retry_budget_min_per_second,
+        hedge,
+        hedge_min_delay,
+        hedge_max_delay,
     } = raw;
+    let retry_methods = match retry_methods {
+        None => vec![http::Method::GET, http::Method::HEAD, http::Method::OPTIONS],
+        Some(list) => {
+            let mut out: Vec<http::Method> = Vec::new();
+            for (j, m) in list.get_ref().iter().enumerate() {
+                let key = format!("proxy.retry_methods[{j}]");
+                let upper = m.get_ref().to_ascii_uppercase();
+                if NON_IDEMPOTENT_METHODS.contains(&upper.as_str()) {
+                    issues.at(
+                        span(m),
+                        key,
+                        format!(
+                            "{upper} is not idempotent, so it can never be retried or hedged once a backend may have seen it: expected idempotent methods among {}",
+                            RETRY_METHODS.join(", ")
+                        ),
+                    );
+                    continue;
+                }
+                match http_method(issues, m, &key, &RETRY_METHODS) {
+                    Some(method) if out.contains(&method) => {
+                        issues.at(span(m), key, format!("{method} is listed twice"))
+                    }
+                    Some(method) => out.push(method),
+                    None => {}
+                }
+            }
+            out
+        }
+    };
+    let retry_budget = RetryBudget {
+        ratio: fraction(
+            issues,
+            "proxy.retry_budget_ratio",
+            retry_budget_ratio.as_ref(),
+            0.2,
+            1.0,
+        ),
+        window: duration_within(
+            issues,
+            "proxy.retry_budget_window",
+            retry_budget_window.as_ref(),
+            Duration::from_secs(10),
+            (Duration::from_secs(1), Duration::from_secs(60)),
+        ),
+        min_per_second: ranged(
+            issues,
+            "proxy.retry_budget_min_per_second",
+            retry_budget_min_per_second.as_ref(),
+            10,
+            (0, 100_000),
+            "a whole number",
+        ) as u32,
+    };
+    let min_delay = duration(
+        issues,
+        "proxy.hedge_min_delay",
+        hedge_min_delay.as_ref(),
+        Duration::from_millis(50),
+    );
+    let max_delay = duration(
+        issues,
+        "proxy.hedge_max_delay",
+        hedge_max_delay.as_ref(),
+        Duration::from_millis(250),
+    );
+    not_shorter(
+        issues,
+        ("proxy.hedge_max_delay", hedge_max_delay.as_ref(), max_delay),
+        ("proxy.hedge_min_delay", hedge_min_delay.as_ref(), min_delay),
+    );
+    let hedge = hedge.unwrap_or(true).then_some(Hedge {
+        min_delay,
+        max_delay,
+    });
     Proxy {
         connect_timeout: duration(
             issues,
@@ -781,6 +1326,17 @@ fn check_proxy(issues: &mut Issues, raw: file::ProxyFile) -> Proxy {
             64,
             100_000,
         ),
+        retry_methods,
+        replay_buffer: ranged(
+            issues,
+            "proxy.replay_buffer",
+            replay_buffer.as_ref(),
+            64 * 1024,
+            (0, MAX_REPLAY_BUFFER),
+            "a number of bytes",
+        ) as usize,
+        retry_budget,
+        hedge,
     }
 }
 

@@ -105,7 +105,11 @@ impl UpstreamBody {
     /// Sends `body`, pausing at most `idle` between two frames from the
     /// client. With `keep` set, copies of up to that many bytes are kept for
     /// another attempt.
-    pub fn new(body: Replay, idle: Duration, keep: Option<usize>) -> (UpstreamBody, Returned, Sent) {
+    pub fn new(
+        body: Replay,
+        idle: Duration,
+        keep: Option<usize>,
+    ) -> (UpstreamBody, Returned, Sent) {
         let (returned_tx, returned_rx) = oneshot::channel();
         let (sent_tx, sent_rx) = oneshot::channel();
         let record = keep.map(|cap| Record {
@@ -152,7 +156,10 @@ impl UpstreamBody {
         record.chunks.push_back(data);
     }
 
-    fn next_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+    fn next_frame(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         if let Some(data) = self.replay.pop_front() {
             self.keep_data(&data, false);
             return Poll::Ready(Some(Ok(Frame::data(data))));
@@ -266,7 +273,10 @@ mod tests {
 
     fn held(chunks: &[&'static str]) -> Replay {
         Replay {
-            chunks: chunks.iter().map(|c| Bytes::from_static(c.as_bytes())).collect(),
+            chunks: chunks
+                .iter()
+                .map(|c| Bytes::from_static(c.as_bytes()))
+                .collect(),
             trailers: None,
             rest: None,
         }
@@ -278,7 +288,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_body_never_read_comes_back_whole() {
-        let (body, mut returned, _sent) = UpstreamBody::new(held(&["ab", "cd"]), Duration::from_secs(1), None);
+        let (body, mut returned, _sent) =
+            UpstreamBody::new(held(&["ab", "cd"]), Duration::from_secs(1), None);
         drop(body);
         let back = returned.take().expect("returned");
         assert_eq!(back.chunks.len(), 2);
@@ -288,7 +299,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_body_read_without_copies_is_lost() {
-        let (mut body, mut returned, _sent) = UpstreamBody::new(held(&["ab", "cd"]), Duration::from_secs(1), None);
+        let (mut body, mut returned, _sent) =
+            UpstreamBody::new(held(&["ab", "cd"]), Duration::from_secs(1), None);
         let _ = body.frame().await;
         drop(body);
         assert!(returned.take().is_none());
@@ -296,13 +308,16 @@ mod tests {
 
     #[tokio::test]
     async fn a_copied_body_comes_back_complete_at_its_end() {
-        let (body, mut returned, sent) = UpstreamBody::new(held(&["ab", "cd"]), Duration::from_secs(1), Some(10));
+        let (body, mut returned, sent) =
+            UpstreamBody::new(held(&["ab", "cd"]), Duration::from_secs(1), Some(10));
         let (mut body, copy) = {
             let mut body = body;
             while let Some(f) = body.frame().await {
                 f.unwrap();
             }
-            let copy = returned.take().expect("returned at the end, before the drop");
+            let copy = returned
+                .take()
+                .expect("returned at the end, before the drop");
             (body, copy)
         };
         assert!(body.frame().await.is_none());
@@ -314,7 +329,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_partly_read_copied_body_comes_back_in_order() {
-        let (mut body, mut returned, _sent) = UpstreamBody::new(held(&["ab", "cd", "ef"]), Duration::from_secs(1), Some(10));
+        let (mut body, mut returned, _sent) =
+            UpstreamBody::new(held(&["ab", "cd", "ef"]), Duration::from_secs(1), Some(10));
         let _ = body.frame().await;
         drop(body);
         let back = returned.take().expect("returned");
@@ -324,7 +340,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_body_over_the_cap_is_not_kept() {
-        let (mut body, mut returned, _sent) = UpstreamBody::new(held(&["abc", "def"]), Duration::from_secs(1), Some(4));
+        let (mut body, mut returned, _sent) =
+            UpstreamBody::new(held(&["abc", "def"]), Duration::from_secs(1), Some(4));
         let _ = body.frame().await;
         let _ = body.frame().await;
         assert!(body.frame().await.is_none());

@@ -101,7 +101,13 @@ pub fn plan(
         add(&mut candidates, region, Reason::Failover, 0, max);
     }
     if home_ready {
-        add(&mut candidates, preferred, Reason::Preferred, home_taken, max);
+        add(
+            &mut candidates,
+            preferred,
+            Reason::Preferred,
+            home_taken,
+            max,
+        );
     } else if up(preferred) {
         add(&mut candidates, preferred, Reason::Preferred, 0, max);
     }
@@ -340,7 +346,10 @@ mod tests {
         v[0].ramp_permille = 600;
         let more = back(&v);
         assert_eq!(more.len(), 600);
-        assert!(quarter.iter().all(|k| more.contains(k)), "clients let back stay back");
+        assert!(
+            quarter.iter().all(|k| more.contains(k)),
+            "clients let back stay back"
+        );
         // A client not yet let back still reaches its region as a last resort.
         let p = plan(&regions(), &v, 0, 0, 999, 10);
         assert_eq!(p.candidates.last().map(|c| c.region), Some(0));

@@ -98,7 +98,11 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     };
     let admin_addr = admin.as_ref().and_then(|(l, _)| l.local_addr().ok());
 
-    background.spawn(state::run_owner(Arc::clone(&shared), signals_rx, stop.clone()));
+    background.spawn(state::run_owner(
+        Arc::clone(&shared),
+        signals_rx,
+        stop.clone(),
+    ));
     spawn_probes(&config, &signals, &stop, &background);
 
     let proxy = Proxy::new(Arc::clone(&shared), crate::upstream::client(&config), pages);

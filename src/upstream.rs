@@ -18,8 +18,8 @@ use tokio::net::TcpStream;
 use tokio_io_timeout::TimeoutStream;
 use tower_service::Service;
 
-use crate::request_body::UpstreamBody;
 use crate::config::Config;
+use crate::request_body::UpstreamBody;
 
 /// The pooled client used for live traffic.
 pub type UpstreamClient = Client<UpstreamConnector, UpstreamBody>;

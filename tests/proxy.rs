@@ -44,8 +44,10 @@ async fn two_regions() -> (Backend, Backend, Backend, meridian::server::Running)
     let us1 = Backend::start("us-1").await;
     let us2 = Backend::start("us-2").await;
     let eu1 = Backend::start("eu-1").await;
-    let text = config_text(
+    let text = config_text_with(
         &[R("us", &[&us1, &us2], &["eu"]), R("eu", &[&eu1], &["us"])],
+        "failback_hold = \"1s\"",
+        "",
         "[geo]\ndefault_region = \"us\"\n",
     );
     let m = start(&text).await;
@@ -158,6 +160,17 @@ async fn a_region_that_stops_listening_fails_over_and_comes_back_after_rise() {
         "us back after rise good checks",
         || async { region_state(&m, "us").await == "healthy" },
     )
+    .await;
+    // Its users stay on eu for the fail-back hold.
+    assert!(m.shared.load().regions[0].held);
+    let (_, headers, _) = get(&m, "/", &[]).await;
+    assert_eq!(
+        headers["x-meridian-region"], "eu",
+        "held for the fail-back hold"
+    );
+    wait_for(Duration::from_secs(5), "the hold is over", || async {
+        !m.shared.load().regions[0].held
+    })
     .await;
     let (_, headers, _) = get(&m, "/", &[]).await;
     assert_eq!(headers["x-meridian-region"], "us");

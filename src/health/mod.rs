@@ -220,7 +220,11 @@ mod tests {
                                 (Up, false) if fails >= fall => Down,
                                 (s, _) => s,
                             };
-                            assert_eq!(m.state(), expected, "rise {rise} fall {fall} {initial:?} {pattern:b} bit {bit}");
+                            assert_eq!(
+                                m.state(),
+                                expected,
+                                "rise {rise} fall {fall} {initial:?} {pattern:b} bit {bit}"
+                            );
                             assert_eq!(t.is_some(), before != expected);
                         }
                     }
@@ -236,5 +240,4 @@ mod tests {
         m.state = Up;
         assert_eq!(m.observe(true), None);
     }
-
 }

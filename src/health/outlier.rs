@@ -197,7 +197,10 @@ mod tests {
             let time = e.eject(now, BASE, MAX);
             times.push(time.as_secs());
             assert!(e.is_ejected());
-            assert!(!e.check_passed(now + time - Duration::from_millis(1)), "not before its time");
+            assert!(
+                !e.check_passed(now + time - Duration::from_millis(1)),
+                "not before its time"
+            );
             now += time;
             assert!(e.check_passed(now));
             assert!(!e.is_ejected());
@@ -222,7 +225,11 @@ mod tests {
         now += Duration::from_secs(10);
         e.check_passed(now);
         now += Duration::from_secs(3600);
-        assert_eq!(e.eject(now, BASE, MAX), BASE, "long good service forgives all");
+        assert_eq!(
+            e.eject(now, BASE, MAX),
+            BASE,
+            "long good service forgives all"
+        );
     }
 
     #[test]
@@ -243,7 +250,10 @@ mod tests {
         for _ in 0..10 {
             assert!(!c.failure(0, 1, Failure::Status(500)));
         }
-        assert!(!c.failure(9, 9, Failure::Connect), "unknown backends are ignored");
+        assert!(
+            !c.failure(9, 9, Failure::Connect),
+            "unknown backends are ignored"
+        );
     }
 
     #[test]

@@ -243,9 +243,14 @@ mod tests {
         let waits: Vec<Duration> = (0..1000)
             .map(|_| jittered(interval, 0.1, spread.next()))
             .collect();
-        assert!(waits.iter().all(|w| *w >= Duration::from_millis(900) && *w <= Duration::from_millis(1100)));
+        assert!(waits
+            .iter()
+            .all(|w| *w >= Duration::from_millis(900) && *w <= Duration::from_millis(1100)));
         let below = waits.iter().filter(|w| **w < interval).count();
-        assert!((350..650).contains(&below), "{below} of 1000 below the interval");
+        assert!(
+            (350..650).contains(&below),
+            "{below} of 1000 below the interval"
+        );
     }
 
     #[test]

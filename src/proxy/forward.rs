@@ -169,7 +169,9 @@ impl<'a> Forward<'a> {
                 return Ok(None);
             }
         }
-        self.proxy.latency.observe(c.region, running.started.elapsed());
+        self.proxy
+            .latency
+            .observe(c.region, running.started.elapsed());
         // Attempts started earlier and still waiting lost to this one: as
         // slow as a timeout, as far as their backends' health goes.
         for other in self.running.iter().filter(|o| o.started < running.started) {
@@ -218,7 +220,11 @@ impl<'a> Forward<'a> {
                 self.pending = Some(r);
             }
         }
-        let complete = !self.has_body || self.pending.as_ref().is_some_and(|p| p.copy_if_complete().is_some());
+        let complete = !self.has_body
+            || self
+                .pending
+                .as_ref()
+                .is_some_and(|p| p.copy_if_complete().is_some());
         if !complete || self.next >= self.plan.candidates.len() {
             return false;
         }
@@ -287,10 +293,12 @@ impl<'a> Forward<'a> {
         let c = self.plan.candidates[candidate];
         let region = &config.regions[c.region];
         let backend = &region.backends[c.backend];
-        let keep = (self.retry_method && config.proxy.replay_buffer > 0).then_some(config.proxy.replay_buffer);
+        let keep = (self.retry_method && config.proxy.replay_buffer > 0)
+            .then_some(config.proxy.replay_buffer);
         let (upstream_body, returned, sent) = match body {
             Some(b) => {
-                let (b, returned, sent) = UpstreamBody::new(b, config.limits.client_body_timeout, keep);
+                let (b, returned, sent) =
+                    UpstreamBody::new(b, config.limits.client_body_timeout, keep);
                 (b, Some(returned), sent)
             }
             None => {
@@ -298,10 +306,11 @@ impl<'a> Forward<'a> {
                 (b, None, sent)
             }
         };
-        let request = build_upstream(self.head, backend, self.keep_host, upstream_body).map_err(|e| {
-            tracing::warn!(error = %e, "cannot build the upstream request");
-            Rescue::BackendFailed
-        })?;
+        let request =
+            build_upstream(self.head, backend, self.keep_host, upstream_body).map_err(|e| {
+                tracing::warn!(error = %e, "cannot build the upstream request");
+                Rescue::BackendFailed
+            })?;
         let first_byte = region
             .first_byte_timeout
             .unwrap_or(config.proxy.first_byte_timeout);
@@ -315,7 +324,11 @@ impl<'a> Forward<'a> {
     }
 
     /// The response as the client gets it.
-    fn deliver(&self, mut response: Response<Incoming>, candidate: usize) -> Response<ResponseBody> {
+    fn deliver(
+        &self,
+        mut response: Response<Incoming>,
+        candidate: usize,
+    ) -> Response<ResponseBody> {
         let config = &self.snapshot.config;
         let region = &config.regions[self.plan.candidates[candidate].region];
         let version = response.version();

@@ -279,7 +279,11 @@ mod tests {
         assert_eq!(derive(0, 2, true, Some(1), false), Down);
         assert_eq!(derive(0, 2, false, None, false), Unknown);
         assert_eq!(derive(0, 0, false, None, false), Unknown);
-        assert_eq!(derive(2, 2, true, Some(9), false), Healthy, "min_healthy above the total means all");
+        assert_eq!(
+            derive(2, 2, true, Some(9), false),
+            Healthy,
+            "min_healthy above the total means all"
+        );
         for up in 0..3 {
             for checked in [false, true] {
                 assert_eq!(derive(up, 2, checked, None, true), Drained);

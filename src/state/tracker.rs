@@ -87,7 +87,10 @@ impl Tracker {
                         ejections: 0,
                     })
                     .collect();
-                let up = backends.iter().filter(|b| b.state == BackendState::Up).count();
+                let up = backends
+                    .iter()
+                    .filter(|b| b.state == BackendState::Up)
+                    .count();
                 let checked = backends.iter().any(|b| b.state != BackendState::Unknown);
                 RegionView {
                     state: RegionState::derive(up, backends.len(), checked, r.min_healthy, false),
@@ -124,7 +127,11 @@ impl Tracker {
         result: Result<(), ProbeError>,
         now: Instant,
     ) -> bool {
-        let Some(track) = self.backends.get_mut(region).and_then(|r| r.get_mut(backend)) else {
+        let Some(track) = self
+            .backends
+            .get_mut(region)
+            .and_then(|r| r.get_mut(backend))
+        else {
             return false;
         };
         let before = track.state();
@@ -158,7 +165,10 @@ impl Tracker {
         let Some(tracks) = self.backends.get(region) else {
             return false;
         };
-        if tracks.get(backend).is_none_or(|t| t.state() != BackendState::Up) {
+        if tracks
+            .get(backend)
+            .is_none_or(|t| t.state() != BackendState::Up)
+        {
             return false;
         }
         let ejected = tracks.iter().filter(|t| t.ejection.is_ejected()).count();
@@ -173,7 +183,9 @@ impl Tracker {
             return false;
         }
         let track = &mut self.backends[region][backend];
-        let time = track.ejection.eject(now, outlier.base_ejection_time, outlier.max_ejection_time);
+        let time = track
+            .ejection
+            .eject(now, outlier.base_ejection_time, outlier.max_ejection_time);
         let streak = track.ejection.streak();
         let view = &mut self.views[region].backends[backend];
         view.state = BackendState::Ejected;
@@ -183,7 +195,13 @@ impl Tracker {
             outlier.consecutive_failures,
             humantime_serde::re::humantime::format_duration(time),
         );
-        self.backend_event(region, backend, BackendState::Up, BackendState::Ejected, &reason);
+        self.backend_event(
+            region,
+            backend,
+            BackendState::Up,
+            BackendState::Ejected,
+            &reason,
+        );
         self.refresh_region(region, now);
         true
     }
@@ -233,9 +251,9 @@ impl Tracker {
             .iter()
             .zip(&self.config.regions)
             .filter_map(|(t, cfg)| {
-                let ramp = t.ramp_from.map(|_| {
-                    now + (cfg.slow_start / RAMP_STEPS).max(Duration::from_millis(10))
-                });
+                let ramp = t
+                    .ramp_from
+                    .map(|_| now + (cfg.slow_start / RAMP_STEPS).max(Duration::from_millis(10)));
                 match (t.hold_until, ramp) {
                     (Some(a), Some(b)) => Some(a.min(b)),
                     (a, b) => a.or(b),
@@ -248,7 +266,10 @@ impl Tracker {
         let cfg = &self.config.regions[region];
         let view = &mut self.views[region];
         let up = view.healthy_backends();
-        let checked = view.backends.iter().any(|b| b.state != BackendState::Unknown);
+        let checked = view
+            .backends
+            .iter()
+            .any(|b| b.state != BackendState::Unknown);
         let before = view.state;
         let after = RegionState::derive(up, view.backends.len(), checked, cfg.min_healthy, false);
         if after == before {
@@ -440,9 +461,15 @@ mod tests {
         assert_eq!(states(&t, 0), vec![Ejected, Up]);
         assert_eq!(t.views[0].state, RegionState::Degraded);
         assert_eq!(last_event(&t).2, "degraded");
-        assert!(t.events.iter().any(|e| e.to == "ejected" && e.subject == "us/10.0.0.1:80"));
+        assert!(t
+            .events
+            .iter()
+            .any(|e| e.to == "ejected" && e.subject == "us/10.0.0.1:80"));
         assert!(!t.eject(0, 0, Failure::Connect, now), "already ejected");
-        assert!(!t.eject(0, 1, Failure::Connect, now), "the cap of 50% keeps one of two");
+        assert!(
+            !t.eject(0, 1, Failure::Connect, now),
+            "the cap of 50% keeps one of two"
+        );
         t.check(0, 0, PASS, now + Duration::from_secs(4));
         assert_eq!(states(&t, 0), vec![Ejected, Up], "5 s not over");
         t.check(0, 0, PASS, now + Duration::from_secs(5));
@@ -464,12 +491,20 @@ mod tests {
         let now = Instant::now();
         t.check(0, 0, PASS, now);
         assert!(t.eject(0, 0, Failure::Timeout, now));
-        assert_eq!(t.views[0].state, RegionState::Down, "a single backend may be ejected");
+        assert_eq!(
+            t.views[0].state,
+            RegionState::Down,
+            "a single backend may be ejected"
+        );
         t.check(0, 0, fail(), now + Duration::from_secs(6));
         t.check(0, 0, fail(), now + Duration::from_secs(7));
         assert_eq!(states(&t, 0), vec![Ejected]);
         t.check(0, 0, PASS, now + Duration::from_secs(8));
-        assert_eq!(states(&t, 0), vec![Down], "ejection over, but down by its checks");
+        assert_eq!(
+            states(&t, 0),
+            vec![Down],
+            "ejection over, but down by its checks"
+        );
         t.check(0, 0, PASS, now + Duration::from_secs(9));
         assert_eq!(states(&t, 0), vec![Up]);
     }

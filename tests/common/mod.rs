@@ -230,11 +230,32 @@ pub struct Backend {
     up: watch::Sender<bool>,
     pub hits: Arc<AtomicUsize>,
     health: Arc<AtomicU8>,
+    fault: Arc<AtomicU8>,
     /// Lets a `/gated` response send its second part.
     pub release: Arc<tokio::sync::Notify>,
     /// Signalled when `/gated-sink` has received the first frame of a body.
     pub got_first: Arc<tokio::sync::Notify>,
 }
+
+/// How a backend answers live traffic (every path but `/healthz`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Fault {
+    /// As the paths say.
+    None = 0,
+    /// Reads the request and never answers.
+    Hang = 1,
+    /// Answers `503` with a bare HTML body, as a proxy in front of a dead app does.
+    Raw503 = 2,
+    /// Reads the request and closes the connection without a response.
+    Reset = 3,
+    /// Answers as the paths say, 400 ms late.
+    Slow = 4,
+}
+
+/// The body of a [`Fault::Raw503`] answer.
+pub const RAW_503: &str =
+    "<html><body><h1>503 Service Temporarily Unavailable</h1><hr>nginx</body></html>";
 
 /// How a backend answers its health checks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -252,12 +273,14 @@ impl Backend {
         let (up, rx) = watch::channel(true);
         let hits = Arc::new(AtomicUsize::new(0));
         let health = Arc::new(AtomicU8::new(HealthAnswer::Ok as u8));
+        let fault = Arc::new(AtomicU8::new(Fault::None as u8));
         let release = Arc::new(tokio::sync::Notify::new());
         let got_first = Arc::new(tokio::sync::Notify::new());
         let state = Shared {
             name: name.to_owned(),
             hits: Arc::clone(&hits),
             health: Arc::clone(&health),
+            fault: Arc::clone(&fault),
             release: Arc::clone(&release),
             got_first: Arc::clone(&got_first),
         };
@@ -268,9 +291,25 @@ impl Backend {
             up,
             hits,
             health,
+            fault,
             release,
             got_first,
         }
+    }
+
+    /// Changes how live traffic is answered; `/healthz` is unaffected.
+    pub fn set_fault(&self, fault: Fault) {
+        self.fault.store(fault as u8, Ordering::Relaxed);
+    }
+
+    /// A whole node failing: live traffic and health checks alike.
+    pub fn fail_all(&self, fault: Fault) {
+        self.set_fault(fault);
+        self.set_health(match fault {
+            Fault::None => HealthAnswer::Ok,
+            Fault::Raw503 => HealthAnswer::Status503,
+            Fault::Hang | Fault::Reset | Fault::Slow => HealthAnswer::Hang,
+        });
     }
 
     /// Changes how `/healthz` answers; other paths are unaffected.
@@ -293,6 +332,7 @@ struct Shared {
     name: String,
     hits: Arc<AtomicUsize>,
     health: Arc<AtomicU8>,
+    fault: Arc<AtomicU8>,
     release: Arc<tokio::sync::Notify>,
     got_first: Arc<tokio::sync::Notify>,
 }
@@ -353,11 +393,15 @@ fn query(req: &Request<Incoming>, key: &str) -> Option<u64> {
         .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('=')?.parse().ok())
 }
 
-async fn handle(state: Shared, req: Request<Incoming>) -> Result<Response<BoxBody>, Infallible> {
+async fn handle(
+    state: Shared,
+    req: Request<Incoming>,
+) -> Result<Response<BoxBody>, std::io::Error> {
     let Shared {
         name,
         hits,
         health,
+        fault,
         release,
         got_first,
     } = state;
@@ -370,6 +414,21 @@ async fn handle(state: Shared, req: Request<Incoming>) -> Result<Response<BoxBod
         });
     }
     hits.fetch_add(1, Ordering::Relaxed);
+    match fault.load(Ordering::Relaxed) {
+        1 => std::future::pending().await,
+        2 => {
+            let mut r = text(StatusCode::SERVICE_UNAVAILABLE, RAW_503.into());
+            r.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static("text/html"),
+            );
+            return Ok(r);
+        }
+        // An error from the service makes hyper close the connection unanswered.
+        3 => return Err(std::io::Error::other("reset by the test")),
+        4 => tokio::time::sleep(Duration::from_millis(400)).await,
+        _ => {}
+    }
     Ok(match path.as_str() {
         "/big" => {
             let n = query(&req, "n").unwrap_or(0);
@@ -439,6 +498,13 @@ pub struct R<'a>(pub &'a str, pub &'a [&'a Backend], pub &'a [&'a str]);
 /// A configuration on port 0 with fast health checks (every 100 ms, rise 2,
 /// fall 2); `extra` is appended as more TOML.
 pub fn config_text(regions: &[R], extra: &str) -> String {
+    config_text_with(regions, "", "", extra)
+}
+
+/// Like [`config_text`], with `region_keys` added to every `[[region]]`
+/// table and `tail` (more keys of `[region.health]`, or further region
+/// tables such as `[region.outlier]`) after each region's health table.
+pub fn config_text_with(regions: &[R], region_keys: &str, tail: &str, extra: &str) -> String {
     let mut t =
         String::from("[listen]\nhttp = \"127.0.0.1:0\"\n\n[admin]\nlisten = \"127.0.0.1:0\"\n\n");
     for R(name, backends, failover) in regions {
@@ -448,7 +514,7 @@ pub fn config_text(regions: &[R], extra: &str) -> String {
             .collect();
         let f: Vec<String> = failover.iter().map(|f| format!("\"{f}\"")).collect();
         t.push_str(&format!(
-            "[[region]]\nname = \"{name}\"\nfailover = [{}]\nbackends = [{}]\n[region.health]\ninterval = \"100ms\"\ntimeout = \"300ms\"\nrise = 2\nfall = 2\n\n",
+            "[[region]]\nname = \"{name}\"\nfailover = [{}]\nbackends = [{}]\n{region_keys}\n[region.health]\ninterval = \"100ms\"\ntimeout = \"300ms\"\nrise = 2\nfall = 2\n{tail}\n\n",
             f.join(", "),
             b.join(", ")
         ));

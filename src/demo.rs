@@ -1,6 +1,7 @@
 //! `meridian demo`: tiny in-process backends that name their region, and a
-//! control listener that takes a whole region off the network and brings it
-//! back, so that routing and failover can be watched with nothing but curl.
+//! control listener that breaks a whole region the ways nodes break (off the
+//! network, hanging after accepting, answering raw 503s) and brings it back,
+//! so that routing and failover can be watched with nothing but curl.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -32,10 +33,35 @@ pub fn config() -> Config {
         .expect("the built-in demo configuration is valid")
 }
 
+/// How a demo region's backends behave.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DemoMode {
+    /// Serving.
+    Up,
+    /// Off the network: the ports are closed.
+    Down,
+    /// Accepting connections and never answering, health checks included.
+    Hang,
+    /// Answering every request, health checks included, with a bare 503.
+    Fail503,
+}
+
+impl DemoMode {
+    fn parse(action: &str) -> Option<DemoMode> {
+        match action {
+            "up" => Some(DemoMode::Up),
+            "down" => Some(DemoMode::Down),
+            "hang" => Some(DemoMode::Hang),
+            "503" => Some(DemoMode::Fail503),
+            _ => None,
+        }
+    }
+}
+
 /// Running demo backends, one switch per region.
 #[derive(Debug, Clone)]
 pub struct DemoBackends {
-    switches: Arc<HashMap<String, watch::Sender<bool>>>,
+    switches: Arc<HashMap<String, watch::Sender<DemoMode>>>,
     stop: CancellationToken,
 }
 
@@ -47,7 +73,7 @@ impl DemoBackends {
         let stop = CancellationToken::new();
         let mut switches = HashMap::new();
         for region in &config.regions {
-            let (tx, rx) = watch::channel(true);
+            let (tx, rx) = watch::channel(DemoMode::Up);
             for backend in &region.backends {
                 let addr: SocketAddr = backend.address.parse().map_err(|_| {
                     std::io::Error::other(format!(
@@ -75,19 +101,19 @@ impl DemoBackends {
         })
     }
 
-    /// Takes `region`'s backends off the network (`up = false`) or brings them
-    /// back. Returns false for an unknown region.
-    pub fn set(&self, region: &str, up: bool) -> bool {
+    /// Puts `region`'s backends in `mode`. Returns false for an unknown region.
+    pub fn set(&self, region: &str, mode: DemoMode) -> bool {
         match self.switches.get(region) {
             Some(tx) => {
-                tx.send_replace(up);
+                tx.send_replace(mode);
                 true
             }
             None => false,
         }
     }
 
-    /// Serves the control API on `listener`: `POST /regions/{name}/down` and `/up`.
+    /// Serves the control API on `listener`: `POST /regions/{name}/down`,
+    /// `/hang`, `/503` and `/up`.
     pub async fn serve_control(self, listener: TcpListener) {
         loop {
             let (stream, _) = tokio::select! {
@@ -110,8 +136,9 @@ impl DemoBackends {
     fn control(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
         let parts: Vec<&str> = req.uri().path().trim_matches('/').split('/').collect();
         let (status, text) = match (req.method(), parts.as_slice()) {
-            (&Method::POST, ["regions", region, action @ ("up" | "down")]) => {
-                if self.set(region, *action == "up") {
+            (&Method::POST, ["regions", region, action]) if DemoMode::parse(action).is_some() => {
+                let mode = DemoMode::parse(action).unwrap_or(DemoMode::Up);
+                if self.set(region, mode) {
                     (
                         StatusCode::OK,
                         format!("demo region {region} is now {action}\n"),
@@ -122,7 +149,7 @@ impl DemoBackends {
             }
             _ => (
                 StatusCode::NOT_FOUND,
-                "use POST /regions/{name}/down or POST /regions/{name}/up\n".to_owned(),
+                "use POST /regions/{name}/down, /hang, /503 or /up\n".to_owned(),
             ),
         };
         let mut r = Response::new(Full::new(Bytes::from(text)));
@@ -136,18 +163,18 @@ impl DemoBackends {
     }
 }
 
-/// Serves while the region is up; while it is down the port is closed and
-/// open connections are dropped, as when a node dies.
+/// Serves unless the region is down; while it is down the port is closed
+/// and open connections are dropped, as when a node dies.
 async fn backend_loop(
     mut listener: Option<TcpListener>,
     addr: SocketAddr,
     region: String,
     name: String,
-    mut up: watch::Receiver<bool>,
+    mut up: watch::Receiver<DemoMode>,
     stop: CancellationToken,
 ) {
     loop {
-        if !*up.borrow_and_update() {
+        if *up.borrow_and_update() == DemoMode::Down {
             listener = None;
             tokio::select! {
                 _ = stop.cancelled() => return,
@@ -171,22 +198,34 @@ async fn backend_loop(
             tokio::select! {
                 _ = stop.cancelled() => { went_down.cancel(); return }
                 changed = up.changed() => {
-                    if changed.is_err() || !*up.borrow() {
+                    if changed.is_err() || *up.borrow() == DemoMode::Down {
                         went_down.cancel();
                         break;
                     }
                 }
                 accepted = l.accept() => {
                     let Ok((stream, _)) = accepted else { continue };
-                    let (region, name, went_down) = (region.clone(), name.clone(), went_down.clone());
+                    let (region, name, went_down, mode) = (region.clone(), name.clone(), went_down.clone(), up.clone());
                     tokio::spawn(async move {
                         let service = service_fn(move |req: Request<Incoming>| {
+                            let mode = *mode.borrow();
                             let body = if req.uri().path() == "/healthz" {
                                 "ok\n".to_owned()
                             } else {
                                 format!("Hello from region {region}: backend {name}, path {}\n", req.uri().path())
                             };
-                            async move { Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(body)))) }
+                            async move {
+                                match mode {
+                                    DemoMode::Hang => std::future::pending::<()>().await,
+                                    DemoMode::Fail503 => {
+                                        let mut r = Response::new(Full::new(Bytes::from_static(b"<html><body><h1>503 Service Temporarily Unavailable</h1></body></html>\n")));
+                                        *r.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+                                        return Ok::<_, Infallible>(r);
+                                    }
+                                    DemoMode::Up | DemoMode::Down => {}
+                                }
+                                Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(body))))
+                            }
                         });
                         let builder = auto::Builder::new(TokioExecutor::new());
                         let conn = builder.serve_connection(TokioIo::new(stream), service);
@@ -216,13 +255,21 @@ Try, in another terminal:
   curl -s --interface 127.0.0.2 http://{http}/
   # Regions, backends and their health.
   curl -s http://{admin}/api/v1/status
+  # Make us hang after accepting, as a half-alive node does: requests are
+  # hedged to eu within a quarter of a second, and us is taken out.
+  curl -s -X POST http://{control}/regions/us/hang
+  curl -s -i http://{http}/
+  # Or answer raw 503s: retried on eu, never shown.
+  curl -s -X POST http://{control}/regions/us/503
+  curl -s -i http://{http}/
   # Take region us off the network: requests fail over to eu at once.
   curl -s -X POST http://{control}/regions/us/down
   curl -s -i http://{http}/
   # Take eu down too: the branded status page answers (503 once the checks notice, within a second).
   curl -s -X POST http://{control}/regions/eu/down
   curl -s -i -H 'Accept: text/html' http://{http}/
-  # Bring us back: after 2 good checks (about a second) it serves again.
+  # Bring us back: after 2 good checks (about a second) and the 5 s fail-back
+  # hold, its users return to it.
   curl -s -X POST http://{control}/regions/us/up
   curl -s http://{http}/
 

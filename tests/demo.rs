@@ -83,6 +83,22 @@ async fn the_demo_shows_routing_failover_and_the_status_page() {
         let req = empty(http::Method::POST, format!("http://{control_addr}{path}"));
         client().request(req).await.unwrap().status()
     };
+    // A region answering raw 503s: retried on its failover region, never shown.
+    assert_eq!(control_post("/regions/eu/503").await, StatusCode::OK);
+    let answer = raw_get("127.0.0.2", m.http_addr, "*/*").await;
+    assert!(
+        answer.starts_with("HTTP/1.1 200") && answer.contains("Hello from region us"),
+        "503s retried: {answer}"
+    );
+    assert_eq!(control_post("/regions/eu/up").await, StatusCode::OK);
+    // A region that hangs after accepting: hedged to its failover region.
+    assert_eq!(control_post("/regions/us/hang").await, StatusCode::OK);
+    let answer = raw_get("127.0.0.1", m.http_addr, "*/*").await;
+    assert!(
+        answer.starts_with("HTTP/1.1 200") && answer.contains("Hello from region eu"),
+        "hang hedged: {answer}"
+    );
+
     assert_eq!(control_post("/regions/us/down").await, StatusCode::OK);
     let answer = raw_get("127.0.0.1", m.http_addr, "*/*").await;
     assert!(

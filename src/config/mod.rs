@@ -180,7 +180,7 @@ pub struct Outlier {
     /// Longest ejection. Default 300 s.
     pub max_ejection_time: Duration,
     /// Largest share of the region's backends ejected at once, in percent.
-    /// One backend may always be ejected. Default 50.
+    /// One backend may always be ejected, unless this is 0. Default 50.
     pub max_ejected_percent: u8,
 }
 
@@ -240,7 +240,8 @@ pub struct Proxy {
 
 /// `proxy.retry_budget_*`: retries and hedges may add at most `ratio` of
 /// the requests seen in `window`, plus `min_per_second`. Retries of requests
-/// that never reached a backend (connection refused) are not counted.
+/// that never reached a backend (connection refused) are not counted, nor the
+/// one retry per request on a keep-alive connection that closed as it was reused.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RetryBudget {
     /// `retry_budget_ratio`, from 0 to 1. Default 0.2.

@@ -416,6 +416,20 @@ impl Config {
             if !r.continents.is_empty() {
                 let _ = writeln!(out, "    continents: {}", r.continents.join(" "));
             }
+            let passive = if r.outlier.consecutive_failures == 0 {
+                "off".to_owned()
+            } else {
+                format!(
+                    "eject after {} failures in a row, for {} and longer",
+                    r.outlier.consecutive_failures,
+                    humantime_serde::re::humantime::format_duration(r.outlier.base_ejection_time)
+                )
+            };
+            let _ = writeln!(
+                out,
+                "    passive checks: {passive}; fail-back hold {}",
+                humantime_serde::re::humantime::format_duration(r.failback_hold)
+            );
         }
         let _ = writeln!(
             out,

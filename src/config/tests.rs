@@ -1908,6 +1908,9 @@ timeout = "500ms"
 name = "ap"
 failover = ["us"]
 backends = ["http://10.3.0.10:8080"]
+failback_hold = "0s"
+[region.outlier]
+consecutive_failures = 0
 "#,
     );
     let summary = config.summary();
@@ -1921,11 +1924,14 @@ backends = ["http://10.3.0.10:8080"]
         "    http://10.1.0.10:8080",
         "    http://10.1.0.11:8080",
         "    countries: US",
+        "    passive checks: eject after 5 failures in a row, for 5s and longer; fail-back hold 5s",
         "  eu (1 backend; failover: none; health: GET /up every 1s, timeout 500ms, rise 2, fall 2)",
         "    http://10.2.0.10:8080",
         "    continents: EU",
+        "    passive checks: eject after 5 failures in a row, for 5s and longer; fail-back hold 5s",
         "  ap (1 backend; failover: us; health: GET /healthz every 1s, timeout 800ms, rise 2, fall 2)",
         "    http://10.3.0.10:8080",
+        "    passive checks: off; fail-back hold 0s",
         "geo: 0 overrides, default region eu",
     ];
     assert_eq!(lines, expected, "{summary}");

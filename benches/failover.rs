@@ -828,7 +828,7 @@ fn main() {
         println!("## Meridian failover scenarios\n");
         println!(
             "Config (both regions): health interval {:?}, timeout {:?}, rise {}, fall {}, \
-             jitter {}, failback_hold {:?}, slow_start {:?}; outlier consecutive_failures {}, \
+             jitter {}, failback_hold {:?}, slow_start {}; outlier consecutive_failures {}, \
              base_ejection_time {:?}; proxy first_byte_timeout {:?}, connect_timeout {:?}, \
              max_attempts {}, hedge {}, retry budget {} + {}/s.",
             h.interval,
@@ -837,7 +837,7 @@ fn main() {
             h.fall,
             h.jitter,
             us.failback_hold,
-            us.slow_start,
+            humantime_serde::re::humantime::format_duration(us.slow_start),
             us.outlier.consecutive_failures,
             us.outlier.base_ejection_time,
             config.proxy.first_byte_timeout,

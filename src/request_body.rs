@@ -82,10 +82,16 @@ pub struct UpstreamBody {
 pub struct Returned(oneshot::Receiver<Replay>);
 
 impl Returned {
-    /// What is left, if it can still be sent again. Call once the body is
-    /// complete or the request future has finished (which drops the body).
+    /// What is left, if it can still be sent again and is back already.
     pub fn take(&mut self) -> Option<Replay> {
         self.0.try_recv().ok()
+    }
+
+    /// What is left, waiting at most `limit` for the body to come back: a
+    /// connection that failed may hand its error over before it drops the
+    /// body it was sending.
+    pub async fn wait(&mut self, limit: Duration) -> Option<Replay> {
+        tokio::time::timeout(limit, &mut self.0).await.ok()?.ok()
     }
 }
 
@@ -177,8 +183,11 @@ impl UpstreamBody {
             Poll::Pending => return Poll::Pending,
             Poll::Ready(frame) => frame,
         };
+        // A body of known length is at its end with its last data frame, and
+        // hyper then stops polling: the end must be noticed here.
+        let ended = frame.is_none() || body.is_end_stream();
         match &frame {
-            None => self.rest = None,
+            None => {}
             Some(Err(_)) => self.failed = true,
             Some(Ok(f)) => {
                 if let Some(data) = f.data_ref() {
@@ -189,7 +198,25 @@ impl UpstreamBody {
                 }
             }
         }
+        if ended {
+            self.rest = None;
+        }
         Poll::Ready(frame)
+    }
+
+    /// The whole body has been read: hands back the copy, if one was kept,
+    /// and starts the wait for the response.
+    fn finish(&mut self) {
+        if let (Some(record), Some(returned)) = (self.record.take(), self.returned.take()) {
+            let _ = returned.send(Replay {
+                chunks: record.chunks,
+                trailers: record.trailers,
+                rest: None,
+            });
+        }
+        if let Some(sent) = self.sent.take() {
+            let _ = sent.send(());
+        }
     }
 }
 
@@ -204,19 +231,14 @@ impl Body for UpstreamBody {
         let this = &mut *self;
         let polled = this.next_frame(cx);
         match &polled {
-            Poll::Ready(Some(_)) => this.produced = true,
-            Poll::Ready(None) => {
-                if let (Some(record), Some(returned)) = (this.record.take(), this.returned.take()) {
-                    let _ = returned.send(Replay {
-                        chunks: record.chunks,
-                        trailers: record.trailers,
-                        rest: None,
-                    });
-                }
-                if let Some(sent) = this.sent.take() {
-                    let _ = sent.send(());
+            Poll::Ready(Some(Ok(_))) => {
+                this.produced = true;
+                if this.is_end_stream() {
+                    this.finish();
                 }
             }
+            Poll::Ready(Some(Err(_))) => this.produced = true,
+            Poll::Ready(None) => this.finish(),
             Poll::Pending => {}
         }
         polled
@@ -251,17 +273,21 @@ impl Drop for UpstreamBody {
         if self.failed {
             return;
         }
-        let mut chunks = match self.record.take() {
-            Some(record) => record.chunks,
+        let (mut chunks, trailers) = match self.record.take() {
+            Some(record) => (record.chunks, record.trailers),
             // Without copies, only a body that was never read can be sent again.
-            None if !self.produced => VecDeque::new(),
+            None if !self.produced => (VecDeque::new(), None),
             None => return,
         };
         chunks.append(&mut self.replay);
         let _ = returned.send(Replay {
             chunks,
-            trailers: self.trailers.take(),
-            rest: self.rest.take().map(|(b, _)| b),
+            trailers: trailers.or(self.trailers.take()),
+            rest: self
+                .rest
+                .take()
+                .map(|(b, _)| b)
+                .filter(|b| !b.is_end_stream()),
         });
     }
 }
@@ -325,6 +351,25 @@ mod tests {
         let again = copy.copy_if_complete().expect("complete");
         let (b, _, _) = UpstreamBody::new(again, Duration::from_secs(1), None);
         assert_eq!(read_all(b).await, b"abcd");
+    }
+
+    #[tokio::test]
+    async fn a_copied_body_is_complete_with_its_last_data_frame() {
+        // hyper stops polling a body of known length after its last frame.
+        let (mut body, mut returned, sent) =
+            UpstreamBody::new(held(&["ab", "cd"]), Duration::from_secs(1), Some(10));
+        let _ = body.frame().await;
+        assert!(returned.take().is_none(), "not complete yet");
+        let _ = body.frame().await;
+        assert!(body.is_end_stream());
+        let copy = returned
+            .take()
+            .expect("complete without a poll for the end");
+        assert!(copy.copy_if_complete().is_some());
+        tokio::time::timeout(Duration::from_secs(1), sent.wait())
+            .await
+            .expect("sent");
+        drop(body);
     }
 
     #[tokio::test]

@@ -590,3 +590,61 @@ async fn a_region_first_byte_timeout_bounds_the_wait_on_a_hanging_backend() {
     assert_eq!(status, StatusCode::GATEWAY_TIMEOUT);
     m.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_request_with_a_body_of_known_length_is_hedged() {
+    let us1 = Backend::start("us-1").await;
+    let eu1 = Backend::start("eu-1").await;
+    let text = config_text_with(
+        &[R("us", &[&us1], &["eu"]), R("eu", &[&eu1], &["us"])],
+        "",
+        "[region.outlier]\nconsecutive_failures = 0",
+        "[proxy]\nretry_methods = [\"GET\", \"PUT\"]\n",
+    );
+    let m = start(&text).await;
+    wait_for(Duration::from_secs(5), "healthy", || async {
+        region_state(&m, "us").await == "healthy" && region_state(&m, "eu").await == "healthy"
+    })
+    .await;
+    // us answers 400 ms late; the hedge to eu answers first.
+    us1.set_fault(Fault::Slow);
+    let pattern: Vec<u8> = (0..3000u64).map(pattern_byte).collect();
+    let req = Request::put(format!("http://{}/sink", m.http_addr))
+        .body(Full::new(Bytes::from(pattern)).boxed_unsync())
+        .unwrap();
+    let resp = client().request(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(resp.headers()["x-meridian-region"], "eu", "hedged");
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(&body[..], b"3000", "the hedge carried the whole body");
+    m.shutdown().await;
+}
+
+#[tokio::test]
+async fn slow_start_brings_a_returning_region_up_to_its_full_share() {
+    // Steps of 200 ms, checks every 100 ms: the steps must not wait for a
+    // quiet moment between check results.
+    let (us1, _eu1, m) = us_and_eu(
+        "failback_hold = \"0s\"\nslow_start = \"4s\"",
+        "[region.outlier]\nconsecutive_failures = 0",
+    )
+    .await;
+    us1.set_up(false);
+    wait_for(Duration::from_secs(5), "us down", || async {
+        region_state(&m, "us").await == "down"
+    })
+    .await;
+    us1.set_up(true);
+    wait_for(Duration::from_secs(5), "us ramping", || async {
+        let v = &m.shared.load().regions[0];
+        v.state.serves() && v.ramp_permille > 0 && v.ramp_permille < 1000
+    })
+    .await;
+    wait_for(Duration::from_secs(8), "us at its full share", || async {
+        m.shared.load().regions[0].ramp_permille == 1000
+    })
+    .await;
+    let (_, headers, _) = get(&m, "/", &[]).await;
+    assert_eq!(headers["x-meridian-region"], "us");
+    m.shutdown().await;
+}

@@ -15,6 +15,7 @@
 use std::future::{poll_fn, Future};
 use std::pin::Pin;
 use std::task::Poll;
+use std::time::Duration;
 
 use http::Response;
 use hyper::body::Incoming;
@@ -28,6 +29,9 @@ use crate::request_body::{Replay, Returned, UpstreamBody};
 use crate::routing::Plan;
 use crate::state::Snapshot;
 use crate::status_page::Rescue;
+
+/// Longest wait for a failed connection to give back the request body.
+const BODY_RETURN_WAIT: Duration = Duration::from_millis(50);
 
 type AttemptFuture = Pin<Box<dyn Future<Output = Result<Response<Incoming>, AttemptError>> + Send>>;
 
@@ -128,14 +132,25 @@ impl<'a> Forward<'a> {
                 }
                 Event::Done(i, Ok(response)) => {
                     let running = self.running.swap_remove(i);
-                    if let Some(response) = self.answered(running, response)? {
+                    if let Some(response) = self.answered(running, response) {
                         return Ok(response);
                     }
                 }
                 Event::Done(i, Err(e)) => {
                     let mut running = self.running.swap_remove(i);
-                    self.collect(&mut running.returned);
-                    self.failed(running.candidate, e)?;
+                    if let (Some(returned), true) =
+                        (running.returned.as_mut(), e.may_retry(self.retry_method))
+                    {
+                        if let Some(r) = returned.wait(BODY_RETURN_WAIT).await {
+                            self.pending = Some(r);
+                        }
+                    }
+                    if let Err(rescue) = self.failed(running.candidate, e) {
+                        return match self.fallback.take() {
+                            Some((response, candidate)) => Ok(self.deliver(response, candidate)),
+                            None => Err(rescue),
+                        };
+                    }
                 }
             }
             hedge_timer = self.hedge_timer();
@@ -152,7 +167,7 @@ impl<'a> Forward<'a> {
         &mut self,
         mut running: Running,
         response: Response<Incoming>,
-    ) -> Result<Option<Response<ResponseBody>>, Rescue> {
+    ) -> Option<Response<ResponseBody>> {
         let c = self.plan.candidates[running.candidate];
         let shared = &self.proxy.shared;
         let status = response.status().as_u16();
@@ -163,22 +178,24 @@ impl<'a> Forward<'a> {
         }
         if (502..=504).contains(&status) && self.retry_method {
             self.collect(&mut running.returned);
-            if !self.running.is_empty() || self.start(None, true)? {
+            if !self.running.is_empty() || self.start(None, true).unwrap_or(false) {
                 tracing::debug!(region = %self.region_name(running.candidate), status, "retrying a gateway error");
                 self.fallback = Some((response, running.candidate));
-                return Ok(None);
+                return None;
             }
         }
         self.proxy
             .latency
             .observe(c.region, running.started.elapsed());
-        // Attempts started earlier and still waiting lost to this one: as
-        // slow as a timeout, as far as their backends' health goes.
-        for other in self.running.iter().filter(|o| o.started < running.started) {
-            let o = self.plan.candidates[other.candidate];
-            shared.passive_failure(o.region, o.backend, Failure::Timeout);
+        // Attempts started earlier and still waiting lost to a good answer:
+        // as slow as a timeout, as far as their backends' health goes.
+        if status < 500 {
+            for other in self.running.iter().filter(|o| o.started < running.started) {
+                let o = self.plan.candidates[other.candidate];
+                shared.passive_failure(o.region, o.backend, Failure::Timeout);
+            }
         }
-        Ok(Some(self.deliver(response, running.candidate)))
+        Some(self.deliver(response, running.candidate))
     }
 
     /// An attempt failed: counts it against the backend and tries again where allowed.

@@ -236,8 +236,7 @@ pub async fn run_owner(
 ) {
     let mut tracker = Tracker::new(Arc::clone(&shared.load().config));
     loop {
-        let now = tokio::time::Instant::now();
-        let deadline = tracker.next_deadline(now);
+        let deadline = tracker.next_deadline();
         let changed = tokio::select! {
             _ = stop.cancelled() => return,
             signal = signals.recv() => match signal {

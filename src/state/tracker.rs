@@ -41,6 +41,25 @@ struct RegionTrack {
     was_down: bool,
     hold_until: Option<Instant>,
     ramp_from: Option<Instant>,
+    /// When the slow-start share is raised next: a fixed time, so that
+    /// check results arriving in between do not keep pushing it back.
+    ramp_next: Option<Instant>,
+}
+
+impl RegionTrack {
+    fn start_ramp(&mut self, now: Instant, slow_start: Duration) {
+        self.ramp_from = Some(now);
+        self.ramp_next = Some(now + ramp_step(slow_start));
+    }
+
+    fn stop_ramp(&mut self) {
+        self.ramp_from = None;
+        self.ramp_next = None;
+    }
+}
+
+fn ramp_step(slow_start: Duration) -> Duration {
+    (slow_start / RAMP_STEPS).max(Duration::from_millis(10))
 }
 
 /// Health of every backend and region, and the recent events.
@@ -218,7 +237,7 @@ impl Tracker {
                 track.was_down = false;
                 self.views[region].held = false;
                 if !cfg.slow_start.is_zero() {
-                    track.ramp_from = Some(now);
+                    track.start_ramp(now, cfg.slow_start);
                     self.views[region].ramp_permille = 0;
                 }
                 let reason = format!(
@@ -234,7 +253,9 @@ impl Tracker {
             if let Some(from) = track.ramp_from {
                 let share = permille(now.saturating_duration_since(from), cfg.slow_start);
                 if share >= 1000 {
-                    track.ramp_from = None;
+                    track.stop_ramp();
+                } else {
+                    track.ramp_next = Some(now + ramp_step(cfg.slow_start));
                 }
                 if self.views[region].ramp_permille != share {
                     self.views[region].ramp_permille = share;
@@ -246,18 +267,12 @@ impl Tracker {
     }
 
     /// When [`Tracker::tick`] has work next.
-    pub fn next_deadline(&self, now: Instant) -> Option<Instant> {
+    pub fn next_deadline(&self) -> Option<Instant> {
         self.regions
             .iter()
-            .zip(&self.config.regions)
-            .filter_map(|(t, cfg)| {
-                let ramp = t
-                    .ramp_from
-                    .map(|_| now + (cfg.slow_start / RAMP_STEPS).max(Duration::from_millis(10)));
-                match (t.hold_until, ramp) {
-                    (Some(a), Some(b)) => Some(a.min(b)),
-                    (a, b) => a.or(b),
-                }
+            .filter_map(|t| match (t.hold_until, t.ramp_next) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
             })
             .min()
     }
@@ -283,7 +298,7 @@ impl Tracker {
                 track.was_down = true;
             }
             track.hold_until = None;
-            track.ramp_from = None;
+            track.stop_ramp();
             view.held = false;
             view.ramp_permille = 1000;
         } else if !before.serves() && track.was_down {
@@ -297,7 +312,7 @@ impl Tracker {
             } else {
                 track.was_down = false;
                 if !cfg.slow_start.is_zero() {
-                    track.ramp_from = Some(now);
+                    track.start_ramp(now, cfg.slow_start);
                     view.ramp_permille = 0;
                 }
             }
@@ -536,20 +551,20 @@ mod tests {
         let t0 = Instant::now();
         bring_up(&mut t, t0);
         assert!(!t.views[0].held, "no hold at start");
-        assert_eq!(t.next_deadline(t0), None);
+        assert_eq!(t.next_deadline(), None);
         take_down(&mut t, t0);
         assert_eq!(t.views[0].state, RegionState::Down);
         bring_up(&mut t, t0 + Duration::from_secs(1));
         assert_eq!(t.views[0].state, RegionState::Healthy);
         assert!(t.views[0].held);
         let due = t0 + Duration::from_secs(6);
-        assert_eq!(t.next_deadline(t0), Some(due));
+        assert_eq!(t.next_deadline(), Some(due));
         assert!(!t.tick(due - Duration::from_millis(1)));
         assert!(t.views[0].held);
         assert!(t.tick(due));
         assert!(!t.views[0].held);
         assert_eq!(last_event(&t), ("us".into(), "held", "serving"));
-        assert_eq!(t.next_deadline(due), None);
+        assert_eq!(t.next_deadline(), None);
     }
 
     #[test]
@@ -595,12 +610,18 @@ mod tests {
         bring_up(&mut t, t0);
         assert!(!t.views[0].held);
         assert_eq!(t.views[0].ramp_permille, 0);
-        assert_eq!(t.next_deadline(t0), Some(t0 + Duration::from_millis(500)));
+        assert_eq!(t.next_deadline(), Some(t0 + Duration::from_millis(500)));
+        // Check results in between do not move the next step.
+        t.check(0, 0, PASS, t0 + Duration::from_millis(300));
+        assert_eq!(t.next_deadline(), Some(t0 + Duration::from_millis(500)));
+        t.tick(t0 + Duration::from_millis(500));
+        assert_eq!(t.views[0].ramp_permille, 50);
+        assert_eq!(t.next_deadline(), Some(t0 + Duration::from_millis(1000)));
         t.tick(t0 + Duration::from_secs(5));
         assert_eq!(t.views[0].ramp_permille, 500);
         t.tick(t0 + Duration::from_secs(11));
         assert_eq!(t.views[0].ramp_permille, 1000);
-        assert_eq!(t.next_deadline(t0 + Duration::from_secs(11)), None);
+        assert_eq!(t.next_deadline(), None);
     }
 
     #[test]

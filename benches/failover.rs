@@ -186,14 +186,17 @@ async fn answer(
 enum Scenario {
     Refuse,
     Hang,
+    /// `Hang` with passive checks off: only hedging and the active checks.
+    HangActiveOnly,
     Raw503,
     Flap,
 }
 
 impl Scenario {
-    const ALL: [Scenario; 4] = [
+    const ALL: [Scenario; 5] = [
         Scenario::Refuse,
         Scenario::Hang,
+        Scenario::HangActiveOnly,
         Scenario::Raw503,
         Scenario::Flap,
     ];
@@ -202,6 +205,7 @@ impl Scenario {
         match self {
             Scenario::Refuse => "refuse",
             Scenario::Hang => "hang",
+            Scenario::HangActiveOnly => "hang-no-passive",
             Scenario::Raw503 => "raw503",
             Scenario::Flap => "flap",
         }
@@ -211,13 +215,21 @@ impl Scenario {
         match self {
             Scenario::Refuse => "us backend stops listening (connection refused)",
             Scenario::Hang => "us backend accepts and reads requests, never answers",
+            Scenario::HangActiveOnly => {
+                "as hang, with passive checks off: hedging and active checks alone"
+            }
             Scenario::Raw503 => "us backend answers everything with nginx's raw 503",
             Scenario::Flap => "us backend alternates raw 503 / healthy every 1 s",
         }
     }
 }
 
-fn config_text(us: SocketAddr, eu: SocketAddr) -> String {
+fn config_text(us: SocketAddr, eu: SocketAddr, passive: bool) -> String {
+    let outlier = if passive {
+        ""
+    } else {
+        "[region.outlier]\nconsecutive_failures = 0\n"
+    };
     format!(
         r#"[listen]
 http = "127.0.0.1:0"
@@ -233,7 +245,7 @@ backends = ["http://{us}"]
 [region.health]
 interval = "500ms"
 timeout = "400ms"
-
+{outlier}
 [[region]]
 name = "eu"
 failover = ["us"]
@@ -398,7 +410,7 @@ fn back_on_us(records: &[Record], since: Instant) -> bool {
 async fn run(scenario: Scenario) -> Result<(Outcome, Config), String> {
     let us = Backend::start("us-1").await;
     let eu = Backend::start("eu-1").await;
-    let text = config_text(us.addr, eu.addr);
+    let text = config_text(us.addr, eu.addr, scenario != Scenario::HangActiveOnly);
     let config =
         Config::parse("failover.toml", &text).map_err(|e| format!("config invalid: {e}"))?;
     let running: Running = server::start(config.clone())
@@ -488,7 +500,7 @@ async fn run(scenario: Scenario) -> Result<(Outcome, Config), String> {
             us.set(Mode::Refuse);
             None
         }
-        Scenario::Hang => {
+        Scenario::Hang | Scenario::HangActiveOnly => {
             us.set(Mode::Hang);
             None
         }

@@ -288,6 +288,28 @@ mod tests {
                 assert_eq!(derive(up, 2, checked, None, true), Drained);
             }
         }
+        // Exhaustively over small regions, against the definition: up
+        // backends below min_healthy (all, by default) is degraded.
+        for total in 1..6usize {
+            for up in 0..=total {
+                for min in [None, Some(1), Some(2), Some(3), Some(5)] {
+                    let wanted = min.unwrap_or(total).min(total);
+                    let expected = if up == 0 {
+                        Down
+                    } else if up < wanted {
+                        Degraded
+                    } else {
+                        Healthy
+                    };
+                    assert_eq!(
+                        derive(up, total, true, min, false),
+                        expected,
+                        "{up}/{total} {min:?}"
+                    );
+                    assert_eq!(derive(up, total, true, min, true), Drained);
+                }
+            }
+        }
         for s in [Healthy, Degraded] {
             assert!(s.serves());
         }

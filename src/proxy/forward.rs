@@ -45,6 +45,36 @@ struct Running {
     future: AttemptFuture,
 }
 
+/// The timer of the next hedge: one allocation per request at most,
+/// re-armed only when the deadline moves.
+#[derive(Default)]
+struct HedgeTimer {
+    sleep: Option<Pin<Box<Sleep>>>,
+    deadline: Option<Instant>,
+}
+
+impl HedgeTimer {
+    fn set(&mut self, deadline: Option<Instant>) {
+        if deadline == self.deadline {
+            return;
+        }
+        self.deadline = deadline;
+        if let Some(d) = deadline {
+            match &mut self.sleep {
+                Some(sleep) => sleep.as_mut().reset(d),
+                None => self.sleep = Some(Box::pin(tokio::time::sleep_until(d))),
+            }
+        }
+    }
+
+    fn poll(&mut self, cx: &mut std::task::Context<'_>) -> Poll<()> {
+        match (&mut self.sleep, self.deadline) {
+            (Some(sleep), Some(_)) => sleep.as_mut().poll(cx),
+            _ => Poll::Pending,
+        }
+    }
+}
+
 enum Event {
     Done(usize, Result<Response<Incoming>, AttemptError>),
     Hedge,
@@ -108,7 +138,8 @@ impl<'a> Forward<'a> {
             return Err(Rescue::NoRegion);
         }
         self.start(None, false)?;
-        let mut hedge_timer = self.hedge_timer();
+        let mut hedge_timer = HedgeTimer::default();
+        hedge_timer.set(self.hedge_deadline());
         while !self.running.is_empty() {
             let event = poll_fn(|cx| {
                 for (i, r) in self.running.iter_mut().enumerate() {
@@ -116,10 +147,8 @@ impl<'a> Forward<'a> {
                         return Poll::Ready(Event::Done(i, result));
                     }
                 }
-                if let Some(t) = hedge_timer.as_mut() {
-                    if t.as_mut().poll(cx).is_ready() {
-                        return Poll::Ready(Event::Hedge);
-                    }
+                if hedge_timer.poll(cx).is_ready() {
+                    return Poll::Ready(Event::Hedge);
                 }
                 Poll::Pending
             })
@@ -153,7 +182,7 @@ impl<'a> Forward<'a> {
                     }
                 }
             }
-            hedge_timer = self.hedge_timer();
+            hedge_timer.set(self.hedge_deadline());
         }
         if let Some((response, candidate)) = self.fallback.take() {
             return Ok(self.deliver(response, candidate));
@@ -254,15 +283,14 @@ impl<'a> Forward<'a> {
     }
 
     /// When the next hedge is due: the hedge delay after the latest attempt started.
-    fn hedge_timer(&self) -> Option<Pin<Box<Sleep>>> {
+    fn hedge_deadline(&self) -> Option<Instant> {
         let hedge = self.snapshot.config.proxy.hedge.as_ref()?;
         if !self.hedging || self.next >= self.plan.candidates.len() {
             return None;
         }
         let last = self.running.iter().max_by_key(|r| r.started)?;
         let region = self.plan.candidates[last.candidate].region;
-        let delay = self.proxy.latency.hedge_delay(region, hedge);
-        Some(Box::pin(tokio::time::sleep_until(last.started + delay)))
+        Some(last.started + self.proxy.latency.hedge_delay(region, hedge))
     }
 
     /// Takes back what an attempt left of the body.

@@ -1,5 +1,6 @@
-//! Micro-benchmarks of the request path's pure parts: the routing plan,
-//! header rewriting, and status page rendering.
+//! Micro-benchmarks of the request path's pure parts: the client address,
+//! the GeoIP lookup and mapping, the routing plan, the whole routing
+//! decision, header rewriting, and status page rendering.
 //!
 //! Run with `cargo bench --bench routing`.
 
@@ -16,6 +17,7 @@ use meridian::{geo, headers, routing};
 const CONFIG: &str = r#"
 [geo]
 default_region = "us"
+trusted_proxies = ["10.0.0.0/8"]
 [[geo.override]]
 cidr = "10.0.0.0/8"
 region = "eu"
@@ -24,6 +26,8 @@ cidr = "10.1.0.0/16"
 region = "us"
 [[region]]
 name = "us"
+countries = ["US", "CA"]
+continents = ["NA", "SA"]
 failover = ["eu"]
 backends = ["http://10.0.0.1:80", "http://10.0.0.2:80", "http://10.0.0.3:80", "http://10.0.0.4:80"]
 [[region]]
@@ -57,11 +61,46 @@ fn bench_routing(c: &mut Criterion) {
     let config = Config::parse("bench.toml", CONFIG).unwrap();
     let healthy = views(BackendState::Up);
     let us_down = views(BackendState::Down);
-    let client = "10.1.2.3".parse().unwrap();
-    c.bench_function("geo::preferred_region", |b| {
-        b.iter(|| geo::preferred_region(black_box(&config.geo), black_box(client)))
+    let db = geo::GeoDb::built_in();
+    let locator = geo::Locator::new(&config);
+    let trusted = geo::TrustedProxies::new(config.geo.trusted_proxies.clone());
+    let overridden = "10.1.2.3".parse().unwrap();
+    let public = "8.8.8.8".parse().unwrap();
+    c.bench_function("geo: override", |b| {
+        b.iter(|| locator.locate(black_box(&db), black_box(overridden)))
     });
+    c.bench_function("geo: built-in database lookup and mapping", |b| {
+        b.iter(|| locator.locate(black_box(&db), black_box(public)))
+    });
+    let mut forwarded = HeaderMap::new();
+    forwarded.insert(
+        HeaderName::from_static("x-forwarded-for"),
+        HeaderValue::from_static("8.8.8.8, 10.9.9.9"),
+    );
+    let peer = "10.0.0.7".parse().unwrap();
+    c.bench_function(
+        "geo::client_ip (X-Forwarded-For from a trusted proxy)",
+        |b| b.iter(|| geo::client_ip(black_box(peer), black_box(&forwarded), &trusted)),
+    );
     let mut rotation = 0usize;
+    c.bench_function(
+        "routing decision (client address, lookup, mapping, plan)",
+        |b| {
+            b.iter(|| {
+                rotation = rotation.wrapping_add(1);
+                let client = geo::client_ip(black_box(peer), black_box(&forwarded), &trusted);
+                let location = locator.locate(&db, client);
+                routing::plan(
+                    &config.regions,
+                    black_box(&healthy),
+                    location.region,
+                    rotation,
+                    7,
+                    3,
+                )
+            })
+        },
+    );
     c.bench_function("routing::plan (preferred healthy)", |b| {
         b.iter(|| {
             rotation = rotation.wrapping_add(1);

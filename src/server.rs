@@ -38,6 +38,9 @@ pub enum StartError {
     /// The status page template does not compile or render.
     #[error(transparent)]
     Template(#[from] TemplateError),
+    /// The GeoIP database cannot be opened or is corrupt.
+    #[error(transparent)]
+    GeoDatabase(#[from] crate::geo::DbError),
 }
 
 /// A started Meridian: its bound addresses, its state, and the means to stop it.
@@ -67,6 +70,14 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     // find the channel full are dropped and asked again by the next run.
     let (signals, signals_rx) = mpsc::channel(total.max(1) * 2 + 256);
     let shared = Arc::new(Shared::new(Arc::clone(&config), signals.clone()));
+    if let Some(path) = &config.geo.database {
+        let db = crate::geo::GeoDb::open(path)?;
+        shared.geodb_slot().store(Arc::new(db));
+    }
+    {
+        let db = shared.geodb();
+        tracing::info!(database = %db.name(), database_type = db.database_type(), "GeoIP database in use");
+    }
     let stop = CancellationToken::new();
     let background = TaskTracker::new();
     let connections = TaskTracker::new();
@@ -104,6 +115,14 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         stop.clone(),
     ));
     spawn_probes(&config, &signals, &stop, &background);
+    if let Some(path) = &config.geo.database {
+        background.spawn(crate::geo::watch(
+            path.clone(),
+            config.geo.reload_interval,
+            shared.geodb_slot(),
+            stop.clone(),
+        ));
+    }
 
     let proxy = Proxy::new(Arc::clone(&shared), crate::upstream::client(&config), pages);
     let hard_stop = CancellationToken::new();

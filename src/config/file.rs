@@ -49,6 +49,10 @@ pub struct AdminFile {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GeoFile {
+    pub database: Option<Spanned<String>>,
+    #[serde(default)]
+    pub trusted_proxies: Vec<Spanned<String>>,
+    pub reload_interval: Option<Spanned<Dur>>,
     pub default_region: Option<Spanned<String>>,
     #[serde(default, rename = "override")]
     pub overrides: Vec<OverrideFile>,

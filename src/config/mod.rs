@@ -72,6 +72,12 @@ pub struct Geo {
     pub default_region: usize,
     /// `[[geo.override]]` CIDRs, matched longest prefix first.
     pub overrides: Vec<GeoOverride>,
+    /// A MaxMind DB file (`database`); `None` uses the built-in country database.
+    pub database: Option<std::path::PathBuf>,
+    /// Peers whose `Forwarded` and `X-Forwarded-For` headers are believed.
+    pub trusted_proxies: Vec<IpNet>,
+    /// How often the database file is checked for a new version. Default 10 s.
+    pub reload_interval: Duration,
 }
 
 /// One `[[geo.override]]` entry.

@@ -1996,8 +1996,6 @@ fn contract_keys_not_implemented_yet_are_refused_with_what_to_do_instead() {
         ("[listen]\nhttps = \"0.0.0.0:8443\"\n", 2, "listen.https", "TLS termination"),
         ("[tls]\ncert = \"a.pem\"\n", 1, "tls", "TLS termination"),
         ("[admin]\nstate_file = \"s.json\"\n", 2, "admin.state_file", "drains and incidents"),
-        ("[geo]\ndatabase = \"c.mmdb\"\n", 2, "geo.database", "[[geo.override]]"),
-        ("[geo]\ntrusted_proxies = []\n", 2, "geo.trusted_proxies", "socket peer"),
         ("[alerts]\nwebhooks = []\n", 1, "alerts", "webhooks"),
         ("[dns]\nmin_ttl = \"1s\"\n", 1, "dns", "system resolver"),
         (
@@ -2065,4 +2063,64 @@ fn an_unknown_table_stops_reading_there() {
     let err = Config::parse("test.toml", text).unwrap_err();
     assert_eq!(err.issues().len(), 1, "{err}");
     assert_eq!(err.issues()[0].key, "tls");
+}
+
+// ---------------------------------------------------------------------------
+// GeoIP database and trusted proxies
+// ---------------------------------------------------------------------------
+
+const ONE_REGION: &str = "[[region]]\nname = \"us\"\nbackends = [\"http://10.0.0.1:80\"]\n";
+
+#[test]
+fn geo_database_trusted_proxies_and_reload_interval() {
+    let c = accepted(ONE_REGION);
+    assert_eq!(c.geo.database, None, "the built-in database");
+    assert!(
+        c.geo.trusted_proxies.is_empty(),
+        "no proxy trusted by default"
+    );
+    assert_eq!(c.geo.reload_interval, Duration::from_secs(10));
+
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("country.mmdb");
+    std::fs::write(&db, b"checked when Meridian starts").unwrap();
+    let text = format!(
+        "[geo]\ndatabase = \"{}\"\ntrusted_proxies = [\"10.0.0.0/8\", \"2001:db8::1\"]\nreload_interval = \"30s\"\n{ONE_REGION}",
+        db.display()
+    );
+    let c = accepted(&text);
+    assert_eq!(c.geo.database.as_deref(), Some(db.as_path()));
+    assert_eq!(
+        c.geo.trusted_proxies,
+        vec![
+            "10.0.0.0/8".parse::<ipnet::IpNet>().unwrap(),
+            "2001:db8::1/128".parse().unwrap()
+        ]
+    );
+    assert_eq!(c.geo.reload_interval, Duration::from_secs(30));
+}
+
+#[test]
+fn a_missing_geo_database_or_bad_trusted_proxy_is_named() {
+    let text = format!("[geo]\ndatabase = \"/nonexistent/country.mmdb\"\n{ONE_REGION}");
+    assert_only_issue(
+        &text,
+        "database",
+        "geo.database",
+        "cannot read /nonexistent/country.mmdb",
+    );
+    let text = format!("[geo]\ntrusted_proxies = [\"10.0.0.0/8\", \"10.0.0/8\"]\n{ONE_REGION}");
+    assert_only_issue(
+        &text,
+        "trusted_proxies",
+        "geo.trusted_proxies[1]",
+        "invalid CIDR \"10.0.0/8\"",
+    );
+    let text = format!("[geo]\nreload_interval = \"0s\"\n{ONE_REGION}");
+    assert_only_issue(
+        &text,
+        "reload_interval",
+        "geo.reload_interval",
+        "greater than zero",
+    );
 }

@@ -173,12 +173,6 @@ fn not_yet_supported(key: &str, serde_message: &str) -> Option<&'static str> {
         }
         "listen.proxy_protocol" => "the PROXY protocol is not available yet",
         "admin.state_file" => "drains and incidents are not available yet, so there is no state to keep",
-        "geo.database" => {
-            "GeoIP lookup is not available yet; choose regions with [[geo.override]] and geo.default_region"
-        }
-        "geo.trusted_proxies" => {
-            "forwarding headers are not used to find the client yet; the client is always the socket peer"
-        }
         "region.health.failure_domain_header" => "failure-domain warnings are not available yet",
         "region.backends" if serde_message.contains("map") => {
             "a backend is a URL string; backend tables are not available yet"
@@ -1118,12 +1112,63 @@ fn check_geo(issues: &mut Issues, geo: Option<file::GeoFile>, regions: &[Region]
         return Geo {
             default_region: 0,
             overrides: Vec::new(),
+            database: None,
+            trusted_proxies: Vec::new(),
+            reload_interval: Duration::from_secs(10),
         };
     };
     let file::GeoFile {
         default_region,
         overrides,
+        database,
+        trusted_proxies,
+        reload_interval,
     } = geo;
+    let database = database.and_then(|d| {
+        let path = std::path::PathBuf::from(d.get_ref());
+        match std::fs::metadata(&path) {
+            Ok(m) if m.is_file() => Some(path),
+            Ok(_) => {
+                issues.at(
+                    span(&d),
+                    "geo.database",
+                    format!(
+                        "{} is not a file: expected a MaxMind DB (.mmdb) file",
+                        d.get_ref()
+                    ),
+                );
+                None
+            }
+            Err(e) => {
+                issues.at(
+                    span(&d),
+                    "geo.database",
+                    format!("cannot read {}: {e}", d.get_ref()),
+                );
+                None
+            }
+        }
+    });
+    let mut trusted = Vec::new();
+    for (j, t) in trusted_proxies.iter().enumerate() {
+        match parse_net(t.get_ref()) {
+            Some(net) => trusted.push(net),
+            None => issues.at(
+                span(t),
+                format!("geo.trusted_proxies[{j}]"),
+                format!(
+                    "invalid CIDR \"{}\": expected an address or network such as \"10.0.0.0/8\" or \"2001:db8::/32\"",
+                    t.get_ref()
+                ),
+            ),
+        }
+    }
+    let reload_interval = duration(
+        issues,
+        "geo.reload_interval",
+        reload_interval.as_ref(),
+        Duration::from_secs(10),
+    );
     let default_region = match default_region {
         None => 0,
         Some(d) => index.get(d.get_ref().as_str()).copied().unwrap_or_else(|| {
@@ -1181,6 +1226,9 @@ fn check_geo(issues: &mut Issues, geo: Option<file::GeoFile>, regions: &[Region]
     Geo {
         default_region,
         overrides: out,
+        database,
+        trusted_proxies: trusted,
+        reload_interval,
     }
 }
 

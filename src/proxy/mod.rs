@@ -17,13 +17,14 @@ use hyper::body::Incoming;
 use crate::body::ResponseBody;
 use crate::budget::RetryBudget;
 use crate::config::Backend;
+use crate::geo::{self, Locator, TrustedProxies};
+use crate::headers;
 use crate::latency::Latency;
 use crate::request_body::UpstreamBody;
 use crate::routing::{self, Plan};
 use crate::state::{Shared, Snapshot};
 use crate::status_page::{PublicRegion, Rescue, StatusPages};
 use crate::upstream::UpstreamClient;
-use crate::{geo, headers};
 
 /// Response header naming the region that served the request.
 pub const X_MERIDIAN_REGION: http::HeaderName = http::HeaderName::from_static("x-meridian-region");
@@ -36,6 +37,8 @@ pub struct Proxy {
     pages: Arc<StatusPages>,
     budget: Arc<RetryBudget>,
     latency: Arc<Latency>,
+    locator: Arc<Locator>,
+    trusted: Arc<TrustedProxies>,
 }
 
 /// The parts of a request needed to send it again.
@@ -56,6 +59,8 @@ impl Proxy {
                 tokio::time::Instant::now(),
             )),
             latency: Arc::new(Latency::new(config.regions.len())),
+            locator: Arc::new(Locator::new(&config)),
+            trusted: Arc::new(TrustedProxies::new(config.geo.trusted_proxies.clone())),
             shared,
             client,
             pages,
@@ -70,8 +75,10 @@ impl Proxy {
     ) -> Result<Response<ResponseBody>, Infallible> {
         let snapshot = self.shared.load();
         self.budget.request(tokio::time::Instant::now());
-        let client = geo::client_ip(peer);
-        let plan = self.plan(&snapshot, client);
+        let peer = geo::peer_ip(peer);
+        let client = geo::client_ip(peer, request.headers(), &self.trusted);
+        let location = self.locator.locate(&self.shared.geodb(), client);
+        let plan = self.plan(&snapshot, location.region, client);
         let (parts, body) = request.into_parts();
         let mut head = Head {
             method: parts.method,
@@ -79,7 +86,7 @@ impl Proxy {
             version: parts.version,
             headers: parts.headers,
         };
-        let keep_host = prepare_headers(&mut head, snapshot.config.proxy.preserve_host, client);
+        let keep_host = prepare_headers(&mut head, snapshot.config.proxy.preserve_host, peer);
         let forward = forward::Forward::new(self, &snapshot, &plan, &head, keep_host, body);
         Ok(match forward.run().await {
             Ok(response) => response,
@@ -88,9 +95,8 @@ impl Proxy {
     }
 
     /// Phase 1: the client's preferred region and the ordered candidates.
-    fn plan(&self, snapshot: &Snapshot, client: IpAddr) -> Plan {
+    fn plan(&self, snapshot: &Snapshot, preferred: usize, client: IpAddr) -> Plan {
         let config = &snapshot.config;
-        let preferred = geo::preferred_region(&config.geo, client);
         routing::plan(
             &config.regions,
             &snapshot.regions,
@@ -124,9 +130,9 @@ impl Proxy {
     }
 }
 
-/// Readies the request head for backends; returns whether the client's
-/// `Host` is kept.
-fn prepare_headers(head: &mut Head, preserve_host: bool, client: IpAddr) -> bool {
+/// Readies the request head for backends, `peer` being the address the
+/// request came from; returns whether the client's `Host` is kept.
+fn prepare_headers(head: &mut Head, preserve_host: bool, peer: IpAddr) -> bool {
     // RFC 9112 §3.2.2: the authority of an absolute-form target replaces
     // Host — host and port only, never a user:password part.
     if let Some(authority) = head.uri.authority() {
@@ -139,7 +145,7 @@ fn prepare_headers(head: &mut Head, preserve_host: bool, client: IpAddr) -> bool
         }
     }
     let keep_host = preserve_host && head.headers.contains_key(HOST);
-    headers::forward_request(&mut head.headers, head.version, client, "http");
+    headers::forward_request(&mut head.headers, head.version, peer, "http");
     keep_host
 }
 

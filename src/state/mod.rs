@@ -18,6 +18,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
+use crate::geo::GeoDb;
 use crate::health::{BackendState, Failure, PassiveCounters, Report};
 
 /// Most recent transitions kept for `/api/v1/status`.
@@ -176,6 +177,7 @@ pub struct Shared {
     rotations: Box<[AtomicUsize]>,
     passive: PassiveCounters,
     signals: mpsc::Sender<Signal>,
+    geodb: Arc<ArcSwap<GeoDb>>,
 }
 
 impl Shared {
@@ -188,7 +190,18 @@ impl Shared {
             snapshot: ArcSwap::from_pointee(Snapshot::initial(config)),
             rotations,
             signals,
+            geodb: Arc::new(ArcSwap::from_pointee(GeoDb::built_in())),
         }
+    }
+
+    /// The GeoIP database in use.
+    pub fn geodb(&self) -> arc_swap::Guard<Arc<GeoDb>> {
+        self.geodb.load()
+    }
+
+    /// The GeoIP database's slot, for the task that replaces it.
+    pub fn geodb_slot(&self) -> Arc<ArcSwap<GeoDb>> {
+        Arc::clone(&self.geodb)
     }
 
     /// Records that a live request succeeded on a backend.

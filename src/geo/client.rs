@@ -1,0 +1,292 @@
+//! The client's address: the socket peer, or — only when the peer is a
+//! trusted proxy — the right-most untrusted hop named by `Forwarded`
+//! (RFC 7239) or, without it, `X-Forwarded-For`. A forged header from an
+//! untrusted peer changes nothing, and one forged hop in front of a trusted
+//! chain is never believed over the hop a trusted proxy saw.
+
+use std::net::{IpAddr, SocketAddr};
+
+use http::header::{HeaderName, FORWARDED};
+use http::HeaderMap;
+use ipnet::IpNet;
+
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+
+/// The networks whose forwarding headers are believed (`geo.trusted_proxies`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TrustedProxies(Vec<IpNet>);
+
+impl TrustedProxies {
+    /// Trusts `nets`.
+    pub fn new(nets: Vec<IpNet>) -> Self {
+        TrustedProxies(nets)
+    }
+
+    /// Whether `ip` is one of them.
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        self.0.iter().any(|n| n.contains(&ip))
+    }
+
+    /// Whether any network is trusted at all.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+/// The socket peer, with IPv4-mapped IPv6 addresses turned back into IPv4
+/// so that IPv4 CIDRs match them.
+pub fn peer_ip(peer: SocketAddr) -> IpAddr {
+    peer.ip().to_canonical()
+}
+
+/// The client's address for a request from `peer` carrying `headers`.
+pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &TrustedProxies) -> IpAddr {
+    if trusted.is_empty() || !trusted.contains(peer) {
+        return peer;
+    }
+    if headers.contains_key(FORWARDED) {
+        let hops = headers
+            .get_all(FORWARDED)
+            .iter()
+            .flat_map(|v| split_list(v.as_bytes()))
+            .map(forwarded_for);
+        return rightmost_untrusted(peer, hops, trusted);
+    }
+    let hops = headers
+        .get_all(X_FORWARDED_FOR)
+        .iter()
+        .flat_map(|v| split_list(v.as_bytes()))
+        .map(|hop| parse_node(trim(hop)));
+    rightmost_untrusted(peer, hops, trusted)
+}
+
+/// Walks the hops from the nearest: the first untrusted one is the client.
+/// A hop that is not an address (`unknown`, an obfuscated name, garbage)
+/// ends the walk at the last trusted hop, as does a chain of trusted hops.
+fn rightmost_untrusted<I>(peer: IpAddr, hops: I, trusted: &TrustedProxies) -> IpAddr
+where
+    I: DoubleEndedIterator<Item = Option<IpAddr>>,
+{
+    let mut client = peer;
+    for hop in hops.rev() {
+        let Some(ip) = hop else {
+            return client;
+        };
+        let ip = ip.to_canonical();
+        if !trusted.contains(ip) {
+            return ip;
+        }
+        client = ip;
+    }
+    client
+}
+
+/// The elements of a comma-separated header value, commas inside quoted
+/// strings included in their element.
+fn split_list(value: &[u8]) -> Vec<&[u8]> {
+    let mut out = Vec::new();
+    let (mut start, mut quoted, mut escaped) = (0, false, false);
+    for (i, &b) in value.iter().enumerate() {
+        match b {
+            _ if escaped => escaped = false,
+            b'\\' if quoted => escaped = true,
+            b'"' => quoted = !quoted,
+            b',' if !quoted => {
+                out.push(&value[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    out.push(&value[start..]);
+    out.retain(|e| !trim(e).is_empty());
+    out
+}
+
+fn trim(s: &[u8]) -> &[u8] {
+    s.trim_ascii()
+}
+
+/// The `for=` node of one `Forwarded` element, if it is an address.
+fn forwarded_for(element: &[u8]) -> Option<IpAddr> {
+    element.split(|&b| b == b';').find_map(|pair| {
+        let pair = trim(pair);
+        let eq = pair.iter().position(|&b| b == b'=')?;
+        let (name, value) = (&pair[..eq], &pair[eq + 1..]);
+        if !trim(name).eq_ignore_ascii_case(b"for") {
+            return None;
+        }
+        let value = trim(value);
+        let value = match value {
+            [b'"', inner @ .., b'"'] => inner,
+            v => v,
+        };
+        Some(parse_node(value))
+    })?
+}
+
+/// An address as a node of `Forwarded` or `X-Forwarded-For` writes it:
+/// `192.0.2.1`, `192.0.2.1:4711`, `[2001:db8::1]`, `[2001:db8::1]:4711`, or
+/// a bare IPv6 address.
+fn parse_node(node: &[u8]) -> Option<IpAddr> {
+    let text = std::str::from_utf8(node).ok()?;
+    if let Some(rest) = text.strip_prefix('[') {
+        let (ip, after) = rest.split_once(']')?;
+        if !(after.is_empty() || valid_port(after.strip_prefix(':')?)) {
+            return None;
+        }
+        return ip.parse::<std::net::Ipv6Addr>().ok().map(IpAddr::V6);
+    }
+    if let Ok(ip) = text.parse::<IpAddr>() {
+        return Some(ip);
+    }
+    let (ip, port) = text.rsplit_once(':')?;
+    if !valid_port(port) {
+        return None;
+    }
+    ip.parse::<std::net::Ipv4Addr>().ok().map(IpAddr::V4)
+}
+
+/// A port, or an obfuscated one (`_abc`), as RFC 7239 §6 allows.
+fn valid_port(port: &str) -> bool {
+    port.parse::<u16>().is_ok()
+        || (port.starts_with('_')
+            && port.len() > 1
+            && port[1..]
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    fn trusted() -> TrustedProxies {
+        TrustedProxies::new(vec![
+            "10.0.0.0/8".parse().unwrap(),
+            "fd00::/8".parse().unwrap(),
+        ])
+    }
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(*k, v.parse().unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn an_untrusted_peer_is_the_client_whatever_it_says() {
+        let h = headers(&[
+            ("x-forwarded-for", "198.51.100.1"),
+            ("forwarded", "for=198.51.100.2"),
+        ]);
+        assert_eq!(
+            client_ip(ip("203.0.113.9"), &h, &trusted()),
+            ip("203.0.113.9")
+        );
+        assert_eq!(
+            client_ip(ip("10.0.0.1"), &h, &TrustedProxies::default()),
+            ip("10.0.0.1"),
+            "nothing trusted, nothing believed"
+        );
+    }
+
+    #[test]
+    fn x_forwarded_for_gives_the_rightmost_untrusted_hop() {
+        let h = headers(&[("x-forwarded-for", "1.1.1.1, 198.51.100.7, 10.0.0.5")]);
+        assert_eq!(
+            client_ip(ip("10.0.0.1"), &h, &trusted()),
+            ip("198.51.100.7")
+        );
+        // Split over two header lines, in order.
+        let h = headers(&[
+            ("x-forwarded-for", "1.1.1.1"),
+            ("x-forwarded-for", "198.51.100.7, 10.0.0.5"),
+        ]);
+        assert_eq!(
+            client_ip(ip("10.0.0.1"), &h, &trusted()),
+            ip("198.51.100.7")
+        );
+        // Every hop trusted: the farthest.
+        let h = headers(&[("x-forwarded-for", "10.9.9.9, 10.0.0.5")]);
+        assert_eq!(client_ip(ip("10.0.0.1"), &h, &trusted()), ip("10.9.9.9"));
+        // Ports, brackets, mapped addresses.
+        let h = headers(&[("x-forwarded-for", "198.51.100.7:5555")]);
+        assert_eq!(
+            client_ip(ip("10.0.0.1"), &h, &trusted()),
+            ip("198.51.100.7")
+        );
+        let h = headers(&[("x-forwarded-for", "[2001:db8::7]:443")]);
+        assert_eq!(client_ip(ip("10.0.0.1"), &h, &trusted()), ip("2001:db8::7"));
+        let h = headers(&[("x-forwarded-for", "::ffff:198.51.100.7")]);
+        assert_eq!(
+            client_ip(ip("10.0.0.1"), &h, &trusted()),
+            ip("198.51.100.7")
+        );
+        let h = headers(&[("x-forwarded-for", "2001:db8::9")]);
+        assert_eq!(client_ip(ip("fd00::1"), &h, &trusted()), ip("2001:db8::9"));
+    }
+
+    #[test]
+    fn garbage_ends_the_walk_at_the_last_trusted_hop() {
+        let h = headers(&[("x-forwarded-for", "198.51.100.7, not-an-ip, 10.0.0.5")]);
+        assert_eq!(client_ip(ip("10.0.0.1"), &h, &trusted()), ip("10.0.0.5"));
+        let h = headers(&[("x-forwarded-for", "garbage")]);
+        assert_eq!(client_ip(ip("10.0.0.1"), &h, &trusted()), ip("10.0.0.1"));
+        let h = headers(&[("x-forwarded-for", "")]);
+        assert_eq!(client_ip(ip("10.0.0.1"), &h, &trusted()), ip("10.0.0.1"));
+    }
+
+    #[test]
+    fn forwarded_is_preferred_and_parsed_per_rfc_7239() {
+        let h = headers(&[
+            ("x-forwarded-for", "1.1.1.1"),
+            (
+                "forwarded",
+                "for=192.0.2.60;proto=http;by=203.0.113.43, For=\"[2001:db8:cafe::17]:4711\"",
+            ),
+        ]);
+        assert_eq!(
+            client_ip(ip("10.0.0.1"), &h, &trusted()),
+            ip("2001:db8:cafe::17")
+        );
+        let h = headers(&[("forwarded", "for=192.0.2.43, for=10.0.0.3;proto=https")]);
+        assert_eq!(client_ip(ip("10.0.0.1"), &h, &trusted()), ip("192.0.2.43"));
+        let h = headers(&[("forwarded", "for=\"192.0.2.43:80\"")]);
+        assert_eq!(client_ip(ip("10.0.0.1"), &h, &trusted()), ip("192.0.2.43"));
+        let h = headers(&[("forwarded", "proto=https;for=\"[2001:db8::1]\";by=x")]);
+        assert_eq!(client_ip(ip("10.0.0.1"), &h, &trusted()), ip("2001:db8::1"));
+        // A quoted comma does not split an element.
+        let h = headers(&[("forwarded", "for=192.0.2.9;ext=\"a,b\"")]);
+        assert_eq!(client_ip(ip("10.0.0.1"), &h, &trusted()), ip("192.0.2.9"));
+        // unknown, obfuscated, and elements without for= stop at the trusted hop.
+        for v in [
+            "for=unknown",
+            "for=_hidden",
+            "proto=http",
+            "for=\"[2001:db8::1\"",
+        ] {
+            let h = headers(&[("forwarded", v)]);
+            assert_eq!(
+                client_ip(ip("10.0.0.1"), &h, &trusted()),
+                ip("10.0.0.1"),
+                "{v}"
+            );
+        }
+        // An obfuscated port is fine.
+        let h = headers(&[("forwarded", "for=\"192.0.2.43:_p1\"")]);
+        assert_eq!(client_ip(ip("10.0.0.1"), &h, &trusted()), ip("192.0.2.43"));
+    }
+
+    #[test]
+    fn peers_are_canonical() {
+        let peer: SocketAddr = "[::ffff:10.1.2.3]:5000".parse().unwrap();
+        assert_eq!(peer_ip(peer), ip("10.1.2.3"));
+    }
+}

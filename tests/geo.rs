@@ -1,0 +1,318 @@
+//! Geo routing end to end: GeoIP databases written by the test in both
+//! schemas, clients placed by `X-Forwarded-For` from a trusted peer, the
+//! database swapped while Meridian runs, and corrupt databases refused.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use common::*;
+use http::StatusCode;
+use mmdb_writer::Writer;
+use serde::Serialize;
+
+#[derive(Serialize)]
+struct Named {
+    iso_code: &'static str,
+}
+
+#[derive(Serialize)]
+struct ContinentCode {
+    code: &'static str,
+}
+
+/// A record of MaxMind's GeoIP2 Country schema.
+#[derive(Serialize)]
+struct MaxMindRecord {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    country: Option<Named>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    registered_country: Option<Named>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    continent: Option<ContinentCode>,
+}
+
+fn maxmind(
+    country: Option<&'static str>,
+    registered: Option<&'static str>,
+    continent: Option<&'static str>,
+) -> MaxMindRecord {
+    MaxMindRecord {
+        country: country.map(|iso_code| Named { iso_code }),
+        registered_country: registered.map(|iso_code| Named { iso_code }),
+        continent: continent.map(|code| ContinentCode { code }),
+    }
+}
+
+/// Writes a GeoIP2-Country-like database.
+fn write_maxmind(path: &Path, entries: &[(&str, MaxMindRecord)]) {
+    let mut w = Writer::new("GeoIP2-Country");
+    for (net, record) in entries {
+        w.insert(net.parse::<ipnet::IpNet>().unwrap(), record)
+            .unwrap();
+    }
+    replace(path, &w.to_bytes().unwrap());
+}
+
+/// Writes a flat database whose records carry only `country_code`.
+fn write_flat(path: &Path, entries: &[(&str, &str)]) {
+    let mut w = Writer::new("iptoasn-country");
+    for (net, country) in entries {
+        let record: BTreeMap<&str, &str> = [("country_code", *country)].into();
+        w.insert(net.parse::<ipnet::IpNet>().unwrap(), &record)
+            .unwrap();
+    }
+    replace(path, &w.to_bytes().unwrap());
+}
+
+/// Writes `bytes` next to `path` and renames it over `path`, as geoipupdate does.
+fn replace(path: &Path, bytes: &[u8]) {
+    let tmp = path.with_extension("new");
+    std::fs::write(&tmp, bytes).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+struct World {
+    us: Backend,
+    eu: Backend,
+    ap: Backend,
+}
+
+impl World {
+    async fn start() -> World {
+        World {
+            us: Backend::start("us-1").await,
+            eu: Backend::start("eu-1").await,
+            ap: Backend::start("ap-1").await,
+        }
+    }
+
+    /// us claims US and CA and North America, eu claims Europe, ap is the default.
+    fn config(&self, db: &Path, trusted: &str) -> String {
+        format!(
+            "[listen]\nhttp = \"127.0.0.1:0\"\n\
+             [geo]\ndatabase = \"{}\"\ndefault_region = \"ap\"\nreload_interval = \"100ms\"\ntrusted_proxies = [{trusted}]\n\
+             [[geo.override]]\ncidr = \"198.51.100.128/25\"\nregion = \"ap\"\n\
+             [[region]]\nname = \"us\"\ncountries = [\"US\", \"CA\"]\ncontinents = [\"NA\"]\nbackends = [\"{}\"]\n[region.health]\ninterval = \"100ms\"\n\
+             [[region]]\nname = \"eu\"\ncontinents = [\"EU\"]\nbackends = [\"{}\"]\n[region.health]\ninterval = \"100ms\"\n\
+             [[region]]\nname = \"ap\"\nbackends = [\"{}\"]\n[region.health]\ninterval = \"100ms\"\n",
+            db.display(),
+            self.us.url(),
+            self.eu.url(),
+            self.ap.url()
+        )
+    }
+}
+
+async fn started(text: &str) -> meridian::server::Running {
+    let m = start(text).await;
+    wait_for(Duration::from_secs(5), "every region healthy", || async {
+        region_state(&m, "us").await == "healthy"
+            && region_state(&m, "eu").await == "healthy"
+            && region_state(&m, "ap").await == "healthy"
+    })
+    .await;
+    m
+}
+
+/// The region that serves a client at `client`, as a trusted proxy reports it.
+async fn region_for(m: &meridian::server::Running, client: &str) -> String {
+    let (status, headers, _) = get(m, "/", &[("x-forwarded-for", client)]).await;
+    assert_eq!(status, StatusCode::OK);
+    headers["x-meridian-region"].to_str().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn each_mapping_step_with_a_maxmind_database() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("country.mmdb");
+    write_maxmind(
+        &db,
+        &[
+            (
+                "198.51.100.0/24",
+                maxmind(Some("US"), Some("US"), Some("NA")),
+            ),
+            ("203.0.113.0/24", maxmind(Some("MX"), None, Some("NA"))),
+            ("192.0.2.0/24", maxmind(Some("DE"), None, Some("EU"))),
+            ("2001:db8:1::/48", maxmind(Some("GB"), None, Some("EU"))),
+            ("2001:db8:2::/48", maxmind(Some("CA"), None, Some("NA"))),
+            // No country: the registered country decides, continent from the record.
+            ("100.64.1.0/24", maxmind(None, Some("CA"), Some("NA"))),
+            // A country no region claims, on a continent no region claims.
+            ("100.64.2.0/24", maxmind(Some("JP"), None, Some("AS"))),
+        ],
+    );
+    let w = World::start().await;
+    let m = started(&w.config(&db, "\"127.0.0.1\"")).await;
+    for (client, region) in [
+        ("198.51.100.7", "us"),        // country
+        ("203.0.113.7", "us"),         // continent
+        ("192.0.2.7", "eu"),           // continent
+        ("2001:db8:1::7", "eu"),       // IPv6, continent
+        ("2001:db8:2::7", "us"),       // IPv6, country
+        ("100.64.1.7", "us"),          // registered country
+        ("100.64.2.7", "ap"),          // nothing claimed: default
+        ("100.64.3.7", "ap"),          // unknown address: default
+        ("198.51.100.200", "ap"),      // an override beats the database
+        ("::ffff:198.51.100.7", "us"), // IPv4-mapped IPv6
+    ] {
+        assert_eq!(region_for(&m, client).await, region, "client {client}");
+    }
+    m.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_flat_country_code_database_gets_continents_from_the_table() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("flat.mmdb");
+    write_flat(
+        &db,
+        &[
+            ("198.51.100.0/24", "CA"),
+            ("192.0.2.0/24", "FR"),
+            ("203.0.113.0/24", "BR"),
+            ("2001:db8:1::/48", "IT"),
+        ],
+    );
+    let w = World::start().await;
+    let m = started(&w.config(&db, "\"127.0.0.1\"")).await;
+    for (client, region) in [
+        ("198.51.100.7", "us"),  // country
+        ("192.0.2.7", "eu"),     // France is in Europe
+        ("203.0.113.7", "ap"),   // Brazil: South America, claimed by nobody
+        ("2001:db8:1::7", "eu"), // IPv6
+    ] {
+        assert_eq!(region_for(&m, client).await, region, "client {client}");
+    }
+    m.shutdown().await;
+}
+
+#[tokio::test]
+async fn forwarding_headers_count_only_from_trusted_peers() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("country.mmdb");
+    write_maxmind(
+        &db,
+        &[
+            ("198.51.100.0/24", maxmind(Some("US"), None, Some("NA"))),
+            ("192.0.2.0/24", maxmind(Some("DE"), None, Some("EU"))),
+        ],
+    );
+    let w = World::start().await;
+    // Nothing trusted: a forged header changes nothing (127.0.0.1 is unknown: ap).
+    let m = started(&w.config(&db, "")).await;
+    assert_eq!(region_for(&m, "198.51.100.7").await, "ap");
+    let (_, headers, _) = get(&m, "/", &[("forwarded", "for=192.0.2.7")]).await;
+    assert_eq!(headers["x-meridian-region"], "ap");
+    m.shutdown().await;
+
+    let m = started(&w.config(&db, "\"127.0.0.0/8\"")).await;
+    assert_eq!(region_for(&m, "198.51.100.7").await, "us");
+    // The right-most untrusted hop: a forged entry in front is not believed.
+    assert_eq!(region_for(&m, "192.0.2.7, 198.51.100.7").await, "us");
+    // Forwarded wins over X-Forwarded-For, quoted IPv6 and all.
+    let (_, headers, _) = get(
+        &m,
+        "/",
+        &[
+            ("x-forwarded-for", "198.51.100.7"),
+            ("forwarded", "for=\"192.0.2.7:4711\";proto=https"),
+        ],
+    )
+    .await;
+    assert_eq!(headers["x-meridian-region"], "eu");
+    m.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_database_is_swapped_while_serving_and_a_corrupt_one_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("country.mmdb");
+    write_maxmind(
+        &db,
+        &[("198.51.100.0/24", maxmind(Some("US"), None, Some("NA")))],
+    );
+    let w = World::start().await;
+    let m = started(&w.config(&db, "\"127.0.0.1\"")).await;
+    assert_eq!(region_for(&m, "198.51.100.7").await, "us");
+
+    write_maxmind(
+        &db,
+        &[("198.51.100.0/24", maxmind(Some("DE"), None, Some("EU")))],
+    );
+    wait_for(
+        Duration::from_secs(5),
+        "the new database answers",
+        || async { region_for(&m, "198.51.100.7").await == "eu" },
+    )
+    .await;
+
+    // A corrupt replacement is refused: the last good one keeps answering.
+    replace(&db, b"\xab\xcd\xefMaxMind.com this is not a database");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(region_for(&m, "198.51.100.7").await, "eu");
+    assert!(m.shared.geodb().name().ends_with("country.mmdb"));
+
+    // And a good one after it is taken.
+    write_maxmind(
+        &db,
+        &[("198.51.100.0/24", maxmind(Some("CA"), None, Some("NA")))],
+    );
+    wait_for(
+        Duration::from_secs(5),
+        "the fixed database answers",
+        || async { region_for(&m, "198.51.100.7").await == "us" },
+    )
+    .await;
+    m.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_corrupt_database_at_start_up_is_an_error_naming_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("broken.mmdb");
+    std::fs::write(&db, b"not a database at all").unwrap();
+    let w = World::start().await;
+    let config = meridian::config::Config::parse("t.toml", &w.config(&db, "")).unwrap();
+    let err = meridian::server::start(config).await.unwrap_err();
+    let text = err.to_string();
+    assert!(text.contains(&db.display().to_string()), "{text}");
+    assert!(text.contains("not a MaxMind DB file"), "{text}");
+
+    // A database whose search tree is broken is caught by the full check.
+    let broken = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../shared/testdata/geoip/GeoIP2-City-Test-Invalid-Node-Count.mmdb");
+    if broken.exists() {
+        let text = w.config(&broken, "");
+        let config = meridian::config::Config::parse("t.toml", &text).unwrap();
+        let err = meridian::server::start(config).await.unwrap_err();
+        assert!(err.to_string().contains("GeoIP database"), "{err}");
+    }
+}
+
+#[tokio::test]
+async fn without_a_database_the_built_in_one_routes_by_country() {
+    let w = World::start().await;
+    let text = format!(
+        "[listen]\nhttp = \"127.0.0.1:0\"\n[geo]\ndefault_region = \"ap\"\ntrusted_proxies = [\"127.0.0.1\"]\n\
+         [[region]]\nname = \"us\"\ncountries = [\"US\"]\nbackends = [\"{}\"]\n[region.health]\ninterval = \"100ms\"\n\
+         [[region]]\nname = \"eu\"\ncontinents = [\"EU\"]\nbackends = [\"{}\"]\n[region.health]\ninterval = \"100ms\"\n\
+         [[region]]\nname = \"ap\"\nbackends = [\"{}\"]\n[region.health]\ninterval = \"100ms\"\n",
+        w.us.url(),
+        w.eu.url(),
+        w.ap.url()
+    );
+    let m = started(&text).await;
+    assert_eq!(m.shared.geodb().name(), meridian::geo::BUILT_IN_NAME);
+    // Google's public resolver is registered in the US.
+    assert_eq!(region_for(&m, "8.8.8.8").await, "us");
+    assert_eq!(
+        region_for(&m, "10.1.2.3").await,
+        "ap",
+        "private addresses are unknown"
+    );
+    m.shutdown().await;
+}

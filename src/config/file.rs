@@ -53,6 +53,9 @@ pub struct GeoFile {
     #[serde(default)]
     pub trusted_proxies: Vec<Spanned<String>>,
     pub reload_interval: Option<Spanned<Dur>>,
+    pub pin_header: Option<Spanned<String>>,
+    pub sticky_cookie: Option<Spanned<String>>,
+    pub sticky_ttl: Option<Spanned<Dur>>,
     pub default_region: Option<Spanned<String>>,
     #[serde(default, rename = "override")]
     pub overrides: Vec<OverrideFile>,
@@ -128,6 +131,7 @@ pub struct ProxyFile {
     pub max_attempts: Option<Spanned<i64>>,
     pub pool_idle_timeout: Option<Spanned<Dur>>,
     pub pool_max_idle_per_backend: Option<Spanned<i64>>,
+    pub region_header: Option<bool>,
     pub retry_methods: Option<Spanned<Vec<Spanned<String>>>>,
     pub replay_buffer: Option<Spanned<i64>>,
     pub retry_budget_ratio: Option<Spanned<Num>>,

@@ -78,6 +78,13 @@ pub struct Geo {
     pub trusted_proxies: Vec<IpNet>,
     /// How often the database file is checked for a new version. Default 10 s.
     pub reload_interval: Duration,
+    /// Request header naming a region, honoured from trusted proxies only.
+    /// Default `X-Meridian-Pin`; `None` when set to `""`.
+    pub pin_header: Option<http::HeaderName>,
+    /// Name of the sticky-region cookie; `None` (the default) turns it off.
+    pub sticky_cookie: Option<String>,
+    /// Lifetime of the sticky-region cookie. Default 30 minutes.
+    pub sticky_ttl: Duration,
 }
 
 /// One `[[geo.override]]` entry.
@@ -231,6 +238,8 @@ pub struct Proxy {
     pub pool_idle_timeout: Duration,
     /// Idle pooled connections kept per backend. Default 64.
     pub pool_max_idle_per_backend: usize,
+    /// Name the serving region in an `X-Meridian-Region` response header. Default true.
+    pub region_header: bool,
     /// Methods retried after the backend may have seen the request (a reset,
     /// a first-byte timeout, a 502/503/504) and hedged. Only idempotent
     /// methods are allowed. Default GET, HEAD, OPTIONS.

@@ -2124,3 +2124,39 @@ fn a_missing_geo_database_or_bad_trusted_proxy_is_named() {
         "greater than zero",
     );
 }
+
+#[test]
+fn pin_header_sticky_cookie_and_region_header() {
+    let c = accepted(ONE_REGION);
+    assert_eq!(
+        c.geo.pin_header.as_ref().map(|h| h.as_str()),
+        Some("x-meridian-pin")
+    );
+    assert_eq!(c.geo.sticky_cookie, None, "off by default");
+    assert_eq!(c.geo.sticky_ttl, Duration::from_secs(1800));
+    assert!(c.proxy.region_header);
+    let c = accepted(&format!(
+        "[geo]\npin_header = \"X-Route-To\"\nsticky_cookie = \"region\"\nsticky_ttl = \"1h\"\n[proxy]\nregion_header = false\n{ONE_REGION}"
+    ));
+    assert_eq!(
+        c.geo.pin_header.as_ref().map(|h| h.as_str()),
+        Some("x-route-to")
+    );
+    assert_eq!(c.geo.sticky_cookie.as_deref(), Some("region"));
+    assert_eq!(c.geo.sticky_ttl, Duration::from_secs(3600));
+    assert!(!c.proxy.region_header);
+    let c = accepted(&format!("[geo]\npin_header = \"\"\n{ONE_REGION}"));
+    assert_eq!(c.geo.pin_header, None, "\"\" turns pinning off");
+    assert_only_issue(
+        &format!("[geo]\npin_header = \"X Route\"\n{ONE_REGION}"),
+        "pin_header",
+        "geo.pin_header",
+        "invalid header name \"X Route\"",
+    );
+    assert_only_issue(
+        &format!("[geo]\nsticky_cookie = \"a=b\"\n{ONE_REGION}"),
+        "sticky_cookie",
+        "geo.sticky_cookie",
+        "invalid cookie name \"a=b\"",
+    );
+}

@@ -1115,6 +1115,9 @@ fn check_geo(issues: &mut Issues, geo: Option<file::GeoFile>, regions: &[Region]
             database: None,
             trusted_proxies: Vec::new(),
             reload_interval: Duration::from_secs(10),
+            pin_header: Some(http::HeaderName::from_static(DEFAULT_PIN_HEADER)),
+            sticky_cookie: None,
+            sticky_ttl: DEFAULT_STICKY_TTL,
         };
     };
     let file::GeoFile {
@@ -1123,7 +1126,46 @@ fn check_geo(issues: &mut Issues, geo: Option<file::GeoFile>, regions: &[Region]
         database,
         trusted_proxies,
         reload_interval,
+        pin_header,
+        sticky_cookie,
+        sticky_ttl,
     } = geo;
+    let pin_header = match pin_header {
+        None => Some(http::HeaderName::from_static(DEFAULT_PIN_HEADER)),
+        Some(h) if h.get_ref().is_empty() => None,
+        Some(h) => match http::HeaderName::from_bytes(h.get_ref().as_bytes()) {
+            Ok(name) => Some(name),
+            Err(_) => {
+                issues.at(
+                    span(&h),
+                    "geo.pin_header",
+                    format!("invalid header name \"{}\": expected letters, digits and '-', such as \"X-Meridian-Pin\", or \"\" to turn pinning off", h.get_ref()),
+                );
+                None
+            }
+        },
+    };
+    let sticky_cookie = sticky_cookie.and_then(|c| {
+        let name = c.get_ref();
+        let valid = !name.is_empty()
+            && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+        if valid {
+            Some(name.clone())
+        } else {
+            issues.at(
+                span(&c),
+                "geo.sticky_cookie",
+                format!("invalid cookie name \"{name}\": expected letters, digits, '-' or '_', such as \"meridian_region\""),
+            );
+            None
+        }
+    });
+    let sticky_ttl = duration(
+        issues,
+        "geo.sticky_ttl",
+        sticky_ttl.as_ref(),
+        DEFAULT_STICKY_TTL,
+    );
     let database = database.and_then(|d| {
         let path = std::path::PathBuf::from(d.get_ref());
         match std::fs::metadata(&path) {
@@ -1229,8 +1271,17 @@ fn check_geo(issues: &mut Issues, geo: Option<file::GeoFile>, regions: &[Region]
         database,
         trusted_proxies: trusted,
         reload_interval,
+        pin_header,
+        sticky_cookie,
+        sticky_ttl,
     }
 }
+
+/// `geo.pin_header` by default.
+const DEFAULT_PIN_HEADER: &str = "x-meridian-pin";
+
+/// `geo.sticky_ttl` by default: about one visit.
+const DEFAULT_STICKY_TTL: Duration = Duration::from_secs(30 * 60);
 
 /// A CIDR, or a bare address meaning a single host. Host bits are cleared.
 fn parse_net(text: &str) -> Option<IpNet> {
@@ -1259,6 +1310,7 @@ fn check_proxy(issues: &mut Issues, raw: file::ProxyFile) -> Proxy {
         hedge,
         hedge_min_delay,
         hedge_max_delay,
+        region_header,
     } = raw;
     let retry_methods = match retry_methods {
         None => vec![http::Method::GET, http::Method::HEAD, http::Method::OPTIONS],
@@ -1374,6 +1426,7 @@ fn check_proxy(issues: &mut Issues, raw: file::ProxyFile) -> Proxy {
             64,
             100_000,
         ),
+        region_header: region_header.unwrap_or(true),
         retry_methods,
         replay_buffer: ranged(
             issues,

@@ -3,16 +3,20 @@
 //! country → continent table in `continents`), and the mapping to a region:
 //! `[[geo.override]]` CIDRs (longest prefix wins), then the region claiming
 //! the country, then the region claiming the continent, then
-//! `geo.default_region`. `watch` re-opens the database file when it changes.
+//! `geo.default_region`. A pin header from a trusted peer or a sticky-region
+//! cookie (`pin`) may choose instead. `watch` re-opens the database file
+//! when it changes.
 
 mod client;
 mod continents;
 mod db;
+mod pin;
 mod watch;
 
 pub use client::{client_ip, peer_ip, TrustedProxies};
 pub use continents::continent_of;
 pub use db::{DbError, GeoDb, Place, BUILT_IN_NAME};
+pub use pin::{pinned_region, sticky_cookie, sticky_region};
 pub use watch::watch;
 
 use std::net::IpAddr;
@@ -30,6 +34,10 @@ pub enum Why {
     Continent,
     /// Nothing matched: `geo.default_region`.
     Default,
+    /// A trusted peer named the region in the pin header.
+    Pin,
+    /// The sticky-region cookie named a region that can serve.
+    Sticky,
 }
 
 impl Why {
@@ -40,6 +48,8 @@ impl Why {
             Why::Country => "country",
             Why::Continent => "continent",
             Why::Default => "default",
+            Why::Pin => "pin",
+            Why::Sticky => "sticky",
         }
     }
 }

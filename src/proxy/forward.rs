@@ -22,7 +22,7 @@ use hyper::body::Incoming;
 use tokio::time::{Instant, Sleep};
 
 use super::attempt::{attempt, AttemptError};
-use super::{build_upstream, Head, Proxy, X_MERIDIAN_REGION};
+use super::{build_upstream, Head, Proxy};
 use crate::body::ResponseBody;
 use crate::health::Failure;
 use crate::request_body::{Replay, Returned, UpstreamBody};
@@ -34,6 +34,12 @@ use crate::status_page::Rescue;
 const BODY_RETURN_WAIT: Duration = Duration::from_millis(50);
 
 type AttemptFuture = Pin<Box<dyn Future<Output = Result<Response<Incoming>, AttemptError>> + Send>>;
+
+/// A backend's response on its way to the client, and the region that gave it.
+pub(super) struct Served {
+    pub(super) response: Response<ResponseBody>,
+    pub(super) region: usize,
+}
 
 /// An attempt in flight.
 struct Running {
@@ -133,7 +139,7 @@ impl<'a> Forward<'a> {
     }
 
     /// Forwards until a backend answers; otherwise says which page to serve.
-    pub(super) async fn run(mut self) -> Result<Response<ResponseBody>, Rescue> {
+    pub(super) async fn run(mut self) -> Result<Served, Rescue> {
         if self.plan.candidates.is_empty() {
             return Err(Rescue::NoRegion);
         }
@@ -192,11 +198,7 @@ impl<'a> Forward<'a> {
 
     /// A response head arrived: hands it on, or keeps a 502/503/504 aside
     /// while another try may do better.
-    fn answered(
-        &mut self,
-        mut running: Running,
-        response: Response<Incoming>,
-    ) -> Option<Response<ResponseBody>> {
+    fn answered(&mut self, mut running: Running, response: Response<Incoming>) -> Option<Served> {
         let c = self.plan.candidates[running.candidate];
         let shared = &self.proxy.shared;
         let status = response.status().as_u16();
@@ -369,20 +371,15 @@ impl<'a> Forward<'a> {
     }
 
     /// The response as the client gets it.
-    fn deliver(
-        &self,
-        mut response: Response<Incoming>,
-        candidate: usize,
-    ) -> Response<ResponseBody> {
+    fn deliver(&self, mut response: Response<Incoming>, candidate: usize) -> Served {
         let config = &self.snapshot.config;
-        let region = &config.regions[self.plan.candidates[candidate].region];
         let version = response.version();
         crate::headers::forward_response(response.headers_mut(), version);
-        response
-            .headers_mut()
-            .insert(X_MERIDIAN_REGION, region.name_header.clone());
         let read_timeout = config.proxy.read_timeout;
-        response.map(|b| ResponseBody::upstream(b, read_timeout))
+        Served {
+            response: response.map(|b| ResponseBody::upstream(b, read_timeout)),
+            region: self.plan.candidates[candidate].region,
+        }
     }
 
     /// Nothing answered: logs why and picks the page.

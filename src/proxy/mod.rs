@@ -73,11 +73,13 @@ impl Proxy {
         request: Request<Incoming>,
         peer: SocketAddr,
     ) -> Result<Response<ResponseBody>, Infallible> {
+        let started = tokio::time::Instant::now();
         let snapshot = self.shared.load();
-        self.budget.request(tokio::time::Instant::now());
+        let config = &snapshot.config;
+        self.budget.request(started);
         let peer = geo::peer_ip(peer);
         let client = geo::client_ip(peer, request.headers(), &self.trusted);
-        let location = self.locator.locate(&self.shared.geodb(), client);
+        let location = self.locate(&snapshot, peer, client, request.headers());
         let plan = self.plan(&snapshot, location.region, client);
         let (parts, body) = request.into_parts();
         let mut head = Head {
@@ -86,15 +88,96 @@ impl Proxy {
             version: parts.version,
             headers: parts.headers,
         };
-        let keep_host = prepare_headers(&mut head, snapshot.config.proxy.preserve_host, peer);
+        let keep_host = prepare_headers(&mut head, config.proxy.preserve_host, peer);
         let forward = forward::Forward::new(self, &snapshot, &plan, &head, keep_host, body);
-        Ok(match forward.run().await {
-            Ok(response) => response,
-            Err(rescue) => self.rescue(&snapshot, rescue, &head.headers),
-        })
+        let (response, served) = match forward.run().await {
+            Ok(served) => {
+                let mut response = served.response;
+                let region = &config.regions[served.region];
+                if config.proxy.region_header {
+                    response
+                        .headers_mut()
+                        .insert(X_MERIDIAN_REGION, region.name_header.clone());
+                }
+                if let Some(cookie) = &config.geo.sticky_cookie {
+                    // A user served away from their region stays there for
+                    // the session; one back home needs no cookie.
+                    let cookie_region = geo::sticky_region(&head.headers, cookie, &config.regions);
+                    let set = if served.region != location.region || cookie_region.is_some() {
+                        (cookie_region != Some(served.region))
+                            .then(|| geo::sticky_cookie(cookie, region, config.geo.sticky_ttl))
+                            .flatten()
+                    } else {
+                        None
+                    };
+                    if let Some(value) = set {
+                        response
+                            .headers_mut()
+                            .append(http::header::SET_COOKIE, value);
+                    }
+                }
+                (response, Some(served.region))
+            }
+            Err(rescue) => (self.rescue(&snapshot, rescue, &head.headers), None),
+        };
+        let why = match served {
+            Some(r) if r != location.region => "failover",
+            _ => location.why.as_str(),
+        };
+        tracing::info!(
+            target: "meridian::access",
+            client = %client,
+            country = %geo::Code(location.place.country),
+            continent = %geo::Code(location.place.continent),
+            preferred = %config.regions[location.region].name,
+            served = %served.map_or("-", |r| config.regions[r].name.as_str()),
+            why = %why,
+            method = %head.method,
+            path = %head.uri.path(),
+            status = response.status().as_u16(),
+            ms = started.elapsed().as_millis() as u64,
+        );
+        Ok(response)
     }
 
-    /// Phase 1: the client's preferred region and the ordered candidates.
+    /// Phase 1a: the client's preferred region — pinned by a trusted peer,
+    /// kept by the sticky cookie when that region can serve, or by geography.
+    fn locate(
+        &self,
+        snapshot: &Snapshot,
+        peer: IpAddr,
+        client: IpAddr,
+        headers: &HeaderMap,
+    ) -> geo::Location {
+        let config = &snapshot.config;
+        let mut location = self.locator.locate(&self.shared.geodb(), client);
+        if let Some(pin) = &config.geo.pin_header {
+            if self.trusted.contains(peer) {
+                if let Some(region) = geo::pinned_region(headers, pin, &config.regions) {
+                    location.region = region;
+                    location.why = geo::Why::Pin;
+                    return location;
+                }
+            }
+        }
+        if let Some(cookie) = &config.geo.sticky_cookie {
+            let serving = |r: usize| {
+                snapshot
+                    .regions
+                    .get(r)
+                    .is_some_and(|v| v.healthy_backends() > 0 && !v.held)
+            };
+            if let Some(region) =
+                geo::sticky_region(headers, cookie, &config.regions).filter(|&r| serving(r))
+            {
+                location.region = region;
+                location.why = geo::Why::Sticky;
+            }
+        }
+        location
+    }
+
+    /// Phase 1b: the ordered candidates.
     fn plan(&self, snapshot: &Snapshot, preferred: usize, client: IpAddr) -> Plan {
         let config = &snapshot.config;
         routing::plan(

@@ -23,6 +23,7 @@ pub mod headers;
 pub mod health;
 pub mod latency;
 pub mod proxy;
+pub mod proxy_protocol;
 pub mod request_body;
 pub mod routing;
 pub mod server;

@@ -130,6 +130,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         http,
         proxy,
         config.limits.clone(),
+        config.listen.proxy_protocol,
         Stops {
             graceful: stop.clone(),
             hard: hard_stop.clone(),
@@ -239,6 +240,7 @@ async fn accept_loop(
     listener: TcpListener,
     proxy: Proxy,
     limits: Limits,
+    proxy_protocol: bool,
     stops: Stops,
     connections: TaskTracker,
 ) {
@@ -271,7 +273,7 @@ async fn accept_loop(
             stops.clone(),
         );
         connections.spawn(async move {
-            serve_connection(stream, peer, proxy, &http, &limits, stops).await;
+            serve_connection(stream, peer, proxy, &http, &limits, proxy_protocol, stops).await;
             drop(permit);
         });
     }
@@ -297,8 +299,23 @@ async fn serve_connection(
     proxy: Proxy,
     http: &auto::Builder<TokioExecutor>,
     limits: &Limits,
+    proxy_protocol: bool,
     stops: Stops,
 ) {
+    let mut stream = stream;
+    let peer = if proxy_protocol && proxy.trusts(crate::geo::peer_ip(peer)) {
+        use crate::proxy_protocol::{read_header, Source};
+        match read_header(&mut stream, limits.header_read_timeout).await {
+            Ok(Source::Client(client)) => client,
+            Ok(Source::Absent | Source::Local) => peer,
+            Err(e) => {
+                tracing::debug!(%peer, error = %e, "connection refused");
+                return;
+            }
+        }
+    } else {
+        peer
+    };
     let activity = Arc::new(Activity::default());
     let service = {
         let activity = Arc::clone(&activity);

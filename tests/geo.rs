@@ -496,3 +496,82 @@ async fn the_access_log_says_where_and_why() {
         "{line}"
     );
 }
+
+/// Sends `bytes` on a fresh connection and returns everything answered.
+async fn raw(addr: std::net::SocketAddr, bytes: &[u8]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(bytes).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+const REQUEST: &[u8] = b"GET / HTTP/1.1\r\nHost: app.example\r\nConnection: close\r\n\r\n";
+
+fn proxy_v2(source: [u8; 4], port: u16) -> Vec<u8> {
+    let mut h = b"\r\n\r\n\0\r\nQUIT\n".to_vec();
+    h.push(0x21); // version 2, PROXY
+    h.push(0x11); // TCP over IPv4
+    h.extend_from_slice(&12u16.to_be_bytes());
+    h.extend_from_slice(&source);
+    h.extend_from_slice(&[127, 0, 0, 1]);
+    h.extend_from_slice(&port.to_be_bytes());
+    h.extend_from_slice(&80u16.to_be_bytes());
+    h
+}
+
+#[tokio::test]
+async fn the_proxy_protocol_gives_the_client_from_trusted_balancers_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("country.mmdb");
+    write_maxmind(
+        &db,
+        &[
+            ("198.51.100.0/24", maxmind(Some("US"), None, Some("NA"))),
+            ("192.0.2.0/24", maxmind(Some("DE"), None, Some("EU"))),
+        ],
+    );
+    let w = World::start().await;
+    let text = w.config(&db, "\"127.0.0.1\"").replacen(
+        "[listen]\n",
+        "[listen]\nproxy_protocol = true\n",
+        1,
+    );
+    let m = started(&text).await;
+
+    let mut v1 = b"PROXY TCP4 198.51.100.7 127.0.0.1 4711 80\r\n".to_vec();
+    v1.extend_from_slice(REQUEST);
+    let answer = raw(m.http_addr, &v1).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.contains("x-meridian-region: us"), "v1: {answer}");
+
+    let mut v2 = proxy_v2([192, 0, 2, 7], 4711);
+    v2.extend_from_slice(REQUEST);
+    let answer = raw(m.http_addr, &v2).await;
+    assert!(answer.contains("x-meridian-region: eu"), "v2: {answer}");
+
+    // A trusted balancer's own requests without a header still work.
+    let answer = raw(m.http_addr, REQUEST).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+
+    // A broken header ends the connection without a word.
+    let answer = raw(
+        m.http_addr,
+        b"PROXY TCP4 nonsense\r\nGET / HTTP/1.1\r\n\r\n",
+    )
+    .await;
+    assert_eq!(answer, "");
+    m.shutdown().await;
+
+    // From a peer that is not trusted, a PROXY header is a bad request.
+    let text = w.config(&db, "\"10.0.0.0/8\"").replacen(
+        "[listen]\n",
+        "[listen]\nproxy_protocol = true\n",
+        1,
+    );
+    let m = started(&text).await;
+    let answer = raw(m.http_addr, &v1).await;
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    m.shutdown().await;
+}

@@ -34,6 +34,7 @@ pub struct FileConfig {
 #[serde(deny_unknown_fields)]
 pub struct ListenFile {
     pub http: Option<Spanned<String>>,
+    pub proxy_protocol: Option<bool>,
 }
 
 /// `[admin]`

@@ -45,6 +45,9 @@ pub struct Config {
 pub struct Listen {
     /// Plain HTTP listener. Default `0.0.0.0:8080`.
     pub http: SocketAddr,
+    /// Read a PROXY protocol (v1 or v2) header from `geo.trusted_proxies`
+    /// peers before the request. Default false.
+    pub proxy_protocol: bool,
 }
 
 /// `[admin]`: the operators' listener.

@@ -171,7 +171,6 @@ fn not_yet_supported(key: &str, serde_message: &str) -> Option<&'static str> {
         "listen.https" | "listen.redirect_to_https" | "tls" => {
             "TLS termination is not available yet; serve plain HTTP with listen.http"
         }
-        "listen.proxy_protocol" => "the PROXY protocol is not available yet",
         "admin.state_file" => "drains and incidents are not available yet, so there is no state to keep",
         "region.health.failure_domain_header" => "failure-domain warnings are not available yet",
         "region.backends" if serde_message.contains("map") => {
@@ -210,6 +209,7 @@ fn check(file_name: &str, raw: FileConfig, issues: &mut Issues) -> Config {
 
     let listen = Listen {
         http: socket_addr(issues, "listen.http", listen.http.as_ref(), "0.0.0.0:8080"),
+        proxy_protocol: listen.proxy_protocol.unwrap_or(false),
     };
     let admin = admin.map(|a| check_admin(issues, a));
     let regions = check_regions(issues, &region);

@@ -140,6 +140,11 @@ impl Proxy {
         Ok(response)
     }
 
+    /// Whether `ip` is one of `geo.trusted_proxies`.
+    pub fn trusts(&self, ip: IpAddr) -> bool {
+        self.trusted.contains(ip)
+    }
+
     /// Phase 1a: the client's preferred region — pinned by a trusted peer,
     /// kept by the sticky cookie when that region can serve, or by geography.
     fn locate(

@@ -32,8 +32,57 @@ pub struct Plan {
     /// The region the client would ideally be served by.
     pub preferred: usize,
     /// Candidates, best first; empty when no region can serve.
-    pub candidates: Vec<Candidate>,
+    pub candidates: Candidates,
 }
+
+/// Most candidates in a plan: the largest `proxy.max_attempts`.
+pub const MAX_CANDIDATES: usize = 10;
+
+/// The candidates of a plan, kept inline so that planning allocates nothing.
+#[derive(Debug, Clone, Copy)]
+pub struct Candidates {
+    items: [Candidate; MAX_CANDIDATES],
+    len: usize,
+}
+
+impl Default for Candidates {
+    fn default() -> Self {
+        let none = Candidate {
+            region: 0,
+            backend: 0,
+            reason: Reason::Preferred,
+        };
+        Candidates {
+            items: [none; MAX_CANDIDATES],
+            len: 0,
+        }
+    }
+}
+
+impl Candidates {
+    fn push(&mut self, c: Candidate) {
+        if let Some(slot) = self.items.get_mut(self.len) {
+            *slot = c;
+            self.len += 1;
+        }
+    }
+}
+
+impl std::ops::Deref for Candidates {
+    type Target = [Candidate];
+
+    fn deref(&self) -> &[Candidate] {
+        &self.items[..self.len]
+    }
+}
+
+impl PartialEq for Candidates {
+    fn eq(&self, other: &Self) -> bool {
+        **self == **other
+    }
+}
+
+impl Eq for Candidates {}
 
 /// Plans a request from a client whose preferred region is `preferred`.
 ///
@@ -59,7 +108,8 @@ pub fn plan(
     client_key: u64,
     max: usize,
 ) -> Plan {
-    let mut candidates = Vec::with_capacity(max.min(8));
+    let mut candidates = Candidates::default();
+    let max = max.min(MAX_CANDIDATES);
     let Some(home) = regions.get(preferred) else {
         return Plan {
             preferred,
@@ -74,25 +124,22 @@ pub fn plan(
     } else {
         max
     };
-    let add = |candidates: &mut Vec<Candidate>,
-               region: usize,
-               reason: Reason,
-               skip: usize,
-               limit: usize| {
-        let Some(view) = views.get(region) else {
-            return;
-        };
-        for backend in healthy_in_rotation(view, rotation).skip(skip) {
-            if candidates.len() >= limit {
+    let add =
+        |candidates: &mut Candidates, region: usize, reason: Reason, skip: usize, limit: usize| {
+            let Some(view) = views.get(region) else {
                 return;
+            };
+            for backend in healthy_in_rotation(view, rotation).skip(skip) {
+                if candidates.len() >= limit {
+                    return;
+                }
+                candidates.push(Candidate {
+                    region,
+                    backend,
+                    reason,
+                });
             }
-            candidates.push(Candidate {
-                region,
-                backend,
-                reason,
-            });
-        }
-    };
+        };
     if home_ready {
         add(&mut candidates, preferred, Reason::Preferred, 0, home_cap);
     }

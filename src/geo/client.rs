@@ -44,31 +44,50 @@ pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &TrustedProxies) ->
     if trusted.is_empty() || !trusted.contains(peer) {
         return peer;
     }
+    let mut hops = Hops::default();
     if headers.contains_key(FORWARDED) {
-        let hops = headers
-            .get_all(FORWARDED)
-            .iter()
-            .flat_map(|v| split_list(v.as_bytes()))
-            .map(forwarded_for);
-        return rightmost_untrusted(peer, hops, trusted);
+        for v in headers.get_all(FORWARDED) {
+            for_each_element(v.as_bytes(), |e| hops.push(forwarded_for(e)));
+        }
+    } else {
+        for v in headers.get_all(X_FORWARDED_FOR) {
+            for_each_element(v.as_bytes(), |e| hops.push(parse_node(trim(e))));
+        }
     }
-    let hops = headers
-        .get_all(X_FORWARDED_FOR)
-        .iter()
-        .flat_map(|v| split_list(v.as_bytes()))
-        .map(|hop| parse_node(trim(hop)));
-    rightmost_untrusted(peer, hops, trusted)
+    rightmost_untrusted(peer, &hops, trusted)
+}
+
+/// Hops kept from a forwarding header: the nearest ones, which are all a
+/// walk from the right can reach through trusted proxies.
+const MAX_HOPS: usize = 16;
+
+/// The last [`MAX_HOPS`] hops of a header, on the stack.
+#[derive(Default)]
+struct Hops {
+    ring: [Option<IpAddr>; MAX_HOPS],
+    pushed: usize,
+}
+
+impl Hops {
+    fn push(&mut self, hop: Option<IpAddr>) {
+        self.ring[self.pushed % MAX_HOPS] = hop;
+        self.pushed += 1;
+    }
+
+    /// The kept hops, nearest first.
+    fn nearest_first(&self) -> impl Iterator<Item = Option<IpAddr>> + '_ {
+        let kept = self.pushed.min(MAX_HOPS);
+        (1..=kept).map(move |k| self.ring[(self.pushed - k) % MAX_HOPS])
+    }
 }
 
 /// Walks the hops from the nearest: the first untrusted one is the client.
 /// A hop that is not an address (`unknown`, an obfuscated name, garbage)
-/// ends the walk at the last trusted hop, as does a chain of trusted hops.
-fn rightmost_untrusted<I>(peer: IpAddr, hops: I, trusted: &TrustedProxies) -> IpAddr
-where
-    I: DoubleEndedIterator<Item = Option<IpAddr>>,
-{
+/// ends the walk at the last trusted hop, as does a chain of trusted hops
+/// (longer than [`MAX_HOPS`], at its `MAX_HOPS`-th hop).
+fn rightmost_untrusted(peer: IpAddr, hops: &Hops, trusted: &TrustedProxies) -> IpAddr {
     let mut client = peer;
-    for hop in hops.rev() {
+    for hop in hops.nearest_first() {
         let Some(ip) = hop else {
             return client;
         };
@@ -81,10 +100,14 @@ where
     client
 }
 
-/// The elements of a comma-separated header value, commas inside quoted
-/// strings included in their element.
-fn split_list(value: &[u8]) -> Vec<&[u8]> {
-    let mut out = Vec::new();
+/// Calls `f` with each non-empty element of a comma-separated header value,
+/// commas inside quoted strings included in their element.
+fn for_each_element<'a>(value: &'a [u8], mut f: impl FnMut(&'a [u8])) {
+    let mut emit = |e: &'a [u8]| {
+        if !trim(e).is_empty() {
+            f(e);
+        }
+    };
     let (mut start, mut quoted, mut escaped) = (0, false, false);
     for (i, &b) in value.iter().enumerate() {
         match b {
@@ -92,15 +115,13 @@ fn split_list(value: &[u8]) -> Vec<&[u8]> {
             b'\\' if quoted => escaped = true,
             b'"' => quoted = !quoted,
             b',' if !quoted => {
-                out.push(&value[start..i]);
+                emit(&value[start..i]);
                 start = i + 1;
             }
             _ => {}
         }
     }
-    out.push(&value[start..]);
-    out.retain(|e| !trim(e).is_empty());
-    out
+    emit(&value[start..]);
 }
 
 fn trim(s: &[u8]) -> &[u8] {
@@ -282,6 +303,20 @@ mod tests {
         // An obfuscated port is fine.
         let h = headers(&[("forwarded", "for=\"192.0.2.43:_p1\"")]);
         assert_eq!(client_ip(ip("10.0.0.1"), &h, &trusted()), ip("192.0.2.43"));
+    }
+
+    #[test]
+    fn a_long_trusted_chain_is_walked_to_its_kept_end() {
+        let mut chain: Vec<String> = vec!["198.51.100.9".into()];
+        chain.extend((0..40).map(|i| format!("10.0.0.{i}")));
+        let h = headers(&[("x-forwarded-for", &chain.join(", "))]);
+        // The 16 nearest hops are kept: the walk ends at the farthest of them.
+        assert_eq!(client_ip(ip("10.0.0.1"), &h, &trusted()), ip("10.0.0.24"));
+        let h = headers(&[("x-forwarded-for", &chain[..10].join(", "))]);
+        assert_eq!(
+            client_ip(ip("10.0.0.1"), &h, &trusted()),
+            ip("198.51.100.9")
+        );
     }
 
     #[test]

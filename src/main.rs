@@ -96,7 +96,18 @@ fn check(path: &PathBuf) -> ExitCode {
         eprintln!("error: {}: `status_page.template`: {e}", path.display());
         return ExitCode::from(1);
     }
+    let db = match &config.geo.database {
+        Some(file) => match meridian::geo::GeoDb::open(file) {
+            Ok(db) => db,
+            Err(e) => {
+                eprintln!("error: {}: `geo.database`: {e}", path.display());
+                return ExitCode::from(1);
+            }
+        },
+        None => meridian::geo::GeoDb::built_in(),
+    };
     print!("{}", config.summary());
+    println!("geoip: {} ({})", db.name(), db.database_type());
     for warning in config.warnings() {
         println!("warning: {warning}");
     }

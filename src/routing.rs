@@ -402,4 +402,15 @@ mod tests {
         assert_eq!(p.candidates.last().map(|c| c.region), Some(0));
         assert_eq!(p.candidates[0].region, 1);
     }
+
+    #[test]
+    fn every_allowed_max_attempts_fits_a_plan() {
+        let text = |n: usize| {
+            format!("[proxy]\nmax_attempts = {n}\n[[region]]\nname = \"us\"\nbackends = [\"http://10.0.0.1:80\"]\n")
+        };
+        assert!(Config::parse("t.toml", &text(MAX_CANDIDATES)).is_ok());
+        assert!(Config::parse("t.toml", &text(MAX_CANDIDATES + 1)).is_err());
+        let v = views(&[&[Up; 3], &[Up; 2], &[Up]]);
+        assert_eq!(plan(&regions(), &v, 0, 0, 0, 100).candidates.len(), 6);
+    }
 }

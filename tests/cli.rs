@@ -56,6 +56,37 @@ fn check_names_file_line_and_key_and_exits_non_zero() {
 }
 
 #[test]
+fn check_opens_the_geoip_database() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("country.mmdb");
+    std::fs::write(&db, b"not a database").unwrap();
+    let path = dir.path().join("geo.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[geo]\ndatabase = \"{}\"\n[[region]]\nname = \"us\"\nbackends = [\"http://10.0.0.1:80\"]\n",
+            db.display()
+        ),
+    )
+    .unwrap();
+    let (code, _, err) = meridian(&["check", "-c", path.to_str().unwrap()]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("`geo.database`") && err.contains(&db.display().to_string()),
+        "{err}"
+    );
+    let path = dir.path().join("default.toml");
+    std::fs::write(
+        &path,
+        "[[region]]\nname = \"us\"\nbackends = [\"http://10.0.0.1:80\"]\n",
+    )
+    .unwrap();
+    let (code, out, _) = meridian(&["check", "-c", path.to_str().unwrap()]);
+    assert_eq!(code, 0);
+    assert!(out.contains("geoip: built-in iptoasn-country"), "{out}");
+}
+
+#[test]
 fn check_reports_a_missing_file() {
     let (code, _, err) = meridian(&["check", "-c", "/nonexistent/meridian.toml"]);
     assert_eq!(code, 1);

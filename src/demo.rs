@@ -253,6 +253,11 @@ Try, in another terminal:
   curl -s http://{http}/
   # Clients from 127.0.0.2 prefer eu (a [[geo.override]]).
   curl -s --interface 127.0.0.2 http://{http}/
+  # A client in the Netherlands, by the built-in GeoIP database, prefers eu
+  # (loopback is a trusted proxy in the demo, so X-Forwarded-For counts).
+  curl -s -H 'X-Forwarded-For: 193.0.6.139' http://{http}/
+  # Pin a region, as an operator's synthetic check would.
+  curl -s -H 'X-Meridian-Pin: eu' http://{http}/
   # Regions, backends and their health.
   curl -s http://{admin}/api/v1/status
   # Make us hang after accepting, as a half-alive node does: requests are

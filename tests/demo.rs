@@ -79,6 +79,11 @@ async fn the_demo_shows_routing_failover_and_the_status_page() {
         "the 127.0.0.2 override: {answer}"
     );
 
+    let (_, headers, _) = get(&m, "/", &[("x-forwarded-for", "193.0.6.139")]).await;
+    assert_eq!(headers["x-meridian-region"], "eu", "a client in Europe");
+    let (_, headers, _) = get(&m, "/", &[("x-meridian-pin", "eu")]).await;
+    assert_eq!(headers["x-meridian-region"], "eu", "pinned");
+
     let control_post = |path: &'static str| async move {
         let req = empty(http::Method::POST, format!("http://{control_addr}{path}"));
         client().request(req).await.unwrap().status()

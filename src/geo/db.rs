@@ -251,6 +251,9 @@ mod tests {
         let p = db.place("8.8.8.8".parse().unwrap());
         assert_eq!(p.country, Some(*b"US"));
         assert_eq!(p.continent, Some(*b"NA"));
+        // RIPE NCC's own network is registered in the Netherlands.
+        let p = db.place("193.0.6.139".parse().unwrap());
+        assert_eq!((p.country, p.continent), (Some(*b"NL"), Some(*b"EU")));
         let p = db.place("2001:4860:4860::8888".parse().unwrap());
         assert_eq!(p.country, Some(*b"US"), "IPv6 too");
         assert_eq!(db.place("127.0.0.1".parse().unwrap()), Place::default());

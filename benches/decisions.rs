@@ -75,7 +75,10 @@ fn main() {
     let config = Config::parse("decisions.toml", CONFIG).unwrap();
     let db = geo::GeoDb::built_in();
     let locator = geo::Locator::new(&config);
-    let trusted = geo::TrustedProxies::new(config.geo.trusted_proxies.clone());
+    let trusted = geo::TrustedProxies::new(
+        config.geo.trusted_proxies.clone(),
+        config.geo.forwarding_header,
+    );
     let views: Vec<RegionView> = config
         .regions
         .iter()

@@ -63,7 +63,10 @@ fn bench_routing(c: &mut Criterion) {
     let us_down = views(BackendState::Down);
     let db = geo::GeoDb::built_in();
     let locator = geo::Locator::new(&config);
-    let trusted = geo::TrustedProxies::new(config.geo.trusted_proxies.clone());
+    let trusted = geo::TrustedProxies::new(
+        config.geo.trusted_proxies.clone(),
+        config.geo.forwarding_header,
+    );
     let overridden = "10.1.2.3".parse().unwrap();
     let public = "8.8.8.8".parse().unwrap();
     c.bench_function("geo: override", |b| {

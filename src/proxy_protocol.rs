@@ -74,8 +74,9 @@ async fn read(stream: &mut TcpStream) -> Result<Source, ProxyHeaderError> {
                 return Err(ProxyHeaderError::Invalid("header too long".into()));
             }
             Parsed::Incomplete => {
-                // More bytes are on their way; peek would see the same ones at once.
-                tokio::time::sleep(Duration::from_millis(2)).await;
+                // More bytes are on their way; peek would see the same ones
+                // at once. The wait is bounded by the caller's timeout.
+                tokio::time::sleep(Duration::from_millis(10)).await;
             }
             Parsed::Invalid(e) => return Err(ProxyHeaderError::Invalid(e)),
             Parsed::Header { len, source } => {

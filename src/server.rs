@@ -71,7 +71,14 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let (signals, signals_rx) = mpsc::channel(total.max(1) * 2 + 256);
     let shared = Arc::new(Shared::new(Arc::clone(&config), signals.clone()));
     if let Some(path) = &config.geo.database {
-        let db = crate::geo::GeoDb::open(path)?;
+        // Every record is read: not on the runtime's threads.
+        let file = path.clone();
+        let db = tokio::task::spawn_blocking(move || crate::geo::GeoDb::open(&file))
+            .await
+            .map_err(|e| crate::geo::DbError {
+                file: path.display().to_string(),
+                reason: e.to_string(),
+            })??;
         shared.geodb_slot().store(Arc::new(db));
     }
     {
@@ -307,7 +314,14 @@ async fn serve_connection(
         use crate::proxy_protocol::{read_header, Source};
         match read_header(&mut stream, limits.header_read_timeout).await {
             Ok(Source::Client(client)) => client,
-            Ok(Source::Absent | Source::Local) => peer,
+            // The balancer's own connection, such as its health check.
+            Ok(Source::Local) => peer,
+            // A PROXY listener requires the header from its balancers: without
+            // it a client passed through at L4 would speak as the balancer.
+            Ok(Source::Absent) => {
+                tracing::debug!(%peer, "connection refused: no PROXY header from a trusted peer");
+                return;
+            }
             Err(e) => {
                 tracing::debug!(%peer, error = %e, "connection refused");
                 return;

@@ -213,17 +213,27 @@ async fn forwarding_headers_count_only_from_trusted_peers() {
     assert_eq!(region_for(&m, "198.51.100.7").await, "us");
     // The right-most untrusted hop: a forged entry in front is not believed.
     assert_eq!(region_for(&m, "192.0.2.7, 198.51.100.7").await, "us");
-    // Forwarded wins over X-Forwarded-For, quoted IPv6 and all.
-    let (_, headers, _) = get(
-        &m,
-        "/",
-        &[
-            ("x-forwarded-for", "198.51.100.7"),
-            ("forwarded", "for=\"192.0.2.7:4711\";proto=https"),
-        ],
-    )
-    .await;
-    assert_eq!(headers["x-meridian-region"], "eu");
+    // Only the configured header counts: a client's Forwarded passed on by
+    // a proxy that appends to X-Forwarded-For is not believed.
+    let both = [
+        ("x-forwarded-for", "198.51.100.7"),
+        ("forwarded", "for=\"192.0.2.7:4711\";proto=https"),
+    ];
+    let (_, headers, _) = get(&m, "/", &both).await;
+    assert_eq!(headers["x-meridian-region"], "us");
+    m.shutdown().await;
+
+    let text = w.config(&db, "\"127.0.0.0/8\"").replacen(
+        "[geo]\n",
+        "[geo]\nforwarding_header = \"forwarded\"\n",
+        1,
+    );
+    let m = started(&text).await;
+    let (_, headers, _) = get(&m, "/", &both).await;
+    assert_eq!(
+        headers["x-meridian-region"], "eu",
+        "Forwarded, quoted and ported"
+    );
     m.shutdown().await;
 }
 
@@ -327,6 +337,15 @@ async fn a_pin_header_is_honoured_from_trusted_peers_only() {
     );
     let w = World::start().await;
     let m = started(&w.config(&db, "\"127.0.0.1\"")).await;
+    // From the trusted host itself.
+    let (_, headers, _) = get(&m, "/", &[("x-meridian-pin", "eu")]).await;
+    assert_eq!(headers["x-meridian-region"], "eu", "pinned");
+    let (_, headers, _) = get(&m, "/", &[("x-meridian-pin", "mars")]).await;
+    assert_eq!(
+        headers["x-meridian-region"], "ap",
+        "an unknown region is ignored"
+    );
+    // A client behind the trusted proxy cannot pin: proxies pass headers on.
     let (_, headers, _) = get(
         &m,
         "/",
@@ -336,20 +355,7 @@ async fn a_pin_header_is_honoured_from_trusted_peers_only() {
         ],
     )
     .await;
-    assert_eq!(headers["x-meridian-region"], "eu", "pinned");
-    let (_, headers, _) = get(
-        &m,
-        "/",
-        &[
-            ("x-forwarded-for", "198.51.100.7"),
-            ("x-meridian-pin", "mars"),
-        ],
-    )
-    .await;
-    assert_eq!(
-        headers["x-meridian-region"], "us",
-        "an unknown region is ignored"
-    );
+    assert_eq!(headers["x-meridian-region"], "us", "not pinned");
     m.shutdown().await;
 
     let m = started(&w.config(&db, "")).await;
@@ -384,6 +390,15 @@ async fn a_sticky_cookie_keeps_a_failed_over_user_where_they_were_served() {
     );
 
     us.set_up(false);
+    // Before the checks notice, a request retried on eu gets no cookie: a
+    // retry or hedge that happened to win does not move the user.
+    let (_, headers, _) = get(&m, "/", &[]).await;
+    assert_eq!(headers["x-meridian-region"], "eu");
+    assert!(headers.get("set-cookie").is_none());
+    wait_for(Duration::from_secs(5), "us down", || async {
+        region_state(&m, "us").await == "down"
+    })
+    .await;
     let (_, headers, _) = get(&m, "/", &[]).await;
     assert_eq!(headers["x-meridian-region"], "eu");
     assert_eq!(
@@ -551,8 +566,14 @@ async fn the_proxy_protocol_gives_the_client_from_trusted_balancers_only() {
     let answer = raw(m.http_addr, &v2).await;
     assert!(answer.contains("x-meridian-region: eu"), "v2: {answer}");
 
-    // A trusted balancer's own requests without a header still work.
+    // Without a header, a trusted balancer's connection is refused: a client
+    // passed through at L4 would otherwise speak as the balancer.
     let answer = raw(m.http_addr, REQUEST).await;
+    assert_eq!(answer, "");
+    // LOCAL (the balancer's own health check) is served as the balancer.
+    let mut local = b"PROXY UNKNOWN\r\n".to_vec();
+    local.extend_from_slice(REQUEST);
+    let answer = raw(m.http_addr, &local).await;
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
 
     // A broken header ends the connection without a word.

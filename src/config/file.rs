@@ -34,7 +34,7 @@ pub struct FileConfig {
 #[serde(deny_unknown_fields)]
 pub struct ListenFile {
     pub http: Option<Spanned<String>>,
-    pub proxy_protocol: Option<bool>,
+    pub proxy_protocol: Option<Spanned<bool>>,
 }
 
 /// `[admin]`
@@ -54,6 +54,7 @@ pub struct GeoFile {
     #[serde(default)]
     pub trusted_proxies: Vec<Spanned<String>>,
     pub reload_interval: Option<Spanned<Dur>>,
+    pub forwarding_header: Option<Spanned<String>>,
     pub pin_header: Option<Spanned<String>>,
     pub sticky_cookie: Option<Spanned<String>>,
     pub sticky_ttl: Option<Spanned<Dur>>,

@@ -77,8 +77,10 @@ pub struct Geo {
     pub overrides: Vec<GeoOverride>,
     /// A MaxMind DB file (`database`); `None` uses the built-in country database.
     pub database: Option<std::path::PathBuf>,
-    /// Peers whose `Forwarded` and `X-Forwarded-For` headers are believed.
+    /// Peers whose forwarding header is believed.
     pub trusted_proxies: Vec<IpNet>,
+    /// The forwarding header the trusted proxies maintain. Default `X-Forwarded-For`.
+    pub forwarding_header: ForwardingHeader,
     /// How often the database file is checked for a new version. Default 10 s.
     pub reload_interval: Duration,
     /// Request header naming a region, honoured from trusted proxies only.
@@ -88,6 +90,17 @@ pub struct Geo {
     pub sticky_cookie: Option<String>,
     /// Lifetime of the sticky-region cookie. Default 30 minutes.
     pub sticky_ttl: Duration,
+}
+
+/// `geo.forwarding_header`: the header trusted proxies maintain; the other
+/// one is never read.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ForwardingHeader {
+    /// `"x-forwarded-for"`, which nearly every proxy appends to.
+    #[default]
+    XForwardedFor,
+    /// `"forwarded"` (RFC 7239).
+    Forwarded,
 }
 
 /// One `[[geo.override]]` entry.

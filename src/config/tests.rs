@@ -2160,3 +2160,36 @@ fn pin_header_sticky_cookie_and_region_header() {
         "invalid cookie name \"a=b\"",
     );
 }
+
+#[test]
+fn forwarding_header_and_proxy_protocol_need_their_context() {
+    assert_eq!(
+        accepted(ONE_REGION).geo.forwarding_header,
+        ForwardingHeader::XForwardedFor
+    );
+    let c = accepted(&format!(
+        "[geo]\nforwarding_header = \"Forwarded\"\n{ONE_REGION}"
+    ));
+    assert_eq!(c.geo.forwarding_header, ForwardingHeader::Forwarded);
+    assert_only_issue(
+        &format!("[geo]\nforwarding_header = \"x-real-ip\"\n{ONE_REGION}"),
+        "forwarding_header",
+        "geo.forwarding_header",
+        "expected \"x-forwarded-for\" or \"forwarded\"",
+    );
+    assert_only_issue(
+        &format!("[listen]\nproxy_protocol = true\n{ONE_REGION}"),
+        "proxy_protocol",
+        "listen.proxy_protocol",
+        "geo.trusted_proxies",
+    );
+    let c = accepted(&format!(
+        "[listen]\nproxy_protocol = true\n[geo]\ntrusted_proxies = [\"::ffff:10.0.0.0/104\"]\n{ONE_REGION}"
+    ));
+    assert!(c.listen.proxy_protocol);
+    assert_eq!(
+        c.geo.trusted_proxies,
+        vec!["10.0.0.0/8".parse::<ipnet::IpNet>().unwrap()],
+        "IPv4-mapped networks are matched as IPv4"
+    );
+}

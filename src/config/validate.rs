@@ -13,8 +13,8 @@ use toml::Spanned;
 use super::error::{ConfigError, ConfigIssue, Issues};
 use super::file::{self, Dur, FileConfig, Num, StatusFile};
 use super::{
-    Admin, Backend, Config, FailureKinds, Geo, GeoOverride, Health, Hedge, InitialState, Limits,
-    Listen, Outlier, Proxy, Region, RetryBudget, StatusPage,
+    Admin, Backend, Config, FailureKinds, ForwardingHeader, Geo, GeoOverride, Health, Hedge,
+    InitialState, Limits, Listen, Outlier, Proxy, Region, RetryBudget, StatusPage,
 };
 
 /// Continent codes as GeoIP databases spell them.
@@ -207,13 +207,31 @@ fn check(file_name: &str, raw: FileConfig, issues: &mut Issues) -> Config {
         status_page,
     } = raw;
 
+    let listen_file = listen;
     let listen = Listen {
-        http: socket_addr(issues, "listen.http", listen.http.as_ref(), "0.0.0.0:8080"),
-        proxy_protocol: listen.proxy_protocol.unwrap_or(false),
+        http: socket_addr(
+            issues,
+            "listen.http",
+            listen_file.http.as_ref(),
+            "0.0.0.0:8080",
+        ),
+        proxy_protocol: listen_file
+            .proxy_protocol
+            .as_ref()
+            .is_some_and(|p| *p.get_ref()),
     };
     let admin = admin.map(|a| check_admin(issues, a));
     let regions = check_regions(issues, &region);
     let geo = check_geo(issues, geo, &regions);
+    if let Some(p) = &listen_file.proxy_protocol {
+        if *p.get_ref() && geo.trusted_proxies.is_empty() {
+            issues.at(
+                span(p),
+                "listen.proxy_protocol",
+                "the PROXY protocol is read only from geo.trusted_proxies, and none is set: list your load balancers there",
+            );
+        }
+    }
     let proxy = check_proxy(issues, proxy);
     let limits = check_limits(issues, limits);
     let status_page = check_status_page(issues, status_page);
@@ -1114,6 +1132,7 @@ fn check_geo(issues: &mut Issues, geo: Option<file::GeoFile>, regions: &[Region]
             overrides: Vec::new(),
             database: None,
             trusted_proxies: Vec::new(),
+            forwarding_header: ForwardingHeader::default(),
             reload_interval: Duration::from_secs(10),
             pin_header: Some(http::HeaderName::from_static(DEFAULT_PIN_HEADER)),
             sticky_cookie: None,
@@ -1126,10 +1145,28 @@ fn check_geo(issues: &mut Issues, geo: Option<file::GeoFile>, regions: &[Region]
         database,
         trusted_proxies,
         reload_interval,
+        forwarding_header,
         pin_header,
         sticky_cookie,
         sticky_ttl,
     } = geo;
+    let forwarding_header = match forwarding_header {
+        None => ForwardingHeader::default(),
+        Some(h) => {
+            match h.get_ref().to_ascii_lowercase().as_str() {
+                "x-forwarded-for" => ForwardingHeader::XForwardedFor,
+                "forwarded" => ForwardingHeader::Forwarded,
+                other => {
+                    issues.at(
+                    span(&h),
+                    "geo.forwarding_header",
+                    format!("unknown header \"{other}\": expected \"x-forwarded-for\" or \"forwarded\""),
+                );
+                    ForwardingHeader::default()
+                }
+            }
+        }
+    };
     let pin_header = match pin_header {
         None => Some(http::HeaderName::from_static(DEFAULT_PIN_HEADER)),
         Some(h) if h.get_ref().is_empty() => None,
@@ -1270,6 +1307,7 @@ fn check_geo(issues: &mut Issues, geo: Option<file::GeoFile>, regions: &[Region]
         overrides: out,
         database,
         trusted_proxies: trusted,
+        forwarding_header,
         reload_interval,
         pin_header,
         sticky_cookie,
@@ -1286,10 +1324,20 @@ const DEFAULT_STICKY_TTL: Duration = Duration::from_secs(30 * 60);
 /// A CIDR, or a bare address meaning a single host. Host bits are cleared.
 fn parse_net(text: &str) -> Option<IpNet> {
     let text = text.trim();
-    if let Ok(net) = text.parse::<IpNet>() {
-        return Some(net.trunc());
+    let net = match text.parse::<IpNet>() {
+        Ok(net) => net.trunc(),
+        Err(_) => IpNet::from(text.parse::<std::net::IpAddr>().ok()?),
+    };
+    // Clients are matched as IPv4 once an IPv4-mapped address is unwrapped,
+    // so an IPv4-mapped network is written the same way.
+    if let IpNet::V6(v6) = net {
+        if let (Some(v4), true) = (v6.addr().to_ipv4_mapped(), v6.prefix_len() >= 96) {
+            return ipnet::Ipv4Net::new(v4, v6.prefix_len() - 96)
+                .ok()
+                .map(IpNet::V4);
+        }
     }
-    text.parse::<std::net::IpAddr>().ok().map(IpNet::from)
+    Some(net)
 }
 
 fn check_proxy(issues: &mut Issues, raw: file::ProxyFile) -> Proxy {

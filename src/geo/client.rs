@@ -1,6 +1,8 @@
 //! The client's address: the socket peer, or — only when the peer is a
-//! trusted proxy — the right-most untrusted hop named by `Forwarded`
-//! (RFC 7239) or, without it, `X-Forwarded-For`. A forged header from an
+//! trusted proxy — the right-most untrusted hop named by the one forwarding
+//! header the trusted proxies maintain: `X-Forwarded-For` (the default) or
+//! `Forwarded` (RFC 7239). The other header is never read, since a client can
+//! send it through proxies that do not touch it. A forged header from an
 //! untrusted peer changes nothing, and one forged hop in front of a trusted
 //! chain is never believed over the hop a trusted proxy saw.
 
@@ -10,26 +12,32 @@ use http::header::{HeaderName, FORWARDED};
 use http::HeaderMap;
 use ipnet::IpNet;
 
+pub use crate::config::ForwardingHeader;
+
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 
-/// The networks whose forwarding headers are believed (`geo.trusted_proxies`).
+/// The networks whose forwarding header is believed (`geo.trusted_proxies`),
+/// and which header that is (`geo.forwarding_header`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct TrustedProxies(Vec<IpNet>);
+pub struct TrustedProxies {
+    nets: Vec<IpNet>,
+    header: ForwardingHeader,
+}
 
 impl TrustedProxies {
-    /// Trusts `nets`.
-    pub fn new(nets: Vec<IpNet>) -> Self {
-        TrustedProxies(nets)
+    /// Trusts `nets` to maintain `header`.
+    pub fn new(nets: Vec<IpNet>, header: ForwardingHeader) -> Self {
+        TrustedProxies { nets, header }
     }
 
     /// Whether `ip` is one of them.
     pub fn contains(&self, ip: IpAddr) -> bool {
-        self.0.iter().any(|n| n.contains(&ip))
+        self.nets.iter().any(|n| n.contains(&ip))
     }
 
     /// Whether any network is trusted at all.
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.nets.is_empty()
     }
 }
 
@@ -45,16 +53,38 @@ pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &TrustedProxies) ->
         return peer;
     }
     let mut hops = Hops::default();
-    if headers.contains_key(FORWARDED) {
-        for v in headers.get_all(FORWARDED) {
-            for_each_element(v.as_bytes(), |e| hops.push(forwarded_for(e)));
+    match trusted.header {
+        ForwardingHeader::Forwarded => {
+            for v in headers.get_all(FORWARDED) {
+                let v = v.as_bytes();
+                // A quote left open would swallow the elements a proxy
+                // appended after it: such a line is split on every comma.
+                let quotes = balanced_quotes(v);
+                for_each_element(v, quotes, |e| hops.push(forwarded_for(e)));
+            }
         }
-    } else {
-        for v in headers.get_all(X_FORWARDED_FOR) {
-            for_each_element(v.as_bytes(), |e| hops.push(parse_node(trim(e))));
+        ForwardingHeader::XForwardedFor => {
+            for v in headers.get_all(X_FORWARDED_FOR) {
+                // Quotes mean nothing in X-Forwarded-For.
+                for_each_element(v.as_bytes(), false, |e| hops.push(parse_node(trim(e))));
+            }
         }
     }
     rightmost_untrusted(peer, &hops, trusted)
+}
+
+/// Whether every quoted string of a header value is closed.
+fn balanced_quotes(value: &[u8]) -> bool {
+    let (mut quoted, mut escaped) = (false, false);
+    for &b in value {
+        match b {
+            _ if escaped => escaped = false,
+            b'\\' if quoted => escaped = true,
+            b'"' => quoted = !quoted,
+            _ => {}
+        }
+    }
+    !quoted
 }
 
 /// Hops kept from a forwarding header: the nearest ones, which are all a
@@ -100,9 +130,9 @@ fn rightmost_untrusted(peer: IpAddr, hops: &Hops, trusted: &TrustedProxies) -> I
     client
 }
 
-/// Calls `f` with each non-empty element of a comma-separated header value,
-/// commas inside quoted strings included in their element.
-fn for_each_element<'a>(value: &'a [u8], mut f: impl FnMut(&'a [u8])) {
+/// Calls `f` with each non-empty element of a comma-separated header value;
+/// with `quotes`, commas inside quoted strings stay in their element.
+fn for_each_element<'a>(value: &'a [u8], quotes: bool, mut f: impl FnMut(&'a [u8])) {
     let mut emit = |e: &'a [u8]| {
         if !trim(e).is_empty() {
             f(e);
@@ -113,7 +143,7 @@ fn for_each_element<'a>(value: &'a [u8], mut f: impl FnMut(&'a [u8])) {
         match b {
             _ if escaped => escaped = false,
             b'\\' if quoted => escaped = true,
-            b'"' => quoted = !quoted,
+            b'"' if quotes => quoted = !quoted,
             b',' if !quoted => {
                 emit(&value[start..i]);
                 start = i + 1;
@@ -128,8 +158,23 @@ fn trim(s: &[u8]) -> &[u8] {
     s.trim_ascii()
 }
 
-/// The `for=` node of one `Forwarded` element, if it is an address.
+/// The `for=` node of one `Forwarded` element, if it is an address and
+/// the only one.
 fn forwarded_for(element: &[u8]) -> Option<IpAddr> {
+    let names_for = |pair: &[u8]| {
+        let pair = trim(pair);
+        pair.len() > 3
+            && pair[..3].eq_ignore_ascii_case(b"for")
+            && trim(&pair[3..]).starts_with(b"=")
+    };
+    if element
+        .split(|&b| b == b';')
+        .filter(|p| names_for(p))
+        .count()
+        != 1
+    {
+        return None;
+    }
     element.split(|&b| b == b';').find_map(|pair| {
         let pair = trim(pair);
         let eq = pair.iter().position(|&b| b == b'=')?;
@@ -186,11 +231,16 @@ mod tests {
         s.parse().unwrap()
     }
 
+    fn nets() -> Vec<IpNet> {
+        vec!["10.0.0.0/8".parse().unwrap(), "fd00::/8".parse().unwrap()]
+    }
+
     fn trusted() -> TrustedProxies {
-        TrustedProxies::new(vec![
-            "10.0.0.0/8".parse().unwrap(),
-            "fd00::/8".parse().unwrap(),
-        ])
+        TrustedProxies::new(nets(), ForwardingHeader::XForwardedFor)
+    }
+
+    fn trusted_fwd() -> TrustedProxies {
+        TrustedProxies::new(nets(), ForwardingHeader::Forwarded)
     }
 
     fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
@@ -265,7 +315,7 @@ mod tests {
     }
 
     #[test]
-    fn forwarded_is_preferred_and_parsed_per_rfc_7239() {
+    fn forwarded_is_parsed_per_rfc_7239_when_configured() {
         let h = headers(&[
             ("x-forwarded-for", "1.1.1.1"),
             (
@@ -274,18 +324,30 @@ mod tests {
             ),
         ]);
         assert_eq!(
-            client_ip(ip("10.0.0.1"), &h, &trusted()),
+            client_ip(ip("10.0.0.1"), &h, &trusted_fwd()),
             ip("2001:db8:cafe::17")
         );
         let h = headers(&[("forwarded", "for=192.0.2.43, for=10.0.0.3;proto=https")]);
-        assert_eq!(client_ip(ip("10.0.0.1"), &h, &trusted()), ip("192.0.2.43"));
+        assert_eq!(
+            client_ip(ip("10.0.0.1"), &h, &trusted_fwd()),
+            ip("192.0.2.43")
+        );
         let h = headers(&[("forwarded", "for=\"192.0.2.43:80\"")]);
-        assert_eq!(client_ip(ip("10.0.0.1"), &h, &trusted()), ip("192.0.2.43"));
+        assert_eq!(
+            client_ip(ip("10.0.0.1"), &h, &trusted_fwd()),
+            ip("192.0.2.43")
+        );
         let h = headers(&[("forwarded", "proto=https;for=\"[2001:db8::1]\";by=x")]);
-        assert_eq!(client_ip(ip("10.0.0.1"), &h, &trusted()), ip("2001:db8::1"));
+        assert_eq!(
+            client_ip(ip("10.0.0.1"), &h, &trusted_fwd()),
+            ip("2001:db8::1")
+        );
         // A quoted comma does not split an element.
         let h = headers(&[("forwarded", "for=192.0.2.9;ext=\"a,b\"")]);
-        assert_eq!(client_ip(ip("10.0.0.1"), &h, &trusted()), ip("192.0.2.9"));
+        assert_eq!(
+            client_ip(ip("10.0.0.1"), &h, &trusted_fwd()),
+            ip("192.0.2.9")
+        );
         // unknown, obfuscated, and elements without for= stop at the trusted hop.
         for v in [
             "for=unknown",
@@ -295,14 +357,58 @@ mod tests {
         ] {
             let h = headers(&[("forwarded", v)]);
             assert_eq!(
-                client_ip(ip("10.0.0.1"), &h, &trusted()),
+                client_ip(ip("10.0.0.1"), &h, &trusted_fwd()),
                 ip("10.0.0.1"),
                 "{v}"
             );
         }
         // An obfuscated port is fine.
         let h = headers(&[("forwarded", "for=\"192.0.2.43:_p1\"")]);
-        assert_eq!(client_ip(ip("10.0.0.1"), &h, &trusted()), ip("192.0.2.43"));
+        assert_eq!(
+            client_ip(ip("10.0.0.1"), &h, &trusted_fwd()),
+            ip("192.0.2.43")
+        );
+    }
+
+    #[test]
+    fn only_the_configured_header_is_read() {
+        // Proxies that append to X-Forwarded-For pass a client's Forwarded on.
+        let h = headers(&[
+            ("forwarded", "for=9.9.9.9"),
+            ("x-forwarded-for", "198.51.100.7"),
+        ]);
+        assert_eq!(
+            client_ip(ip("10.0.0.1"), &h, &trusted()),
+            ip("198.51.100.7")
+        );
+        assert_eq!(client_ip(ip("10.0.0.1"), &h, &trusted_fwd()), ip("9.9.9.9"));
+        let h = headers(&[("x-forwarded-for", "198.51.100.7")]);
+        assert_eq!(
+            client_ip(ip("10.0.0.1"), &h, &trusted_fwd()),
+            ip("10.0.0.1")
+        );
+    }
+
+    #[test]
+    fn an_open_quote_cannot_swallow_the_hop_a_proxy_appended() {
+        // A proxy appending to the client's own line.
+        let h = headers(&[("forwarded", "for=9.9.9.9;x=\", for=198.51.100.7")]);
+        assert_eq!(
+            client_ip(ip("10.0.0.1"), &h, &trusted_fwd()),
+            ip("198.51.100.7")
+        );
+        // Quotes mean nothing in X-Forwarded-For.
+        let h = headers(&[("x-forwarded-for", "\", 198.51.100.7")]);
+        assert_eq!(
+            client_ip(ip("10.0.0.1"), &h, &trusted()),
+            ip("198.51.100.7")
+        );
+        // Two for= in one element: neither is believed.
+        let h = headers(&[("forwarded", "for=9.9.9.9;for=198.51.100.7")]);
+        assert_eq!(
+            client_ip(ip("10.0.0.1"), &h, &trusted_fwd()),
+            ip("10.0.0.1")
+        );
     }
 
     #[test]

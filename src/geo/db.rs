@@ -69,16 +69,24 @@ pub struct Stamp {
 impl Stamp {
     /// The stamp of the file at `path` now.
     pub fn of(path: &Path) -> std::io::Result<Stamp> {
-        let m = std::fs::metadata(path)?;
+        Ok(Stamp::from_metadata(&std::fs::metadata(path)?))
+    }
+
+    /// The stamp of an open file: the one mapped, whatever the path names now.
+    fn of_file(file: &File) -> std::io::Result<Stamp> {
+        Ok(Stamp::from_metadata(&file.metadata()?))
+    }
+
+    fn from_metadata(m: &std::fs::Metadata) -> Stamp {
         #[cfg(unix)]
-        let inode = std::os::unix::fs::MetadataExt::ino(&m);
+        let inode = std::os::unix::fs::MetadataExt::ino(m);
         #[cfg(not(unix))]
         let inode = 0;
-        Ok(Stamp {
+        Stamp {
             modified: m.modified().ok(),
             len: m.len(),
             inode,
-        })
+        }
     }
 }
 
@@ -154,8 +162,8 @@ impl GeoDb {
             file: path.display().to_string(),
             reason,
         };
-        let stamp = Stamp::of(path).map_err(|e| err(e.to_string()))?;
         let file = File::open(path).map_err(|e| err(e.to_string()))?;
+        let stamp = Stamp::of_file(&file).map_err(|e| err(e.to_string()))?;
         let map = map(&file).map_err(|e| err(format!("cannot map it: {e}")))?;
         let reader = Reader::from_source(Source::Mapped(map))
             .map_err(|e| err(format!("not a MaxMind DB file: {e}")))?;

@@ -13,7 +13,7 @@ mod db;
 mod pin;
 mod watch;
 
-pub use client::{client_ip, peer_ip, TrustedProxies};
+pub use client::{client_ip, peer_ip, ForwardingHeader, TrustedProxies};
 pub use continents::continent_of;
 pub use db::{DbError, GeoDb, Place, BUILT_IN_NAME};
 pub use pin::{pinned_region, sticky_cookie, sticky_region};

@@ -20,6 +20,8 @@ pub async fn watch(
     stop: CancellationToken,
 ) {
     let mut refused: Option<Stamp> = None;
+    // Said once per outage, not at every check.
+    let mut missing = false;
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
@@ -28,12 +30,14 @@ pub async fn watch(
         let stamp = match Stamp::of(&path) {
             Ok(s) => s,
             Err(e) => {
-                if refused.is_none() {
+                if !missing {
                     tracing::warn!(file = %path.display(), error = %e, "GeoIP database unreadable; keeping the one in use");
+                    missing = true;
                 }
                 continue;
             }
         };
+        missing = false;
         let open = current.load();
         if open.origin().stamp == Some(stamp) || refused == Some(stamp) {
             continue;
@@ -50,7 +54,10 @@ pub async fn watch(
                 tracing::error!(error = %e, "new GeoIP database refused; keeping the one in use");
                 refused = Some(stamp);
             }
-            Err(e) => tracing::error!(error = %e, "GeoIP database reload failed"),
+            Err(e) => {
+                tracing::error!(file = %path.display(), error = %e, "GeoIP database reload failed; keeping the one in use");
+                refused = Some(stamp);
+            }
         }
     }
 }

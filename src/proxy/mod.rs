@@ -60,7 +60,10 @@ impl Proxy {
             )),
             latency: Arc::new(Latency::new(config.regions.len())),
             locator: Arc::new(Locator::new(&config)),
-            trusted: Arc::new(TrustedProxies::new(config.geo.trusted_proxies.clone())),
+            trusted: Arc::new(TrustedProxies::new(
+                config.geo.trusted_proxies.clone(),
+                config.geo.forwarding_header,
+            )),
             shared,
             client,
             pages,
@@ -79,7 +82,7 @@ impl Proxy {
         self.budget.request(started);
         let peer = geo::peer_ip(peer);
         let client = geo::client_ip(peer, request.headers(), &self.trusted);
-        let location = self.locate(&snapshot, peer, client, request.headers());
+        let location = self.locate(&snapshot, client, request.headers());
         let plan = self.plan(&snapshot, location.region, client);
         let (parts, body) = request.into_parts();
         let mut head = Head {
@@ -100,16 +103,20 @@ impl Proxy {
                         .insert(X_MERIDIAN_REGION, region.name_header.clone());
                 }
                 if let Some(cookie) = &config.geo.sticky_cookie {
-                    // A user served away from their region stays there for
-                    // the session; one back home needs no cookie.
+                    // A user served away from their region by a planned
+                    // failover stays there for the session; one back home
+                    // needs no cookie. A hedge or retry that happened to win,
+                    // an error, or a pin never moves the cookie.
                     let cookie_region = geo::sticky_region(&head.headers, cookie, &config.regions);
-                    let set = if served.region != location.region || cookie_region.is_some() {
-                        (cookie_region != Some(served.region))
-                            .then(|| geo::sticky_cookie(cookie, region, config.geo.sticky_ttl))
-                            .flatten()
-                    } else {
-                        None
-                    };
+                    let planned = plan.candidates.first().map(|c| c.region);
+                    let moved = served.region != location.region || cookie_region.is_some();
+                    let set = (response.status().as_u16() < 500
+                        && location.why != geo::Why::Pin
+                        && planned == Some(served.region)
+                        && cookie_region != Some(served.region)
+                        && moved)
+                        .then(|| geo::sticky_cookie(cookie, region, config.geo.sticky_ttl))
+                        .flatten();
                     if let Some(value) = set {
                         response
                             .headers_mut()
@@ -145,19 +152,15 @@ impl Proxy {
         self.trusted.contains(ip)
     }
 
-    /// Phase 1a: the client's preferred region — pinned by a trusted peer,
+    /// Phase 1a: the client's preferred region — pinned by a request from a trusted host,
     /// kept by the sticky cookie when that region can serve, or by geography.
-    fn locate(
-        &self,
-        snapshot: &Snapshot,
-        peer: IpAddr,
-        client: IpAddr,
-        headers: &HeaderMap,
-    ) -> geo::Location {
+    fn locate(&self, snapshot: &Snapshot, client: IpAddr, headers: &HeaderMap) -> geo::Location {
         let config = &snapshot.config;
         let mut location = self.locator.locate(&self.shared.geodb(), client);
         if let Some(pin) = &config.geo.pin_header {
-            if self.trusted.contains(peer) {
+            // Only a request that started on a trusted host: proxies pass
+            // their clients' headers on, a pin header included.
+            if self.trusted.contains(client) {
                 if let Some(region) = geo::pinned_region(headers, pin, &config.regions) {
                     location.region = region;
                     location.why = geo::Why::Pin;

@@ -96,11 +96,7 @@ async fn us_and_eu(region_keys: &str, tail: &str) -> (Backend, Backend, meridian
         tail,
         "",
     );
-    let m = start(&text).await;
-    wait_for(Duration::from_secs(5), "both regions healthy", || async {
-        region_state(&m, "us").await == "healthy" && region_state(&m, "eu").await == "healthy"
-    })
-    .await;
+    let m = start_healthy(&text, &["us", "eu"]).await;
     (us1, eu1, m)
 }
 
@@ -257,11 +253,7 @@ async fn a_post_whose_connection_was_refused_is_retried() {
         "[proxy]\nhedge = false\n",
     )
     .replace("interval = \"100ms\"", "interval = \"60s\"");
-    let m = start(&text).await;
-    wait_for(Duration::from_secs(5), "healthy", || async {
-        region_state(&m, "us").await == "healthy" && region_state(&m, "eu").await == "healthy"
-    })
-    .await;
+    let m = start_healthy(&text, &["us", "eu"]).await;
     us1.set_up(false);
     let (status, region, body) = post(&m, "/sink", b"").await;
     assert_eq!((status, region.as_str()), (StatusCode::OK, "eu"), "{body}");
@@ -319,11 +311,7 @@ async fn a_get_with_a_small_body_is_replayed_after_a_reset() {
         "[region.outlier]\nconsecutive_failures = 0",
         "[proxy]\nretry_methods = [\"GET\", \"PUT\"]\nreplay_buffer = 8192\n",
     );
-    let m = start(&text).await;
-    wait_for(Duration::from_secs(5), "healthy", || async {
-        region_state(&m, "us").await == "healthy" && region_state(&m, "eu").await == "healthy"
-    })
-    .await;
+    let m = start_healthy(&text, &["us", "eu"]).await;
     us1.set_fault(Fault::Reset);
     let req = Request::put(format!("http://{}/sink", m.http_addr))
         .body(Full::new(Bytes::from(pattern)).boxed_unsync())
@@ -353,11 +341,7 @@ async fn the_retry_budget_caps_retries() {
         "[region.outlier]\nconsecutive_failures = 0",
         "[proxy]\nhedge = false\nretry_budget_ratio = 0.1\nretry_budget_min_per_second = 0\nretry_budget_window = \"60s\"\n",
     );
-    let m = start(&text).await;
-    wait_for(Duration::from_secs(5), "healthy", || async {
-        region_state(&m, "us").await == "healthy"
-    })
-    .await;
+    let m = start_healthy(&text, &["us"]).await;
     // Both answer 503 to traffic while passing their checks.
     us1.set_fault(Fault::Raw503);
     us2.set_fault(Fault::Raw503);
@@ -385,11 +369,7 @@ async fn ejection_time_grows_on_repeats() {
         "[region.outlier]\nconsecutive_failures = 2\nbase_ejection_time = \"300ms\"",
         "[proxy]\nhedge = false\n",
     );
-    let m = start(&text).await;
-    wait_for(Duration::from_secs(5), "healthy", || async {
-        region_state(&m, "us").await == "healthy"
-    })
-    .await;
+    let m = start_healthy(&text, &["us"]).await;
     // us1 passes its checks but fails every request.
     us1.set_fault(Fault::Raw503);
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -580,11 +560,7 @@ async fn a_region_first_byte_timeout_bounds_the_wait_on_a_hanging_backend() {
         "",
         "[proxy]\nhedge = false\nfirst_byte_timeout = \"60s\"\n",
     );
-    let m = start(&text).await;
-    wait_for(Duration::from_secs(5), "healthy", || async {
-        region_state(&m, "us").await == "healthy"
-    })
-    .await;
+    let m = start_healthy(&text, &["us"]).await;
     // Within the client's 10 s, though the proxy-wide timeout is 60 s.
     let (status, _, _) = get(&m, "/hang", &[]).await;
     assert_eq!(status, StatusCode::GATEWAY_TIMEOUT);
@@ -601,11 +577,7 @@ async fn a_request_with_a_body_of_known_length_is_hedged() {
         "[region.outlier]\nconsecutive_failures = 0",
         "[proxy]\nretry_methods = [\"GET\", \"PUT\"]\n",
     );
-    let m = start(&text).await;
-    wait_for(Duration::from_secs(5), "healthy", || async {
-        region_state(&m, "us").await == "healthy" && region_state(&m, "eu").await == "healthy"
-    })
-    .await;
+    let m = start_healthy(&text, &["us", "eu"]).await;
     // us answers 400 ms late; the hedge to eu answers first.
     us1.set_fault(Fault::Slow);
     let pattern: Vec<u8> = (0..3000u64).map(pattern_byte).collect();

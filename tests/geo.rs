@@ -107,14 +107,7 @@ impl World {
 }
 
 async fn started(text: &str) -> meridian::server::Running {
-    let m = start(text).await;
-    wait_for(Duration::from_secs(5), "every region healthy", || async {
-        region_state(&m, "us").await == "healthy"
-            && region_state(&m, "eu").await == "healthy"
-            && region_state(&m, "ap").await == "healthy"
-    })
-    .await;
-    m
+    start_healthy(text, &["us", "eu", "ap"]).await
 }
 
 /// The region that serves a client at `client`, as a trusted proxy reports it.
@@ -377,11 +370,7 @@ async fn a_sticky_cookie_keeps_a_failed_over_user_where_they_were_served() {
         "",
         "[geo]\ndefault_region = \"us\"\nsticky_cookie = \"meridian_region\"\nsticky_ttl = \"10m\"\n",
     );
-    let m = start(&text).await;
-    wait_for(Duration::from_secs(5), "both healthy", || async {
-        region_state(&m, "us").await == "healthy" && region_state(&m, "eu").await == "healthy"
-    })
-    .await;
+    let m = start_healthy(&text, &["us", "eu"]).await;
     let (_, headers, _) = get(&m, "/", &[]).await;
     assert_eq!(headers["x-meridian-region"], "us");
     assert!(

@@ -523,6 +523,21 @@ pub fn config_text_with(regions: &[R], region_keys: &str, tail: &str, extra: &st
     t
 }
 
+/// Starts Meridian with `text` and waits until every region in `regions` is healthy.
+pub async fn start_healthy(text: &str, regions: &[&str]) -> Running {
+    let m = start(text).await;
+    wait_for(Duration::from_secs(5), "every region healthy", || async {
+        for r in regions {
+            if region_state(&m, r).await != "healthy" {
+                return false;
+            }
+        }
+        true
+    })
+    .await;
+    m
+}
+
 /// Starts Meridian with `text` as its configuration.
 pub async fn start(text: &str) -> Running {
     let config = Config::parse("test.toml", text)

@@ -88,13 +88,22 @@ fn failures(outcomes: &[Outcome]) -> Vec<String> {
 
 /// us (one backend, failing over to eu) and eu, both healthy.
 async fn us_and_eu(region_keys: &str, tail: &str) -> (Backend, Backend, meridian::server::Running) {
+    us_and_eu_with(region_keys, tail, "").await
+}
+
+/// [`us_and_eu`] with `extra` TOML after the regions.
+async fn us_and_eu_with(
+    region_keys: &str,
+    tail: &str,
+    extra: &str,
+) -> (Backend, Backend, meridian::server::Running) {
     let us1 = Backend::start("us-1").await;
     let eu1 = Backend::start("eu-1").await;
     let text = config_text_with(
         &[R("us", &[&us1], &["eu"]), R("eu", &[&eu1], &["us"])],
         region_keys,
         tail,
-        "",
+        extra,
     );
     let m = start_healthy(&text, &["us", "eu"]).await;
     (us1, eu1, m)
@@ -219,13 +228,22 @@ async fn a_slow_backend_is_hedged_and_ejected() {
     m.shutdown().await;
 }
 
-async fn post(
+/// The first `n` bytes of the test pattern.
+fn pattern(n: u64) -> Vec<u8> {
+    (0..n).map(pattern_byte).collect()
+}
+
+/// Sends `body` with `method`; returns the status, the serving region and the body.
+async fn send(
     m: &meridian::server::Running,
+    method: http::Method,
     path: &str,
-    body: &'static [u8],
+    body: Vec<u8>,
 ) -> (StatusCode, String, String) {
-    let req = Request::post(format!("http://{}{path}", m.http_addr))
-        .body(Full::new(Bytes::from_static(body)).boxed_unsync())
+    let req = Request::builder()
+        .method(method)
+        .uri(format!("http://{}{path}", m.http_addr))
+        .body(Full::new(Bytes::from(body)).boxed_unsync())
         .unwrap();
     let resp = tokio::time::timeout(Duration::from_secs(10), client().request(req))
         .await
@@ -255,18 +273,11 @@ async fn a_post_whose_connection_was_refused_is_retried() {
     .replace("interval = \"100ms\"", "interval = \"60s\"");
     let m = start_healthy(&text, &["us", "eu"]).await;
     us1.set_up(false);
-    let (status, region, body) = post(&m, "/sink", b"").await;
-    assert_eq!((status, region.as_str()), (StatusCode::OK, "eu"), "{body}");
+    let answer = send(&m, http::Method::POST, "/sink", Vec::new()).await;
+    assert_eq!(answer, (StatusCode::OK, "eu".into(), "0".into()));
     // A body that was never read goes to the next backend as it was.
-    let pattern: Vec<u8> = (0..1000u64).map(pattern_byte).collect();
-    let req = Request::post(format!("http://{}/sink", m.http_addr))
-        .body(Full::new(Bytes::from(pattern)).boxed_unsync())
-        .unwrap();
-    let resp = client().request(req).await.unwrap();
-    assert_eq!(resp.status(), StatusCode::OK);
-    assert_eq!(resp.headers()["x-meridian-region"], "eu");
-    let body = resp.into_body().collect().await.unwrap().to_bytes();
-    assert_eq!(&body[..], b"1000");
+    let answer = send(&m, http::Method::POST, "/sink", pattern(1000)).await;
+    assert_eq!(answer, (StatusCode::OK, "eu".into(), "1000".into()));
     m.shutdown().await;
 }
 
@@ -274,7 +285,7 @@ async fn a_post_whose_connection_was_refused_is_retried() {
 async fn a_post_whose_upstream_reset_after_sending_is_not_retried_but_a_get_is() {
     let (us1, eu1, m) = us_and_eu("", "[region.outlier]\nconsecutive_failures = 0").await;
     us1.set_fault(Fault::Reset);
-    let (status, _, _) = post(&m, "/anything", b"pay once").await;
+    let (status, _, _) = send(&m, http::Method::POST, "/anything", b"pay once".to_vec()).await;
     assert_eq!(
         status,
         StatusCode::BAD_GATEWAY,
@@ -288,46 +299,33 @@ async fn a_post_whose_upstream_reset_after_sending_is_not_retried_but_a_get_is()
 }
 
 #[tokio::test]
-async fn a_get_with_a_small_body_is_replayed_after_a_reset() {
+async fn a_put_with_a_small_body_is_replayed_after_a_reset_when_configured() {
     let (us1, _eu1, m) = us_and_eu("", "[region.outlier]\nconsecutive_failures = 0").await;
     us1.set_fault(Fault::Reset);
-    let pattern: Vec<u8> = (0..5000u64).map(pattern_byte).collect();
-    let req = Request::put(format!("http://{}/sink", m.http_addr))
-        .body(Full::new(Bytes::from(pattern.clone())).boxed_unsync())
-        .unwrap();
-    let resp = client().request(req).await.unwrap();
+    let (status, _, _) = send(&m, http::Method::PUT, "/sink", pattern(5000)).await;
     assert_eq!(
-        resp.status(),
+        status,
         StatusCode::BAD_GATEWAY,
         "PUT is not retried unless configured"
     );
     m.shutdown().await;
 
-    let us1 = Backend::start("us-1").await;
-    let eu1 = Backend::start("eu-1").await;
-    let text = config_text_with(
-        &[R("us", &[&us1], &["eu"]), R("eu", &[&eu1], &["us"])],
+    let (us1, _eu1, m) = us_and_eu_with(
         "",
         "[region.outlier]\nconsecutive_failures = 0",
         "[proxy]\nretry_methods = [\"GET\", \"PUT\"]\nreplay_buffer = 8192\n",
-    );
-    let m = start_healthy(&text, &["us", "eu"]).await;
+    )
+    .await;
     us1.set_fault(Fault::Reset);
-    let req = Request::put(format!("http://{}/sink", m.http_addr))
-        .body(Full::new(Bytes::from(pattern)).boxed_unsync())
-        .unwrap();
-    let resp = client().request(req).await.unwrap();
-    assert_eq!(resp.status(), StatusCode::OK);
-    assert_eq!(resp.headers()["x-meridian-region"], "eu");
-    let body = resp.into_body().collect().await.unwrap().to_bytes();
-    assert_eq!(&body[..], b"5000", "the replayed body arrived whole");
+    let answer = send(&m, http::Method::PUT, "/sink", pattern(5000)).await;
+    assert_eq!(
+        answer,
+        (StatusCode::OK, "eu".into(), "5000".into()),
+        "the replayed body arrived whole"
+    );
     // Larger than the replay buffer: streamed once, never retried.
-    let big: Vec<u8> = (0..20_000u64).map(pattern_byte).collect();
-    let req = Request::put(format!("http://{}/sink", m.http_addr))
-        .body(Full::new(Bytes::from(big)).boxed_unsync())
-        .unwrap();
-    let resp = client().request(req).await.unwrap();
-    assert_eq!(resp.status(), StatusCode::BAD_GATEWAY);
+    let (status, _, _) = send(&m, http::Method::PUT, "/sink", pattern(20_000)).await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY);
     m.shutdown().await;
 }
 
@@ -569,26 +567,20 @@ async fn a_region_first_byte_timeout_bounds_the_wait_on_a_hanging_backend() {
 
 #[tokio::test]
 async fn a_request_with_a_body_of_known_length_is_hedged() {
-    let us1 = Backend::start("us-1").await;
-    let eu1 = Backend::start("eu-1").await;
-    let text = config_text_with(
-        &[R("us", &[&us1], &["eu"]), R("eu", &[&eu1], &["us"])],
+    let (us1, _eu1, m) = us_and_eu_with(
         "",
         "[region.outlier]\nconsecutive_failures = 0",
         "[proxy]\nretry_methods = [\"GET\", \"PUT\"]\n",
-    );
-    let m = start_healthy(&text, &["us", "eu"]).await;
+    )
+    .await;
     // us answers 400 ms late; the hedge to eu answers first.
     us1.set_fault(Fault::Slow);
-    let pattern: Vec<u8> = (0..3000u64).map(pattern_byte).collect();
-    let req = Request::put(format!("http://{}/sink", m.http_addr))
-        .body(Full::new(Bytes::from(pattern)).boxed_unsync())
-        .unwrap();
-    let resp = client().request(req).await.unwrap();
-    assert_eq!(resp.status(), StatusCode::OK);
-    assert_eq!(resp.headers()["x-meridian-region"], "eu", "hedged");
-    let body = resp.into_body().collect().await.unwrap().to_bytes();
-    assert_eq!(&body[..], b"3000", "the hedge carried the whole body");
+    let answer = send(&m, http::Method::PUT, "/sink", pattern(3000)).await;
+    assert_eq!(
+        answer,
+        (StatusCode::OK, "eu".into(), "3000".into()),
+        "hedged, with the whole body"
+    );
     m.shutdown().await;
 }
 

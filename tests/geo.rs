@@ -56,6 +56,15 @@ fn write_maxmind(path: &Path, entries: &[(&str, MaxMindRecord)]) {
     replace(path, &w.to_bytes().unwrap());
 }
 
+/// A GeoIP2-Country-like database in a new temporary directory, which lives
+/// as long as the returned guard.
+fn maxmind_db(entries: &[(&str, MaxMindRecord)]) -> (tempfile::TempDir, std::path::PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("country.mmdb");
+    write_maxmind(&db, entries);
+    (dir, db)
+}
+
 /// Writes a flat database whose records carry only `country_code`.
 fn write_flat(path: &Path, entries: &[(&str, &str)]) {
     let mut w = Writer::new("iptoasn-country");
@@ -119,25 +128,20 @@ async fn region_for(m: &meridian::server::Running, client: &str) -> String {
 
 #[tokio::test]
 async fn each_mapping_step_with_a_maxmind_database() {
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("country.mmdb");
-    write_maxmind(
-        &db,
-        &[
-            (
-                "198.51.100.0/24",
-                maxmind(Some("US"), Some("US"), Some("NA")),
-            ),
-            ("203.0.113.0/24", maxmind(Some("MX"), None, Some("NA"))),
-            ("192.0.2.0/24", maxmind(Some("DE"), None, Some("EU"))),
-            ("2001:db8:1::/48", maxmind(Some("GB"), None, Some("EU"))),
-            ("2001:db8:2::/48", maxmind(Some("CA"), None, Some("NA"))),
-            // No country: the registered country decides, continent from the record.
-            ("100.64.1.0/24", maxmind(None, Some("CA"), Some("NA"))),
-            // A country no region claims, on a continent no region claims.
-            ("100.64.2.0/24", maxmind(Some("JP"), None, Some("AS"))),
-        ],
-    );
+    let (_dir, db) = maxmind_db(&[
+        (
+            "198.51.100.0/24",
+            maxmind(Some("US"), Some("US"), Some("NA")),
+        ),
+        ("203.0.113.0/24", maxmind(Some("MX"), None, Some("NA"))),
+        ("192.0.2.0/24", maxmind(Some("DE"), None, Some("EU"))),
+        ("2001:db8:1::/48", maxmind(Some("GB"), None, Some("EU"))),
+        ("2001:db8:2::/48", maxmind(Some("CA"), None, Some("NA"))),
+        // No country: the registered country decides, continent from the record.
+        ("100.64.1.0/24", maxmind(None, Some("CA"), Some("NA"))),
+        // A country no region claims, on a continent no region claims.
+        ("100.64.2.0/24", maxmind(Some("JP"), None, Some("AS"))),
+    ]);
     let w = World::start().await;
     let m = started(&w.config(&db, "\"127.0.0.1\"")).await;
     for (client, region) in [
@@ -185,15 +189,10 @@ async fn a_flat_country_code_database_gets_continents_from_the_table() {
 
 #[tokio::test]
 async fn forwarding_headers_count_only_from_trusted_peers() {
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("country.mmdb");
-    write_maxmind(
-        &db,
-        &[
-            ("198.51.100.0/24", maxmind(Some("US"), None, Some("NA"))),
-            ("192.0.2.0/24", maxmind(Some("DE"), None, Some("EU"))),
-        ],
-    );
+    let (_dir, db) = maxmind_db(&[
+        ("198.51.100.0/24", maxmind(Some("US"), None, Some("NA"))),
+        ("192.0.2.0/24", maxmind(Some("DE"), None, Some("EU"))),
+    ]);
     let w = World::start().await;
     // Nothing trusted: a forged header changes nothing (127.0.0.1 is unknown: ap).
     let m = started(&w.config(&db, "")).await;
@@ -232,12 +231,7 @@ async fn forwarding_headers_count_only_from_trusted_peers() {
 
 #[tokio::test]
 async fn the_database_is_swapped_while_serving_and_a_corrupt_one_refused() {
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("country.mmdb");
-    write_maxmind(
-        &db,
-        &[("198.51.100.0/24", maxmind(Some("US"), None, Some("NA")))],
-    );
+    let (_dir, db) = maxmind_db(&[("198.51.100.0/24", maxmind(Some("US"), None, Some("NA")))]);
     let w = World::start().await;
     let m = started(&w.config(&db, "\"127.0.0.1\"")).await;
     assert_eq!(region_for(&m, "198.51.100.7").await, "us");
@@ -322,12 +316,7 @@ async fn without_a_database_the_built_in_one_routes_by_country() {
 
 #[tokio::test]
 async fn a_pin_header_is_honoured_from_trusted_peers_only() {
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("country.mmdb");
-    write_maxmind(
-        &db,
-        &[("198.51.100.0/24", maxmind(Some("US"), None, Some("NA")))],
-    );
+    let (_dir, db) = maxmind_db(&[("198.51.100.0/24", maxmind(Some("US"), None, Some("NA")))]);
     let w = World::start().await;
     let m = started(&w.config(&db, "\"127.0.0.1\"")).await;
     // From the trusted host itself.
@@ -455,12 +444,7 @@ async fn the_access_log_says_where_and_why() {
         .finish();
     let _guard = tracing::subscriber::set_default(subscriber);
 
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("country.mmdb");
-    write_maxmind(
-        &db,
-        &[("198.51.100.0/24", maxmind(Some("CA"), None, Some("NA")))],
-    );
+    let (_dir, db) = maxmind_db(&[("198.51.100.0/24", maxmind(Some("CA"), None, Some("NA")))]);
     let w = World::start().await;
     let m = started(&w.config(&db, "\"127.0.0.1\"")).await;
     get(
@@ -527,15 +511,10 @@ fn proxy_v2(source: [u8; 4], port: u16) -> Vec<u8> {
 
 #[tokio::test]
 async fn the_proxy_protocol_gives_the_client_from_trusted_balancers_only() {
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("country.mmdb");
-    write_maxmind(
-        &db,
-        &[
-            ("198.51.100.0/24", maxmind(Some("US"), None, Some("NA"))),
-            ("192.0.2.0/24", maxmind(Some("DE"), None, Some("EU"))),
-        ],
-    );
+    let (_dir, db) = maxmind_db(&[
+        ("198.51.100.0/24", maxmind(Some("US"), None, Some("NA"))),
+        ("192.0.2.0/24", maxmind(Some("DE"), None, Some("EU"))),
+    ]);
     let w = World::start().await;
     let text = w.config(&db, "\"127.0.0.1\"").replacen(
         "[listen]\n",

@@ -16,7 +16,7 @@ use hyper::body::Incoming;
 
 use crate::body::ResponseBody;
 use crate::budget::RetryBudget;
-use crate::config::Backend;
+use crate::config::{Backend, Config};
 use crate::geo::{self, Locator, TrustedProxies};
 use crate::headers;
 use crate::latency::Latency;
@@ -102,26 +102,17 @@ impl Proxy {
                         .headers_mut()
                         .insert(X_MERIDIAN_REGION, region.name_header.clone());
                 }
-                if let Some(cookie) = &config.geo.sticky_cookie {
-                    // A user served away from their region by a planned
-                    // failover stays there for the session; one back home
-                    // needs no cookie. A hedge or retry that happened to win,
-                    // an error, or a pin never moves the cookie.
-                    let cookie_region = geo::sticky_region(&head.headers, cookie, &config.regions);
-                    let planned = plan.candidates.first().map(|c| c.region);
-                    let moved = served.region != location.region || cookie_region.is_some();
-                    let set = (response.status().as_u16() < 500
-                        && location.why != geo::Why::Pin
-                        && planned == Some(served.region)
-                        && cookie_region != Some(served.region)
-                        && moved)
-                        .then(|| geo::sticky_cookie(cookie, region, config.geo.sticky_ttl))
-                        .flatten();
-                    if let Some(value) = set {
-                        response
-                            .headers_mut()
-                            .append(http::header::SET_COOKIE, value);
-                    }
+                if let Some(value) = sticky_update(
+                    config,
+                    &head.headers,
+                    &location,
+                    &plan,
+                    served.region,
+                    response.status(),
+                ) {
+                    response
+                        .headers_mut()
+                        .append(http::header::SET_COOKIE, value);
                 }
                 (response, Some(served.region))
             }
@@ -238,6 +229,33 @@ fn prepare_headers(head: &mut Head, preserve_host: bool, peer: IpAddr) -> bool {
     let keep_host = preserve_host && head.headers.contains_key(HOST);
     headers::forward_request(&mut head.headers, head.version, peer, "http");
     keep_host
+}
+
+/// The `Set-Cookie` that moves a user's sticky region, if any: a user
+/// served away from their region by a planned failover stays there for the
+/// session; one back home needs no cookie. A hedge or retry that happened to
+/// win, an error, or a pin never moves the cookie.
+fn sticky_update(
+    config: &Config,
+    headers: &HeaderMap,
+    location: &geo::Location,
+    plan: &Plan,
+    served: usize,
+    status: http::StatusCode,
+) -> Option<HeaderValue> {
+    let cookie = config.geo.sticky_cookie.as_ref()?;
+    let cookie_region = geo::sticky_region(headers, cookie, &config.regions);
+    let planned = plan.candidates.first().map(|c| c.region);
+    let moved = served != location.region || cookie_region.is_some();
+    let set = status.as_u16() < 500
+        && location.why != geo::Why::Pin
+        && planned == Some(served)
+        && cookie_region != Some(served)
+        && moved;
+    if !set {
+        return None;
+    }
+    geo::sticky_cookie(cookie, &config.regions[served], config.geo.sticky_ttl)
 }
 
 /// A stable number per client address, so that a slow start sends the same

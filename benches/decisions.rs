@@ -86,11 +86,13 @@ fn main() {
             state: RegionState::Healthy,
             held: false,
             ramp_permille: 1000,
+            drained: false,
             backends: vec![
                 BackendView {
                     state: BackendState::Up,
                     last_error: None,
                     ejections: 0,
+                    drained: false,
                 };
                 r.backends.len()
             ],

@@ -45,11 +45,13 @@ fn views(us: BackendState) -> Vec<RegionView> {
         },
         held: false,
         ramp_permille: 1000,
+        drained: false,
         backends: vec![
             BackendView {
                 state: s,
                 last_error: None,
                 ejections: 0,
+                drained: false,
             };
             n
         ],

@@ -3,7 +3,6 @@
 //! backends out. The proxy walks the list; this module does no I/O.
 
 use crate::config::Region;
-use crate::health::BackendState;
 use crate::state::RegionView;
 
 /// Why a candidate is in the plan.
@@ -116,7 +115,11 @@ pub fn plan(
             candidates,
         };
     };
-    let up = |r: usize| views.get(r).is_some_and(|v| v.healthy_backends() > 0);
+    let up = |r: usize| {
+        views
+            .get(r)
+            .is_some_and(|v| v.state.serves() && v.healthy_backends() > 0)
+    };
     let ready = |r: usize| up(r) && !views[r].held;
     let home_ready = ready(preferred) && admitted(views[preferred].ramp_permille, client_key);
     let home_cap = if max > 1 && home.failover.iter().any(|&r| ready(r)) {
@@ -181,7 +184,7 @@ fn healthy_in_rotation(view: &RegionView, rotation: usize) -> impl Iterator<Item
         .backends
         .iter()
         .enumerate()
-        .filter(|(_, b)| b.state == BackendState::Up)
+        .filter(|(_, b)| b.takes_traffic())
         .map(|(i, _)| i);
     healthy.clone().skip(start).chain(healthy.take(start))
 }
@@ -190,6 +193,7 @@ fn healthy_in_rotation(view: &RegionView, rotation: usize) -> impl Iterator<Item
 mod tests {
     use super::*;
     use crate::config::Config;
+    use crate::health::BackendState;
     use crate::state::{BackendView, RegionState};
     use BackendState::*;
 
@@ -219,12 +223,14 @@ mod tests {
                     state: RegionState::derive(up, s.len(), true, None, false),
                     held: false,
                     ramp_permille: 1000,
+                    drained: false,
                     backends: s
                         .iter()
                         .map(|&state| BackendView {
                             state,
                             last_error: None,
                             ejections: 0,
+                            drained: false,
                         })
                         .collect(),
                 }

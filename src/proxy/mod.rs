@@ -164,7 +164,7 @@ impl Proxy {
                 snapshot
                     .regions
                     .get(r)
-                    .is_some_and(|v| v.healthy_backends() > 0 && !v.held)
+                    .is_some_and(|v| v.state.serves() && !v.held)
             };
             if let Some(region) =
                 geo::sticky_region(headers, cookie, &config.regions).filter(|&r| serving(r))
@@ -203,7 +203,7 @@ impl Proxy {
             .zip(&snapshot.regions)
             .map(|(r, v)| PublicRegion {
                 name: r.name.clone(),
-                up: v.healthy_backends() > 0,
+                up: v.state.serves(),
             })
             .collect();
         self.pages

@@ -4,8 +4,10 @@
 //! take a lock. What requests learn about backends goes back to the owner as
 //! counters and [`Signal`]s.
 
+pub mod control;
 mod tracker;
 
+pub use control::{BackendRef, Control, Incident};
 pub use tracker::Tracker;
 
 use std::collections::VecDeque;
@@ -14,7 +16,7 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use serde::Serialize;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
@@ -86,6 +88,15 @@ pub struct BackendView {
     pub last_error: Option<String>,
     /// Ejections in a row by passive checks (0 when none).
     pub ejections: u32,
+    /// An operator drained it: it takes no new requests whatever its health.
+    pub drained: bool,
+}
+
+impl BackendView {
+    /// Whether new requests may go to it.
+    pub fn takes_traffic(&self) -> bool {
+        self.state == BackendState::Up && !self.drained
+    }
 }
 
 /// What is known of one region.
@@ -99,17 +110,31 @@ pub struct RegionView {
     /// During slow start, the share of the region's own users sent back to
     /// it, in thousandths; 1000 otherwise.
     pub ramp_permille: u16,
+    /// An operator drained it: its state is `drained` whatever its health.
+    pub drained: bool,
     /// Backends, in configuration order.
     pub backends: Vec<BackendView>,
 }
 
 impl RegionView {
-    /// Backends that take traffic.
+    /// Backends that take traffic: up and not drained.
     pub fn healthy_backends(&self) -> usize {
-        self.backends
+        self.backends.iter().filter(|b| b.takes_traffic()).count()
+    }
+
+    /// The state health checks alone give, ignoring a drain of the region.
+    pub fn health(&self, min_healthy: Option<usize>) -> RegionState {
+        let checked = self
+            .backends
             .iter()
-            .filter(|b| b.state == BackendState::Up)
-            .count()
+            .any(|b| b.state != BackendState::Unknown);
+        RegionState::derive(
+            self.healthy_backends(),
+            self.backends.len(),
+            checked,
+            min_healthy,
+            false,
+        )
     }
 }
 
@@ -137,12 +162,17 @@ pub struct Snapshot {
     pub regions: Vec<RegionView>,
     /// Recent transitions, oldest first, at most [`MAX_EVENTS`].
     pub events: Arc<VecDeque<Event>>,
+    /// Drains and the incident in force.
+    pub control: Arc<Control>,
 }
 
 impl Snapshot {
-    /// The view before any check has run, from each region's `initial_state`.
-    pub fn initial(config: Arc<Config>) -> Snapshot {
-        Tracker::new(config).snapshot()
+    /// The view before any check has run, from each region's `initial_state`
+    /// and the operators' `control`.
+    pub fn initial(config: Arc<Config>, control: Arc<Control>) -> Snapshot {
+        let mut tracker = Tracker::new(config);
+        tracker.set_control(control, tokio::time::Instant::now());
+        tracker.snapshot()
     }
 }
 
@@ -159,6 +189,14 @@ pub enum Signal {
         backend: usize,
         /// The failure that completed the run.
         failure: Failure,
+    },
+    /// Operators changed drains or the incident; `done` is told once the
+    /// new snapshot is published.
+    Control {
+        /// The new drains and incident.
+        control: Arc<Control>,
+        /// Answered after publishing.
+        done: oneshot::Sender<()>,
     },
 }
 
@@ -184,10 +222,20 @@ impl Shared {
     /// Shared state holding the initial snapshot of `config`; the request
     /// path's ejection requests go to `signals`.
     pub fn new(config: Arc<Config>, signals: mpsc::Sender<Signal>) -> Shared {
+        Shared::with_control(config, Control::default(), signals)
+    }
+
+    /// Like [`Shared::new`], starting with drains and an incident restored
+    /// from the state file.
+    pub fn with_control(
+        config: Arc<Config>,
+        control: Control,
+        signals: mpsc::Sender<Signal>,
+    ) -> Shared {
         let rotations = config.regions.iter().map(|_| AtomicUsize::new(0)).collect();
         Shared {
             passive: PassiveCounters::new(&config),
-            snapshot: ArcSwap::from_pointee(Snapshot::initial(config)),
+            snapshot: ArcSwap::from_pointee(Snapshot::initial(config, Arc::new(control))),
             rotations,
             signals,
             geodb: Arc::new(ArcSwap::from_pointee(GeoDb::built_in())),
@@ -222,6 +270,21 @@ impl Shared {
         }
     }
 
+    /// Puts new drains and incident in force, returning once requests see
+    /// them; `false` when the state owner has stopped.
+    pub async fn set_control(&self, control: Arc<Control>) -> bool {
+        let (done, published) = oneshot::channel();
+        if self
+            .signals
+            .send(Signal::Control { control, done })
+            .await
+            .is_err()
+        {
+            return false;
+        }
+        published.await.is_ok()
+    }
+
     /// The current snapshot.
     pub fn load(&self) -> Arc<Snapshot> {
         self.snapshot.load_full()
@@ -247,7 +310,12 @@ pub async fn run_owner(
     mut signals: mpsc::Receiver<Signal>,
     stop: CancellationToken,
 ) {
-    let mut tracker = Tracker::new(Arc::clone(&shared.load().config));
+    let mut tracker = {
+        let initial = shared.load();
+        let mut t = Tracker::new(Arc::clone(&initial.config));
+        t.set_control(Arc::clone(&initial.control), tokio::time::Instant::now());
+        t
+    };
     loop {
         let deadline = tracker.next_deadline();
         let changed = tokio::select! {
@@ -257,6 +325,12 @@ pub async fn run_owner(
                 Some(Signal::Check(r)) => tracker.check(r.region, r.backend, r.result, tokio::time::Instant::now()),
                 Some(Signal::Eject { region, backend, failure }) => {
                     tracker.eject(region, backend, failure, tokio::time::Instant::now())
+                }
+                Some(Signal::Control { control, done }) => {
+                    tracker.set_control(control, tokio::time::Instant::now());
+                    shared.publish(tracker.snapshot());
+                    let _ = done.send(());
+                    continue;
                 }
             },
             () = sleep_until(deadline) => tracker.tick(tokio::time::Instant::now()),

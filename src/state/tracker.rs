@@ -12,7 +12,7 @@ use std::time::{Duration, SystemTime};
 
 use tokio::time::Instant;
 
-use super::{BackendView, Event, RegionState, RegionView, Snapshot, MAX_EVENTS};
+use super::{BackendView, Control, Event, RegionState, RegionView, Snapshot, MAX_EVENTS};
 use crate::config::Config;
 use crate::health::{may_eject, BackendState, Ejection, Failure, HealthMachine, ProbeError};
 
@@ -71,6 +71,7 @@ pub struct Tracker {
     regions: Vec<RegionTrack>,
     events: VecDeque<Event>,
     events_shared: Arc<VecDeque<Event>>,
+    control: Arc<Control>,
 }
 
 impl Tracker {
@@ -104,6 +105,7 @@ impl Tracker {
                         state: t.state(),
                         last_error: None,
                         ejections: 0,
+                        drained: false,
                     })
                     .collect();
                 let up = backends
@@ -115,6 +117,7 @@ impl Tracker {
                     state: RegionState::derive(up, backends.len(), checked, r.min_healthy, false),
                     held: false,
                     ramp_permille: 1000,
+                    drained: false,
                     backends,
                 }
             })
@@ -126,7 +129,42 @@ impl Tracker {
             backends,
             events: VecDeque::new(),
             events_shared: Arc::new(VecDeque::new()),
+            control: Arc::new(Control::default()),
         }
+    }
+
+    /// Applies operators' drains; their changes become events.
+    pub fn set_control(&mut self, control: Arc<Control>, now: Instant) {
+        for region in 0..self.views.len() {
+            let cfg = &self.config.regions[region];
+            let name = cfg.name.clone();
+            let mut changes = Vec::new();
+            for (bi, b) in cfg.backends.iter().enumerate() {
+                let drained = control.backend_drained(&name, &b.address);
+                let view = &mut self.views[region].backends[bi];
+                if view.drained != drained {
+                    view.drained = drained;
+                    let (from, to) = if drained {
+                        (view.state.as_str(), "drained")
+                    } else {
+                        ("drained", view.state.as_str())
+                    };
+                    changes.push((format!("{name}/{}", b.address), from, to, drained));
+                }
+            }
+            for (subject, from, to, drained) in changes {
+                let reason = if drained {
+                    "drained by an operator"
+                } else {
+                    "undrained by an operator"
+                };
+                tracing::warn!(backend = %subject, from, to, reason, "backend drain changed");
+                self.push_event(&subject, from, to, reason);
+            }
+            self.views[region].drained = control.region_drained(&name);
+            self.refresh_region(region, now);
+        }
+        self.control = control;
     }
 
     /// The current view.
@@ -135,6 +173,7 @@ impl Tracker {
             config: Arc::clone(&self.config),
             regions: self.views.clone(),
             events: Arc::clone(&self.events_shared),
+            control: Arc::clone(&self.control),
         }
     }
 
@@ -286,13 +325,26 @@ impl Tracker {
             .iter()
             .any(|b| b.state != BackendState::Unknown);
         let before = view.state;
-        let after = RegionState::derive(up, view.backends.len(), checked, cfg.min_healthy, false);
+        let after = RegionState::derive(
+            up,
+            view.backends.len(),
+            checked,
+            cfg.min_healthy,
+            view.drained,
+        );
         if after == before {
             return;
         }
         view.state = after;
         let track = &mut self.regions[region];
-        let mut reason = format!("{up} of {} backends up", view.backends.len());
+        let mut reason = match (before, after) {
+            (_, RegionState::Drained) => "drained by an operator".to_owned(),
+            (RegionState::Drained, _) => format!(
+                "undrained by an operator; {up} of {} backends up",
+                view.backends.len()
+            ),
+            _ => format!("{up} of {} backends up", view.backends.len()),
+        };
         if !after.serves() {
             if after == RegionState::Down {
                 track.was_down = true;
@@ -316,6 +368,10 @@ impl Tracker {
                     view.ramp_permille = 0;
                 }
             }
+        } else if before == RegionState::Drained && after.serves() && !cfg.slow_start.is_zero() {
+            // An undrained region's caches are cold too: its users return gradually.
+            track.start_ramp(now, cfg.slow_start);
+            view.ramp_permille = 0;
         }
         let name = cfg.name.clone();
         if after.serves() {

@@ -259,6 +259,27 @@ mod tests {
     }
 
     #[test]
+    fn drained_backends_and_regions_are_skipped() {
+        let mut v = views(&[&[Up, Up, Up], &[Up, Up], &[Up]]);
+        v[0].backends[1].drained = true;
+        let p = plan(&regions(), &v, 0, 0, 0, 10);
+        assert_eq!(pairs(&p), vec![(0, 0), (0, 2), (1, 0), (1, 1), (2, 0)]);
+        // A drained region's healthy backends are not used at all.
+        v[1].drained = true;
+        v[1].state = RegionState::derive(2, 2, true, None, true);
+        let p = plan(&regions(), &v, 1, 0, 0, 10);
+        assert_eq!(pairs(&p), vec![(0, 0), (0, 2)], "eu's users go to us");
+        let p = plan(&regions(), &v, 0, 0, 0, 10);
+        assert!(p.candidates.iter().all(|c| c.region != 1));
+        // Every region drained: nothing to try, the status page answers.
+        for (i, r) in v.iter_mut().enumerate() {
+            r.drained = true;
+            r.state = RegionState::derive(1, [3, 2, 1][i], true, None, true);
+        }
+        assert!(plan(&regions(), &v, 0, 0, 0, 10).candidates.is_empty());
+    }
+
+    #[test]
     fn unhealthy_and_unknown_backends_are_skipped() {
         let v = views(&[&[Down, Up, Unknown], &[Down, Up], &[Up]]);
         let p = plan(&regions(), &v, 0, 0, 0, 10);

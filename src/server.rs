@@ -19,7 +19,7 @@ use crate::activity::{Activity, InFlight};
 use crate::config::{Config, Limits};
 use crate::health::{probe_loop, HttpProbe};
 use crate::proxy::Proxy;
-use crate::state::{self, Shared};
+use crate::state::{self, control, Control, Shared};
 use crate::status_page::{StatusPages, TemplateError};
 
 /// Why Meridian could not start.
@@ -41,6 +41,9 @@ pub enum StartError {
     /// The GeoIP database cannot be opened or is corrupt.
     #[error(transparent)]
     GeoDatabase(#[from] crate::geo::DbError),
+    /// The state file cannot be read, or a corrupt one cannot be moved aside.
+    #[error("admin.state_file: {0}")]
+    StateFile(#[from] crate::state::control::StateFileError),
 }
 
 /// A started Meridian: its bound addresses, its state, and the means to stop it.
@@ -69,7 +72,12 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     // Each prober has at most one report in flight; ejection requests that
     // find the channel full are dropped and asked again by the next run.
     let (signals, signals_rx) = mpsc::channel(total.max(1) * 2 + 256);
-    let shared = Arc::new(Shared::new(Arc::clone(&config), signals.clone()));
+    let control = restore_control(&config).await?;
+    let shared = Arc::new(Shared::with_control(
+        Arc::clone(&config),
+        control,
+        signals.clone(),
+    ));
     if let Some(path) = &config.geo.database {
         // Every record is read: not on the runtime's threads.
         let file = path.clone();
@@ -111,10 +119,11 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
                     source,
                 })?,
             a.token.clone(),
+            a.state_file.clone(),
         )),
         None => None,
     };
-    let admin_addr = admin.as_ref().and_then(|(l, _)| l.local_addr().ok());
+    let admin_addr = admin.as_ref().and_then(|(l, _, _)| l.local_addr().ok());
 
     background.spawn(state::run_owner(
         Arc::clone(&shared),
@@ -144,8 +153,11 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         },
         connections.clone(),
     ));
-    if let Some((listener, token)) = admin {
-        let router = crate::admin::router(Arc::clone(&shared), token);
+    if let Some((listener, token, state_file)) = admin {
+        if token.is_none() {
+            tracing::warn!(admin = ?admin_addr, "the admin API has no token: anyone who can reach this host's loopback can drain regions; set admin.token_env or admin.token_file");
+        }
+        let router = crate::admin::router(Arc::clone(&shared), token, state_file);
         let stop = stop.clone();
         background.spawn(async move {
             let serve =
@@ -167,6 +179,37 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         background,
         grace: config.limits.shutdown_grace,
     })
+}
+
+/// Drains and the incident saved by the last run, if `admin.state_file` is
+/// set. A corrupt file is moved aside and logged, and Meridian starts
+/// without drains; a file that cannot be read at all stops the start, since
+/// serving a drained region by mistake is worse than not starting.
+async fn restore_control(config: &Config) -> Result<Control, StartError> {
+    let Some(path) = config.admin.as_ref().and_then(|a| a.state_file.clone()) else {
+        return Ok(Control::default());
+    };
+    let file = path.clone();
+    let loaded = tokio::task::spawn_blocking(move || control::load(&file))
+        .await
+        .map_err(|e| control::StateFileError::Io {
+            file: path.display().to_string(),
+            source: std::io::Error::other(e.to_string()),
+        })??;
+    if let Some((aside, why)) = &loaded.set_aside {
+        tracing::error!(error = %why, moved_to = %aside.display(), "the state file is corrupt: it was moved aside and Meridian starts with no drains and no incident");
+    }
+    let c = &loaded.control;
+    if !c.drained_regions.is_empty() || !c.drained_backends.is_empty() || c.incident.is_some() {
+        tracing::info!(
+            file = %path.display(),
+            drained_regions = ?c.drained_regions,
+            drained_backends = c.drained_backends.len(),
+            incident = c.incident.is_some(),
+            "drains and incident restored"
+        );
+    }
+    Ok(loaded.control)
 }
 
 /// The two ways a connection is told to stop.

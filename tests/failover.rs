@@ -151,7 +151,7 @@ async fn a_region_that_hangs_after_accepting_costs_no_request() {
         region_state(&m, "us").await == "down"
     })
     .await;
-    let status = serde_json::to_value(meridian::admin::status_body(&m.shared)).unwrap();
+    let status = serde_json::to_value(meridian::admin::status_body(&m.shared.load())).unwrap();
     let us1 = &status["regions"][0]["backends"][0];
     assert!(
         us1["state"] == "ejected" || us1["state"] == "down",
@@ -187,7 +187,7 @@ async fn a_backend_that_resets_is_retried_and_ejected() {
     )
     .await;
     assert_eq!(failures(&outcomes), Vec::<String>::new());
-    let status = serde_json::to_value(meridian::admin::status_body(&m.shared)).unwrap();
+    let status = serde_json::to_value(meridian::admin::status_body(&m.shared.load())).unwrap();
     assert_eq!(status["regions"][0]["backends"][0]["state"], "ejected");
     assert_eq!(status["regions"][0]["state"], "down");
     let events = status["events"].as_array().unwrap();
@@ -220,7 +220,7 @@ async fn a_slow_backend_is_hedged_and_ejected() {
         outcomes.iter().any(|o| o.region == "eu"),
         "hedged requests are answered by eu"
     );
-    let status = serde_json::to_value(meridian::admin::status_body(&m.shared)).unwrap();
+    let status = serde_json::to_value(meridian::admin::status_body(&m.shared.load())).unwrap();
     assert_eq!(
         status["regions"][0]["backends"][0]["state"], "ejected",
         "a backend slower than its hedges is taken out: {status}"
@@ -409,7 +409,7 @@ async fn ejection_time_grows_on_repeats() {
     assert!(spans[1] >= Duration::from_millis(550), "{spans:?}");
     assert!(spans[2] >= Duration::from_millis(850), "{spans:?}");
     assert!(spans[1] > spans[0] && spans[2] > spans[1], "{spans:?}");
-    let status = serde_json::to_value(meridian::admin::status_body(&m.shared)).unwrap();
+    let status = serde_json::to_value(meridian::admin::status_body(&m.shared.load())).unwrap();
     let reasons: Vec<String> = status["events"]
         .as_array()
         .unwrap()
@@ -454,7 +454,7 @@ async fn a_flapping_region_moves_traffic_at_most_once_per_hold() {
     let outcomes = load.await.unwrap();
     assert_eq!(failures(&outcomes), Vec::<String>::new());
 
-    let status = serde_json::to_value(meridian::admin::status_body(&m.shared)).unwrap();
+    let status = serde_json::to_value(meridian::admin::status_body(&m.shared.load())).unwrap();
     let events = status["events"].as_array().unwrap();
     let us_events: Vec<(String, String)> = events
         .iter()
@@ -521,7 +521,7 @@ async fn health_checks_use_the_configured_request_and_expectations() {
             && region_state(&m, "ap").await == "down"
     })
     .await;
-    let status = serde_json::to_value(meridian::admin::status_body(&m.shared)).unwrap();
+    let status = serde_json::to_value(meridian::admin::status_body(&m.shared.load())).unwrap();
     assert_eq!(
         status["regions"][1]["backends"][0]["last_error"],
         "status 200"

@@ -142,8 +142,9 @@ async fn a_region_that_stops_listening_fails_over_and_comes_back_after_rise() {
         assert_eq!(status, StatusCode::OK);
         assert_eq!(served_by(&body), "eu-1");
     }
-    let events =
-        serde_json::to_value(meridian::admin::status_body(&m.shared)).unwrap()["events"].clone();
+    let events = serde_json::to_value(meridian::admin::status_body(&m.shared.load())).unwrap()
+        ["events"]
+        .clone();
     assert!(
         events
             .as_array()

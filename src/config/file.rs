@@ -44,6 +44,7 @@ pub struct AdminFile {
     pub listen: Option<Spanned<String>>,
     pub token_env: Option<Spanned<String>>,
     pub token_file: Option<Spanned<String>>,
+    pub state_file: Option<Spanned<String>>,
 }
 
 /// `[geo]`

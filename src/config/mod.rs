@@ -57,6 +57,8 @@ pub struct Admin {
     pub listen: SocketAddr,
     /// Bearer token for `/api/v1`; `None` leaves a loopback-only API open.
     pub token: Option<String>,
+    /// Where drains and the incident are saved; `None` keeps them in memory only.
+    pub state_file: Option<std::path::PathBuf>,
 }
 
 impl std::fmt::Debug for Admin {
@@ -64,6 +66,7 @@ impl std::fmt::Debug for Admin {
         f.debug_struct("Admin")
             .field("listen", &self.listen)
             .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("state_file", &self.state_file)
             .finish()
     }
 }

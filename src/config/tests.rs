@@ -1362,6 +1362,36 @@ fn admin_on_loopback_without_token_is_allowed() {
         "127.0.0.1:9901".parse::<SocketAddr>().unwrap()
     );
     assert_eq!(admin.token, None);
+    assert_eq!(admin.state_file, None);
+}
+
+#[test]
+fn admin_state_file_needs_an_existing_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("state.json");
+    let text = format!(
+        "[[region]]\nname = \"us\"\nbackends = [\"http://10.1.0.10:8080\"]\n\n[admin]\nstate_file = \"{}\"\n",
+        file.display()
+    );
+    let admin = accepted(&text).admin.expect("[admin] is present");
+    assert_eq!(admin.state_file.as_deref(), Some(file.as_path()));
+    let text = "[[region]]\nname = \"us\"\nbackends = [\"http://10.1.0.10:8080\"]\n\n[admin]\nstate_file = \"/nonexistent/meridian/state.json\"\n";
+    assert_only_issue(
+        text,
+        "state_file =",
+        "admin.state_file",
+        "directory /nonexistent/meridian does not exist: create it, or point state_file elsewhere",
+    );
+    let text = format!(
+        "[[region]]\nname = \"us\"\nbackends = [\"http://10.1.0.10:8080\"]\n\n[admin]\nstate_file = \"{}\"\n",
+        dir.path().display()
+    );
+    assert_only_issue(
+        &text,
+        "state_file =",
+        "admin.state_file",
+        "is not a file name",
+    );
 }
 
 #[test]
@@ -1995,7 +2025,6 @@ fn contract_keys_not_implemented_yet_are_refused_with_what_to_do_instead() {
     let cases = [
         ("[listen]\nhttps = \"0.0.0.0:8443\"\n", 2, "listen.https", "TLS termination"),
         ("[tls]\ncert = \"a.pem\"\n", 1, "tls", "TLS termination"),
-        ("[admin]\nstate_file = \"s.json\"\n", 2, "admin.state_file", "drains and incidents"),
         ("[alerts]\nwebhooks = []\n", 1, "alerts", "webhooks"),
         ("[dns]\nmin_ttl = \"1s\"\n", 1, "dns", "system resolver"),
         (

@@ -171,7 +171,6 @@ fn not_yet_supported(key: &str, serde_message: &str) -> Option<&'static str> {
         "listen.https" | "listen.redirect_to_https" | "tls" => {
             "TLS termination is not available yet; serve plain HTTP with listen.http"
         }
-        "admin.state_file" => "drains and incidents are not available yet, so there is no state to keep",
         "region.health.failure_domain_header" => "failure-domain warnings are not available yet",
         "region.backends" if serde_message.contains("map") => {
             "a backend is a URL string; backend tables are not available yet"
@@ -274,6 +273,7 @@ fn check_admin(issues: &mut Issues, admin: file::AdminFile) -> Admin {
         listen,
         token_env,
         token_file,
+        state_file,
     } = admin;
     let listen_span = listen.as_ref().map(span);
     // A token that was asked for but could not be read is reported on its own.
@@ -335,7 +335,40 @@ fn check_admin(issues: &mut Issues, admin: file::AdminFile) -> Admin {
             ),
         );
     }
-    Admin { listen, token }
+    let state_file = state_file.and_then(|f| {
+        let path = std::path::PathBuf::from(f.get_ref());
+        // The file itself may not exist yet; its directory must, or no drain
+        // could ever be saved.
+        let dir = match path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+            _ => std::path::PathBuf::from("."),
+        };
+        if f.get_ref().is_empty() || path.is_dir() {
+            issues.at(
+                span(&f),
+                "admin.state_file",
+                format!("\"{}\" is not a file name: expected a path such as /var/lib/meridian/state.json", f.get_ref()),
+            );
+            None
+        } else if !dir.is_dir() {
+            issues.at(
+                span(&f),
+                "admin.state_file",
+                format!(
+                    "directory {} does not exist: create it, or point state_file elsewhere",
+                    dir.display()
+                ),
+            );
+            None
+        } else {
+            Some(path)
+        }
+    });
+    Admin {
+        listen,
+        token,
+        state_file,
+    }
 }
 
 fn check_regions(issues: &mut Issues, raw: &[file::RegionFile]) -> Vec<Region> {

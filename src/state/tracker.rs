@@ -164,6 +164,17 @@ impl Tracker {
             self.views[region].drained = control.region_drained(&name);
             self.refresh_region(region, now);
         }
+        let change = match (&self.control.incident, &control.incident) {
+            (None, Some(new)) => Some(("none", "posted", new.title.as_str())),
+            (Some(old), Some(new)) if old != new => Some(("posted", "updated", new.title.as_str())),
+            (Some(old), None) => Some(("posted", "cleared", old.title.as_str())),
+            _ => None,
+        };
+        if let Some((from, to, title)) = change {
+            let reason = title.to_owned();
+            tracing::info!(from, to, title = %reason, "incident changed");
+            self.push_event("incident", from, to, &reason);
+        }
         self.control = control;
     }
 
@@ -701,6 +712,102 @@ mod tests {
         assert_eq!(t.views[0].ramp_permille, 1000);
         bring_up(&mut t, t0 + Duration::from_secs(4));
         assert!(t.views[0].held);
+    }
+
+    fn control(edit: impl FnOnce(&mut Control)) -> Arc<Control> {
+        let mut c = Control::default();
+        edit(&mut c);
+        Arc::new(c)
+    }
+
+    #[test]
+    fn a_drained_region_is_drained_whatever_its_health_and_comes_back_on_undrain() {
+        let mut t = tracker("", 1);
+        let t0 = Instant::now();
+        bring_up(&mut t, t0);
+        assert_eq!(t.views[0].state, RegionState::Healthy);
+        t.set_control(
+            control(|c| {
+                c.drained_regions.insert("us".into());
+            }),
+            t0,
+        );
+        assert_eq!(t.views[0].state, RegionState::Drained);
+        assert!(t.snapshot().control.region_drained("us"));
+        assert_eq!(last_event(&t), ("us".into(), "healthy", "drained"));
+        // Health checks go on underneath and are seen once undrained.
+        take_down(&mut t, t0);
+        assert_eq!(t.views[0].state, RegionState::Drained);
+        assert_eq!(t.views[0].health(None), RegionState::Down);
+        bring_up(&mut t, t0);
+        t.set_control(control(|_| {}), t0);
+        assert_eq!(t.views[0].state, RegionState::Healthy);
+        assert!(!t.views[0].held, "an undrain is not a recovery to hold");
+        assert_eq!(last_event(&t), ("us".into(), "drained", "healthy"));
+    }
+
+    #[test]
+    fn a_drained_backend_takes_no_traffic_and_the_region_state_follows() {
+        let mut t = tracker("", 2);
+        let t0 = Instant::now();
+        for b in 0..2 {
+            t.check(0, b, PASS, t0);
+            t.check(0, b, PASS, t0);
+        }
+        let address = t.config.regions[0].backends[1].address.clone();
+        t.set_control(
+            control(|c| {
+                c.drained_backends.insert(crate::state::BackendRef {
+                    region: "us".into(),
+                    backend: address.clone(),
+                });
+            }),
+            t0,
+        );
+        let view = &t.views[0];
+        assert!(view.backends[1].drained && !view.backends[1].takes_traffic());
+        assert_eq!(view.backends[1].state, Up, "its health is still known");
+        assert_eq!(view.healthy_backends(), 1);
+        assert_eq!(view.state, RegionState::Degraded);
+        assert!(t
+            .events
+            .iter()
+            .any(|e| e.subject == format!("us/{address}") && e.from == "up" && e.to == "drained"));
+        t.set_control(control(|_| {}), t0);
+        assert_eq!(t.views[0].state, RegionState::Healthy);
+        assert_eq!(last_event(&t).2, "healthy");
+    }
+
+    #[test]
+    fn an_undrained_region_slow_starts_and_incidents_are_events() {
+        let mut t = tracker_with(1, |c| c.regions[0].slow_start = Duration::from_secs(4));
+        let t0 = Instant::now();
+        bring_up(&mut t, t0);
+        t.set_control(
+            control(|c| {
+                c.drained_regions.insert("us".into());
+            }),
+            t0,
+        );
+        t.set_control(control(|_| {}), t0 + Duration::from_secs(1));
+        assert_eq!(t.views[0].ramp_permille, 0, "its users return gradually");
+        t.tick(t0 + Duration::from_secs(3));
+        assert_eq!(t.views[0].ramp_permille, 500);
+        let incident = |title: &str| {
+            control(|c| {
+                c.incident = Some(crate::state::Incident {
+                    title: title.into(),
+                    message: "m".into(),
+                    link: None,
+                })
+            })
+        };
+        t.set_control(incident("a"), t0);
+        assert_eq!(last_event(&t), ("incident".into(), "none", "posted"));
+        t.set_control(incident("b"), t0);
+        assert_eq!(last_event(&t), ("incident".into(), "posted", "updated"));
+        t.set_control(control(|_| {}), t0);
+        assert_eq!(last_event(&t), ("incident".into(), "posted", "cleared"));
     }
 
     #[test]

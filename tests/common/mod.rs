@@ -611,7 +611,7 @@ where
 
 /// The state of region `name` as `/api/v1/status` reports it.
 pub async fn region_state(m: &Running, name: &str) -> String {
-    let status = meridian::admin::status_body(&m.shared);
+    let status = meridian::admin::status_body(&m.shared.load());
     let v = serde_json::to_value(status).unwrap();
     v["regions"]
         .as_array()

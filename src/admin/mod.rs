@@ -2,29 +2,59 @@
 //! authentication, and everything under `/api/v1` behind a bearer token
 //! compared in constant time. Answers and errors are JSON.
 
+mod changes;
+mod status;
+
+use std::path::PathBuf;
 use std::sync::Arc;
 
-use axum::extract::{Request, State};
+use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
-use serde::Serialize;
 use subtle::ConstantTimeEq;
 
-use crate::health::BackendState;
-use crate::state::{Event, RegionState, Shared};
+pub use changes::AdminApi;
+pub use status::{
+    backend_status, region_status, status_body, BackendStatus, RegionStatus, StatusBody,
+};
 
-/// The admin router over `shared`, requiring `token` for `/api/v1` when set.
-pub fn router(shared: Arc<Shared>, token: Option<String>) -> Router {
+use crate::state::Shared;
+
+/// Largest request body the API reads: an incident is a few kilobytes.
+const MAX_BODY: usize = 64 * 1024;
+
+/// The admin router over `shared`: `token` guards `/api/v1` when set, and
+/// drains and the incident are saved to `state_file` when set.
+pub fn router(shared: Arc<Shared>, token: Option<String>, state_file: Option<PathBuf>) -> Router {
+    let api = Arc::new(AdminApi::new(shared, state_file));
     let api = Router::new()
         .route("/status", get(status))
+        .route("/regions/{region}/drain", post(changes::drain_region))
+        .route("/regions/{region}/undrain", post(changes::undrain_region))
+        .route(
+            "/regions/{region}/backends/{backend}/drain",
+            post(changes::drain_backend),
+        )
+        .route(
+            "/regions/{region}/backends/{backend}/undrain",
+            post(changes::undrain_backend),
+        )
+        .route(
+            "/incident",
+            axum::routing::put(changes::set_incident).delete(changes::clear_incident),
+        )
+        .method_not_allowed_fallback(|| async {
+            error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed here")
+        })
+        .layer(DefaultBodyLimit::max(MAX_BODY))
         .layer(middleware::from_fn_with_state(
             Arc::new(token),
             require_token,
         ))
-        .with_state(Arc::clone(&shared));
+        .with_state(api);
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .nest("/api/v1", api)
@@ -34,6 +64,32 @@ pub fn router(shared: Arc<Shared>, token: Option<String>) -> Router {
 /// A JSON error answer: `{"error": "..."}`.
 pub fn error(status: StatusCode, message: &str) -> Response {
     (status, Json(serde_json::json!({ "error": message }))).into_response()
+}
+
+/// A refused API call: its status and what to tell the caller.
+#[derive(Debug, thiserror::Error)]
+#[error("{status}: {message}")]
+pub struct ApiError {
+    /// 400, 404, 409 or 503.
+    pub status: StatusCode,
+    /// The `error` field of the answer.
+    pub message: String,
+}
+
+impl ApiError {
+    /// An error with `status` saying `message`.
+    pub fn new(status: StatusCode, message: &str) -> ApiError {
+        ApiError {
+            status,
+            message: message.to_owned(),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        error(self.status, &self.message)
+    }
 }
 
 async fn require_token(
@@ -65,96 +121,8 @@ async fn require_token(
     }
 }
 
-/// `GET /api/v1/status` body.
-#[derive(Debug, Serialize)]
-pub struct StatusBody {
-    /// Every region.
-    pub regions: Vec<RegionStatus>,
-    /// The posted incident; always `null` until incidents can be posted.
-    pub incident: Option<()>,
-    /// Recent transitions, oldest first.
-    pub events: Vec<Event>,
-}
-
-/// One region in `/api/v1/status`.
-#[derive(Debug, Serialize)]
-pub struct RegionStatus {
-    /// Name.
-    pub name: String,
-    /// Derived state.
-    pub state: RegionState,
-    /// Whether an operator drained it (drains are not available yet, so `false`).
-    pub drained: bool,
-    /// Backends taking traffic.
-    pub healthy_backends: usize,
-    /// Recovered, but waiting out its fail-back hold before its users return.
-    pub failback_held: bool,
-    /// During slow start, the share of its users sent back to it, 0 to 1.
-    pub slow_start_share: f64,
-    /// Regions tried when this one cannot serve.
-    pub failover: Vec<String>,
-    /// Backends.
-    pub backends: Vec<BackendStatus>,
-}
-
-/// One backend in `/api/v1/status`.
-#[derive(Debug, Serialize)]
-pub struct BackendStatus {
-    /// `host:port`.
-    pub address: String,
-    /// Observed health.
-    pub state: BackendState,
-    /// Whether an operator drained it (drains are not available yet, so `false`).
-    pub drained: bool,
-    /// Why the last health check failed, if it did.
-    pub last_error: Option<String>,
-    /// Ejections in a row by passive checks.
-    pub ejections: u32,
-}
-
-/// Builds the status body from the current snapshot.
-pub fn status_body(shared: &Shared) -> StatusBody {
-    let snapshot = shared.load();
-    let config = &snapshot.config;
-    let regions = config
-        .regions
-        .iter()
-        .zip(&snapshot.regions)
-        .map(|(r, v)| RegionStatus {
-            name: r.name.clone(),
-            state: v.state,
-            drained: false,
-            healthy_backends: v.healthy_backends(),
-            failback_held: v.held,
-            slow_start_share: f64::from(v.ramp_permille) / 1000.0,
-            failover: r
-                .failover
-                .iter()
-                .map(|&i| config.regions[i].name.clone())
-                .collect(),
-            backends: r
-                .backends
-                .iter()
-                .zip(&v.backends)
-                .map(|(b, bv)| BackendStatus {
-                    address: b.address.clone(),
-                    state: bv.state,
-                    drained: false,
-                    last_error: bv.last_error.clone(),
-                    ejections: bv.ejections,
-                })
-                .collect(),
-        })
-        .collect();
-    StatusBody {
-        regions,
-        incident: None,
-        events: snapshot.events.iter().cloned().collect(),
-    }
-}
-
-async fn status(State(shared): State<Arc<Shared>>) -> Json<StatusBody> {
-    Json(status_body(&shared))
+async fn status(State(api): State<Arc<AdminApi>>) -> Json<StatusBody> {
+    Json(status_body(&api.shared().load()))
 }
 
 #[cfg(test)]
@@ -198,7 +166,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_token_is_required_and_compared_exactly() {
-        let router = router(shared(), Some("t0ken".into()));
+        let router = router(shared(), Some("t0ken".into()), None);
         for auth in [
             None,
             Some("Bearer"),
@@ -222,7 +190,7 @@ mod tests {
 
     #[tokio::test]
     async fn healthz_needs_no_token_and_unknown_paths_are_json_404() {
-        let router = router(shared(), Some("t0ken".into()));
+        let router = router(shared(), Some("t0ken".into()), None);
         let response = router
             .clone()
             .oneshot(Request::get("/healthz").body(Body::empty()).unwrap())

@@ -1,0 +1,382 @@
+//! What operators change through the API: drains and the incident. Changes
+//! are made one at a time, saved to the state file, then put in force; the
+//! answer is the resulting object.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Serialize;
+
+use super::status::{backend_status, region_status};
+use super::ApiError;
+use crate::state::{control, BackendRef, Control, Incident, Shared, Snapshot};
+
+/// Longest incident title, in characters.
+const MAX_TITLE: usize = 200;
+/// Longest incident message, in characters.
+const MAX_MESSAGE: usize = 4000;
+/// Longest incident link, in bytes.
+const MAX_LINK: usize = 2000;
+
+/// The state behind the API's handlers.
+#[derive(Debug)]
+pub struct AdminApi {
+    shared: Arc<Shared>,
+    state_file: Option<PathBuf>,
+    /// Changes are read, saved and published one at a time, so that two
+    /// operators' calls cannot undo each other or reach the file out of order.
+    changes: tokio::sync::Mutex<()>,
+}
+
+/// An answer with the warnings the change earned.
+#[derive(Debug, Serialize)]
+struct Answer<T: Serialize> {
+    #[serde(flatten)]
+    object: T,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    warnings: Vec<String>,
+}
+
+impl AdminApi {
+    /// The API over `shared`, saving changes to `state_file` when set.
+    pub fn new(shared: Arc<Shared>, state_file: Option<PathBuf>) -> AdminApi {
+        AdminApi {
+            shared,
+            state_file,
+            changes: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// The shared state.
+    pub fn shared(&self) -> &Shared {
+        &self.shared
+    }
+
+    /// Applies `edit` to the current control, saves and publishes the
+    /// result, and returns the snapshot that has it with any warnings.
+    async fn change(
+        &self,
+        edit: impl FnOnce(&mut Control, &Snapshot) -> Result<(), ApiError>,
+    ) -> Result<(Arc<Snapshot>, Vec<String>), ApiError> {
+        let _one_at_a_time = self.changes.lock().await;
+        let before = self.shared.load();
+        let mut next = (*before.control).clone();
+        edit(&mut next, &before)?;
+        let mut warnings = Vec::new();
+        if let Some(path) = &self.state_file {
+            let (file, saved) = (path.clone(), next.clone());
+            let result = tokio::task::spawn_blocking(move || control::save(&file, &saved))
+                .await
+                .unwrap_or_else(|e| {
+                    Err(control::StateFileError::Io {
+                        file: path.display().to_string(),
+                        source: std::io::Error::other(e.to_string()),
+                    })
+                });
+            // An emergency drain must not wait for a disk to be fixed: the
+            // change goes into force, and the operator is told it is not saved.
+            if let Err(e) = result {
+                tracing::error!(error = %e, "cannot save drains and incident");
+                warnings.push(format!(
+                    "the change is in force but could not be saved ({e}); it will not survive a restart"
+                ));
+            }
+        }
+        if !self.shared.set_control(Arc::new(next)).await {
+            return Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Meridian is shutting down",
+            ));
+        }
+        Ok((self.shared.load(), warnings))
+    }
+}
+
+/// Index of the region named `name`, or a 404 answer.
+fn find_region(snapshot: &Snapshot, name: &str) -> Result<usize, ApiError> {
+    snapshot
+        .config
+        .regions
+        .iter()
+        .position(|r| r.name == name)
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                &format!("no region named \"{name}\""),
+            )
+        })
+}
+
+/// Indices of backend `address` of region `region`, or a 404 answer.
+fn find_backend(
+    snapshot: &Snapshot,
+    region: &str,
+    address: &str,
+) -> Result<(usize, usize), ApiError> {
+    let r = find_region(snapshot, region)?;
+    snapshot.config.regions[r]
+        .backends
+        .iter()
+        .position(|b| b.address == address)
+        .map(|b| (r, b))
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                &format!(
+                    "region \"{region}\" has no backend \"{address}\" (expected its host:port)"
+                ),
+            )
+        })
+}
+
+/// The warning a drain earns when nothing can serve any more.
+fn nothing_serves(snapshot: &Snapshot) -> Option<String> {
+    (!snapshot.regions.iter().any(|v| v.state.serves())).then(|| {
+        "no region can serve now: every user gets the status page until a region is undrained or recovers".to_owned()
+    })
+}
+
+async fn region_drain(api: &AdminApi, name: &str, drain: bool) -> Response {
+    let result = api
+        .change(|control, snapshot| {
+            find_region(snapshot, name)?;
+            let changed = if drain {
+                control.drained_regions.insert(name.to_owned())
+            } else {
+                control.drained_regions.remove(name)
+            };
+            if !changed {
+                let what = if drain {
+                    "already drained"
+                } else {
+                    "not drained"
+                };
+                return Err(ApiError::new(
+                    StatusCode::CONFLICT,
+                    &format!("region \"{name}\" is {what}"),
+                ));
+            }
+            Ok(())
+        })
+        .await;
+    match result {
+        Ok((snapshot, mut warnings)) => {
+            let index = find_region(&snapshot, name).unwrap_or_default();
+            warnings.extend(drain.then(|| nothing_serves(&snapshot)).flatten());
+            Json(Answer {
+                object: region_status(&snapshot, index),
+                warnings,
+            })
+            .into_response()
+        }
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn backend_drain(api: &AdminApi, region: &str, address: &str, drain: bool) -> Response {
+    let wanted = BackendRef {
+        region: region.to_owned(),
+        backend: address.to_owned(),
+    };
+    let result = api
+        .change(|control, snapshot| {
+            find_backend(snapshot, region, address)?;
+            let changed = if drain {
+                control.drained_backends.insert(wanted.clone())
+            } else {
+                control.drained_backends.remove(&wanted)
+            };
+            if !changed {
+                let what = if drain {
+                    "already drained"
+                } else {
+                    "not drained"
+                };
+                return Err(ApiError::new(
+                    StatusCode::CONFLICT,
+                    &format!("backend \"{address}\" of region \"{region}\" is {what}"),
+                ));
+            }
+            Ok(())
+        })
+        .await;
+    match result {
+        Ok((snapshot, mut warnings)) => {
+            let Ok((r, b)) = find_backend(&snapshot, region, address) else {
+                return ApiError::new(StatusCode::CONFLICT, "the configuration changed meanwhile")
+                    .into_response();
+            };
+            if drain && !snapshot.regions[r].state.serves() {
+                warnings.push(format!(
+                    "region \"{region}\" has no backend left to serve: its users go to its failover regions"
+                ));
+            }
+            warnings.extend(drain.then(|| nothing_serves(&snapshot)).flatten());
+            Json(Answer {
+                object: backend_status(&snapshot, r, b),
+                warnings,
+            })
+            .into_response()
+        }
+        Err(e) => e.into_response(),
+    }
+}
+
+/// `POST /api/v1/regions/{region}/drain`
+pub(super) async fn drain_region(
+    State(api): State<Arc<AdminApi>>,
+    Path(region): Path<String>,
+) -> Response {
+    region_drain(&api, &region, true).await
+}
+
+/// `POST /api/v1/regions/{region}/undrain`
+pub(super) async fn undrain_region(
+    State(api): State<Arc<AdminApi>>,
+    Path(region): Path<String>,
+) -> Response {
+    region_drain(&api, &region, false).await
+}
+
+/// `POST /api/v1/regions/{region}/backends/{backend}/drain`
+pub(super) async fn drain_backend(
+    State(api): State<Arc<AdminApi>>,
+    Path((region, backend)): Path<(String, String)>,
+) -> Response {
+    backend_drain(&api, &region, &backend, true).await
+}
+
+/// `POST /api/v1/regions/{region}/backends/{backend}/undrain`
+pub(super) async fn undrain_backend(
+    State(api): State<Arc<AdminApi>>,
+    Path((region, backend)): Path<(String, String)>,
+) -> Response {
+    backend_drain(&api, &region, &backend, false).await
+}
+
+/// Reads and checks an incident from a request body. The content type is
+/// not insisted on: `curl -d` sends a form type, and the body is JSON or an error.
+fn parse_incident(body: &[u8]) -> Result<Incident, ApiError> {
+    let bad = |m: String| ApiError::new(StatusCode::BAD_REQUEST, &m);
+    let incident: Incident =
+        serde_json::from_slice(body).map_err(|e| bad(format!("invalid incident JSON: {e}")))?;
+    let Incident {
+        title,
+        message,
+        link,
+    } = incident;
+    let (title, message) = (title.trim().to_owned(), message.trim().to_owned());
+    if title.is_empty() || message.is_empty() {
+        return Err(bad("an incident needs a non-empty title and message".into()));
+    }
+    if title.chars().count() > MAX_TITLE || message.chars().count() > MAX_MESSAGE {
+        return Err(bad(format!(
+            "an incident title is at most {MAX_TITLE} characters and its message at most {MAX_MESSAGE}"
+        )));
+    }
+    let link = match link.map(|l| l.trim().to_owned()).filter(|l| !l.is_empty()) {
+        None => None,
+        Some(l) => match url::Url::parse(&l) {
+            Ok(u) if matches!(u.scheme(), "http" | "https") && l.len() <= MAX_LINK => {
+                Some(u.to_string())
+            }
+            _ => {
+                return Err(bad(format!(
+                    "invalid link \"{l}\": expected an http(s) URL of at most {MAX_LINK} bytes"
+                )))
+            }
+        },
+    };
+    Ok(Incident {
+        title,
+        message,
+        link,
+    })
+}
+
+/// `PUT /api/v1/incident`
+pub(super) async fn set_incident(State(api): State<Arc<AdminApi>>, body: Bytes) -> Response {
+    let incident = match parse_incident(&body) {
+        Ok(i) => i,
+        Err(e) => return e.into_response(),
+    };
+    let posted = incident.clone();
+    match api
+        .change(|control, _| {
+            control.incident = Some(posted);
+            Ok(())
+        })
+        .await
+    {
+        Ok((_, warnings)) => Json(Answer {
+            object: incident,
+            warnings,
+        })
+        .into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+/// `DELETE /api/v1/incident`
+pub(super) async fn clear_incident(State(api): State<Arc<AdminApi>>) -> Response {
+    #[derive(Serialize)]
+    struct Cleared {
+        incident: Option<Incident>,
+    }
+    match api
+        .change(|control, _| match control.incident.take() {
+            Some(_) => Ok(()),
+            None => Err(ApiError::new(StatusCode::CONFLICT, "no incident is set")),
+        })
+        .await
+    {
+        Ok((_, warnings)) => Json(Answer {
+            object: Cleared { incident: None },
+            warnings,
+        })
+        .into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn incidents_are_checked_and_trimmed() {
+        let ok = parse_incident(
+            br#"{"title": " Slow checkout ", "message": "We are on it.", "link": "https://status.example.com"}"#,
+        )
+        .unwrap();
+        assert_eq!(ok.title, "Slow checkout");
+        assert_eq!(ok.link.as_deref(), Some("https://status.example.com/"));
+        let no_link = parse_incident(br#"{"title": "t", "message": "m", "link": ""}"#).unwrap();
+        assert_eq!(no_link.link, None);
+        for bad in [
+            &b"not json"[..],
+            br#"{"title": "t"}"#,
+            br#"{"message": "m"}"#,
+            br#"{"title": " ", "message": "m"}"#,
+            br#"{"title": "t", "message": "m", "link": "javascript:alert(1)"}"#,
+            br#"{"title": "t", "message": "m", "colour": "red"}"#,
+            br#"{"title": 5, "message": "m"}"#,
+        ] {
+            assert!(
+                parse_incident(bad).is_err(),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        let long = format!(
+            r#"{{"title": "{}", "message": "m"}}"#,
+            "x".repeat(MAX_TITLE + 1)
+        );
+        assert!(parse_incident(long.as_bytes()).is_err());
+    }
+}

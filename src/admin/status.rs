@@ -1,0 +1,103 @@
+//! The body of `GET /api/v1/status`, and the region and backend objects
+//! that drain and undrain calls answer with.
+
+use serde::Serialize;
+
+use crate::health::BackendState;
+use crate::state::{Event, Incident, RegionState, Snapshot};
+
+/// `GET /api/v1/status` body.
+#[derive(Debug, Serialize)]
+pub struct StatusBody {
+    /// Every region.
+    pub regions: Vec<RegionStatus>,
+    /// The posted incident, `null` when none is set.
+    pub incident: Option<Incident>,
+    /// Recent transitions, oldest first.
+    pub events: Vec<Event>,
+}
+
+/// One region in `/api/v1/status`.
+#[derive(Debug, Serialize)]
+pub struct RegionStatus {
+    /// Name.
+    pub name: String,
+    /// State as routing sees it: `drained` when an operator drained it.
+    pub state: RegionState,
+    /// What its health checks alone say, drained or not.
+    pub health: RegionState,
+    /// Whether an operator drained it.
+    pub drained: bool,
+    /// Backends taking traffic: up and not drained.
+    pub healthy_backends: usize,
+    /// Recovered, but waiting out its fail-back hold before its users return.
+    pub failback_held: bool,
+    /// During slow start, the share of its users sent back to it, 0 to 1.
+    pub slow_start_share: f64,
+    /// Regions tried when this one cannot serve.
+    pub failover: Vec<String>,
+    /// Backends.
+    pub backends: Vec<BackendStatus>,
+}
+
+/// One backend in `/api/v1/status`.
+#[derive(Debug, Serialize)]
+pub struct BackendStatus {
+    /// `host:port`.
+    pub address: String,
+    /// Observed health.
+    pub state: BackendState,
+    /// Whether an operator drained it.
+    pub drained: bool,
+    /// Why the last health check failed, if it did.
+    pub last_error: Option<String>,
+    /// Ejections in a row by passive checks.
+    pub ejections: u32,
+}
+
+/// The status of region `index` in `snapshot`.
+pub fn region_status(snapshot: &Snapshot, index: usize) -> RegionStatus {
+    let config = &snapshot.config;
+    let (r, v) = (&config.regions[index], &snapshot.regions[index]);
+    RegionStatus {
+        name: r.name.clone(),
+        state: v.state,
+        health: v.health(r.min_healthy),
+        drained: v.drained,
+        healthy_backends: v.healthy_backends(),
+        failback_held: v.held,
+        slow_start_share: f64::from(v.ramp_permille) / 1000.0,
+        failover: r
+            .failover
+            .iter()
+            .map(|&i| config.regions[i].name.clone())
+            .collect(),
+        backends: (0..r.backends.len())
+            .map(|b| backend_status(snapshot, index, b))
+            .collect(),
+    }
+}
+
+/// The status of backend `backend` of region `region` in `snapshot`.
+pub fn backend_status(snapshot: &Snapshot, region: usize, backend: usize) -> BackendStatus {
+    let b = &snapshot.config.regions[region].backends[backend];
+    let v = &snapshot.regions[region].backends[backend];
+    BackendStatus {
+        address: b.address.clone(),
+        state: v.state,
+        drained: v.drained,
+        last_error: v.last_error.clone(),
+        ejections: v.ejections,
+    }
+}
+
+/// Builds the status body from a snapshot.
+pub fn status_body(snapshot: &Snapshot) -> StatusBody {
+    StatusBody {
+        regions: (0..snapshot.regions.len())
+            .map(|i| region_status(snapshot, i))
+            .collect(),
+        incident: snapshot.control.incident.clone(),
+        events: snapshot.events.iter().cloned().collect(),
+    }
+}

@@ -17,10 +17,11 @@ use tokio_util::task::TaskTracker;
 
 use crate::activity::{Activity, InFlight};
 use crate::config::{Config, Limits};
-use crate::health::{probe_loop, HttpProbe};
+use crate::generation::Generation;
 use crate::proxy::Proxy;
+use crate::reload::Reloader;
 use crate::state::{self, control, Control, Shared};
-use crate::status_page::{StatusPages, TemplateError};
+use crate::status_page::TemplateError;
 
 /// Why Meridian could not start.
 #[derive(Debug, thiserror::Error)]
@@ -55,6 +56,8 @@ pub struct Running {
     pub admin_addr: Option<SocketAddr>,
     /// The shared state, for inspection.
     pub shared: Arc<Shared>,
+    /// Re-reads the configuration file.
+    pub reloader: Arc<Reloader>,
     stop: CancellationToken,
     hard_stop: CancellationToken,
     accept: tokio::task::JoinHandle<()>,
@@ -66,15 +69,15 @@ pub struct Running {
 /// Starts Meridian with `config`: binds every listener before returning, so
 /// that the addresses in [`Running`] accept connections at once.
 pub async fn start(config: Config) -> Result<Running, StartError> {
-    let pages = Arc::new(StatusPages::new(&config.status_page)?);
     let config = Arc::new(config);
+    let generation = Arc::new(Generation::new(Arc::clone(&config), 0)?);
     let total: usize = config.regions.iter().map(|r| r.backends.len()).sum();
     // Each prober has at most one report in flight; ejection requests that
     // find the channel full are dropped and asked again by the next run.
     let (signals, signals_rx) = mpsc::channel(total.max(1) * 2 + 256);
     let control = restore_control(&config).await?;
-    let shared = Arc::new(Shared::with_control(
-        Arc::clone(&config),
+    let shared = Arc::new(Shared::new(
+        Arc::clone(&generation),
         control,
         signals.clone(),
     ));
@@ -130,7 +133,13 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         signals_rx,
         stop.clone(),
     ));
-    spawn_probes(&config, &signals, &stop, &background);
+    let reloader = Arc::new(Reloader::new(
+        Arc::clone(&shared),
+        signals.clone(),
+        stop.clone(),
+        background.clone(),
+    ));
+    reloader.start_probes(&generation);
     if let Some(path) = &config.geo.database {
         background.spawn(crate::geo::watch(
             path.clone(),
@@ -140,7 +149,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         ));
     }
 
-    let proxy = Proxy::new(Arc::clone(&shared), crate::upstream::client(&config), pages);
+    let proxy = Proxy::new(Arc::clone(&shared));
     let hard_stop = CancellationToken::new();
     let accept = tokio::spawn(accept_loop(
         http,
@@ -157,7 +166,12 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         if token.is_none() {
             tracing::warn!(admin = ?admin_addr, "the admin API has no token: anyone who can reach this host's loopback can drain regions; set admin.token_env or admin.token_file");
         }
-        let router = crate::admin::router(Arc::clone(&shared), token, state_file);
+        let router = crate::admin::router(
+            Arc::clone(&shared),
+            token,
+            state_file,
+            Some(Arc::clone(&reloader)),
+        );
         let stop = stop.clone();
         background.spawn(async move {
             let serve =
@@ -172,6 +186,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         http_addr,
         admin_addr,
         shared,
+        reloader,
         stop,
         hard_stop,
         accept,
@@ -221,29 +236,6 @@ struct Stops {
     hard: CancellationToken,
 }
 
-/// Starts the state owner and one prober per backend.
-fn spawn_probes(
-    config: &Config,
-    tx: &mpsc::Sender<state::Signal>,
-    stop: &CancellationToken,
-    tasks: &TaskTracker,
-) {
-    let probe = HttpProbe::new(config.proxy.connect_timeout);
-    for (ri, region) in config.regions.iter().enumerate() {
-        for (bi, backend) in region.backends.iter().enumerate() {
-            tasks.spawn(probe_loop(
-                probe.clone(),
-                ri,
-                bi,
-                backend.clone(),
-                region.health.clone(),
-                tx.clone(),
-                stop.clone(),
-            ));
-        }
-    }
-}
-
 impl Running {
     /// Stops accepting, lets requests in flight finish within the grace
     /// period, closes whatever is still open after it, then stops everything
@@ -266,14 +258,24 @@ impl Running {
         let _ = tokio::time::timeout(Duration::from_secs(5), self.background.wait()).await;
     }
 
-    /// Runs until SIGTERM or SIGINT, then shuts down gracefully.
+    /// Runs until SIGTERM or SIGINT, then shuts down gracefully; SIGHUP
+    /// reloads the configuration file.
     pub async fn run_until_signal(self) -> std::io::Result<()> {
         use tokio::signal::unix::{signal, SignalKind};
         let mut term = signal(SignalKind::terminate())?;
         let mut int = signal(SignalKind::interrupt())?;
-        tokio::select! {
-            _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
-            _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+        let mut hup = signal(SignalKind::hangup())?;
+        loop {
+            tokio::select! {
+                _ = term.recv() => { tracing::info!("SIGTERM: shutting down"); break; }
+                _ = int.recv() => { tracing::info!("SIGINT: shutting down"); break; }
+                _ = hup.recv() => {
+                    tracing::info!("SIGHUP: reloading the configuration");
+                    if let Err(e) = self.reloader.reload().await {
+                        tracing::error!("reload refused, the configuration in force is unchanged: {e}");
+                    }
+                }
+            }
         }
         tokio::select! {
             () = self.shutdown() => {}

@@ -14,6 +14,7 @@ use serde::Serialize;
 
 use super::status::{backend_status, region_status};
 use super::ApiError;
+use crate::reload::{ReloadError, Reloader};
 use crate::state::{control, BackendRef, Control, Incident, Shared, Snapshot};
 
 /// Longest incident title, in characters.
@@ -28,6 +29,7 @@ const MAX_LINK: usize = 2000;
 pub struct AdminApi {
     shared: Arc<Shared>,
     state_file: Option<PathBuf>,
+    reloader: Option<Arc<Reloader>>,
     /// Changes are read, saved and published one at a time, so that two
     /// operators' calls cannot undo each other or reach the file out of order.
     changes: tokio::sync::Mutex<()>,
@@ -43,11 +45,17 @@ struct Answer<T: Serialize> {
 }
 
 impl AdminApi {
-    /// The API over `shared`, saving changes to `state_file` when set.
-    pub fn new(shared: Arc<Shared>, state_file: Option<PathBuf>) -> AdminApi {
+    /// The API over `shared`, saving changes to `state_file` when set and
+    /// reloading the configuration with `reloader`.
+    pub fn new(
+        shared: Arc<Shared>,
+        state_file: Option<PathBuf>,
+        reloader: Option<Arc<Reloader>>,
+    ) -> AdminApi {
         AdminApi {
             shared,
             state_file,
+            reloader,
             changes: tokio::sync::Mutex::new(()),
         }
     }
@@ -341,6 +349,46 @@ pub(super) async fn clear_incident(State(api): State<Arc<AdminApi>>) -> Response
         })
         .into_response(),
         Err(e) => e.into_response(),
+    }
+}
+
+/// `POST /api/v1/reload`: 200 with what changed, or 400 with every
+/// problem of the file (file, line, key) and nothing changed.
+pub(super) async fn reload(State(api): State<Arc<AdminApi>>) -> Response {
+    let Some(reloader) = &api.reloader else {
+        return ApiError::new(StatusCode::CONFLICT, &ReloadError::NoFile.to_string())
+            .into_response();
+    };
+    match reloader.reload().await {
+        Ok(reloaded) => Json(reloaded).into_response(),
+        Err(ReloadError::Config(e)) => {
+            tracing::error!("reload refused, the configuration in force is unchanged: {e}");
+            let issues: Vec<String> = e.issues().iter().map(ToString::to_string).collect();
+            let message = if issues.is_empty() {
+                e.to_string()
+            } else {
+                format!(
+                    "invalid configuration: {} error(s); nothing was changed",
+                    issues.len()
+                )
+            };
+            (
+                StatusCode::BAD_REQUEST,
+                Json(serde_json::json!({ "error": message, "issues": issues })),
+            )
+                .into_response()
+        }
+        Err(e @ ReloadError::Template(_)) => ApiError::new(
+            StatusCode::BAD_REQUEST,
+            &format!("{e}; nothing was changed"),
+        )
+        .into_response(),
+        Err(e @ ReloadError::NoFile) => {
+            ApiError::new(StatusCode::CONFLICT, &e.to_string()).into_response()
+        }
+        Err(e @ ReloadError::Stopping) => {
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()).into_response()
+        }
     }
 }
 

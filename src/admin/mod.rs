@@ -21,15 +21,22 @@ pub use status::{
     backend_status, region_status, status_body, BackendStatus, RegionStatus, StatusBody,
 };
 
+use crate::reload::Reloader;
 use crate::state::Shared;
 
 /// Largest request body the API reads: an incident is a few kilobytes.
 const MAX_BODY: usize = 64 * 1024;
 
-/// The admin router over `shared`: `token` guards `/api/v1` when set, and
-/// drains and the incident are saved to `state_file` when set.
-pub fn router(shared: Arc<Shared>, token: Option<String>, state_file: Option<PathBuf>) -> Router {
-    let api = Arc::new(AdminApi::new(shared, state_file));
+/// The admin router over `shared`: `token` guards `/api/v1` when set,
+/// drains and the incident are saved to `state_file` when set, and
+/// `reloader` re-reads the configuration.
+pub fn router(
+    shared: Arc<Shared>,
+    token: Option<String>,
+    state_file: Option<PathBuf>,
+    reloader: Option<Arc<Reloader>>,
+) -> Router {
+    let api = Arc::new(AdminApi::new(shared, state_file, reloader));
     let api = Router::new()
         .route("/status", get(status))
         .route("/regions/{region}/drain", post(changes::drain_region))
@@ -46,6 +53,7 @@ pub fn router(shared: Arc<Shared>, token: Option<String>, state_file: Option<Pat
             "/incident",
             axum::routing::put(changes::set_incident).delete(changes::clear_incident),
         )
+        .route("/reload", post(changes::reload))
         .method_not_allowed_fallback(|| async {
             error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed here")
         })
@@ -137,8 +145,11 @@ mod tests {
     fn shared() -> Arc<Shared> {
         let text = "[[region]]\nname = \"us\"\nbackends = [\"http://10.0.0.1:80\"]\n";
         let (signals, _) = tokio::sync::mpsc::channel(1);
+        let config = Arc::new(Config::parse("t.toml", text).unwrap());
+        let generation = Arc::new(crate::generation::Generation::new(config, 0).unwrap());
         Arc::new(Shared::new(
-            Arc::new(Config::parse("t.toml", text).unwrap()),
+            generation,
+            crate::state::Control::default(),
             signals,
         ))
     }
@@ -166,7 +177,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_token_is_required_and_compared_exactly() {
-        let router = router(shared(), Some("t0ken".into()), None);
+        let router = router(shared(), Some("t0ken".into()), None, None);
         for auth in [
             None,
             Some("Bearer"),
@@ -190,7 +201,7 @@ mod tests {
 
     #[tokio::test]
     async fn healthz_needs_no_token_and_unknown_paths_are_json_404() {
-        let router = router(shared(), Some("t0ken".into()), None);
+        let router = router(shared(), Some("t0ken".into()), None, None);
         let response = router
             .clone()
             .oneshot(Request::get("/healthz").body(Body::empty()).unwrap())

@@ -24,6 +24,9 @@ pub use error::{ConfigError, ConfigIssue};
 pub struct Config {
     /// The file this configuration came from, as given (used in messages).
     pub source: String,
+    /// The file it was loaded from, re-read on reload; `None` for a
+    /// configuration given as text (the demo, tests).
+    pub path: Option<std::path::PathBuf>,
     /// Public listeners.
     pub listen: Listen,
     /// The admin listener, when `[admin]` is present.
@@ -41,7 +44,7 @@ pub struct Config {
 }
 
 /// `[listen]`: where clients connect.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Listen {
     /// Plain HTTP listener. Default `0.0.0.0:8080`.
     pub http: SocketAddr,
@@ -51,7 +54,7 @@ pub struct Listen {
 }
 
 /// `[admin]`: the operators' listener.
-#[derive(Clone)]
+#[derive(Clone, PartialEq)]
 pub struct Admin {
     /// Address of the admin listener. Default `127.0.0.1:9901`.
     pub listen: SocketAddr,
@@ -299,7 +302,7 @@ pub struct Hedge {
 }
 
 /// `[limits]`: bounds on what clients may hold.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Limits {
     /// Client connections served at once; more wait in the accept backlog. Default 10 000.
     pub max_connections: usize,
@@ -351,7 +354,9 @@ impl Config {
             file: file.clone(),
             source,
         })?;
-        Config::parse(&file, &text)
+        let mut config = Config::parse(&file, &text)?;
+        config.path = Some(path.to_path_buf());
+        Ok(config)
     }
 
     /// Validates configuration `text`; `file` names it in messages.

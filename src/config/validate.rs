@@ -237,6 +237,7 @@ fn check(file_name: &str, raw: FileConfig, issues: &mut Issues) -> Config {
 
     Config {
         source: file_name.to_owned(),
+        path: None,
         listen,
         admin,
         geo,

@@ -96,6 +96,16 @@ impl HealthMachine {
         self.state
     }
 
+    /// The same machine, state and streak kept, with new thresholds: a
+    /// reload must not forget what the checks have found.
+    pub fn retuned(&self, rise: u32, fall: u32) -> Self {
+        HealthMachine {
+            rise: rise.max(1),
+            fall: fall.max(1),
+            ..self.clone()
+        }
+    }
+
     /// Records one check result; returns the transition it caused, if any.
     pub fn observe(&mut self, passed: bool) -> Option<Transition> {
         self.streak = match (self.streak, passed) {

@@ -165,6 +165,8 @@ impl Spread {
 /// One check result, sent to the state owner.
 #[derive(Debug, Clone)]
 pub struct Report {
+    /// The configuration generation whose indices these are.
+    pub generation: u64,
     /// Region index.
     pub region: usize,
     /// Backend index within the region.
@@ -177,6 +179,7 @@ pub struct Report {
 /// cancelled or the state owner is gone. The first check runs at once.
 pub async fn probe_loop<P: Probe, T: From<Report>>(
     probe: P,
+    generation: u64,
     region: usize,
     backend_index: usize,
     backend: Backend,
@@ -203,6 +206,7 @@ pub async fn probe_loop<P: Probe, T: From<Report>>(
             }
         };
         let report = Report {
+            generation,
             region,
             backend: backend_index,
             result,
@@ -287,6 +291,7 @@ mod tests {
         let started = tokio::time::Instant::now();
         let task = tokio::spawn(probe_loop(
             std::sync::Arc::clone(&probe),
+            0,
             0,
             0,
             region.backends[0].clone(),

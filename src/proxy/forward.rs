@@ -201,11 +201,12 @@ impl<'a> Forward<'a> {
     fn answered(&mut self, mut running: Running, response: Response<Incoming>) -> Option<Served> {
         let c = self.plan.candidates[running.candidate];
         let shared = &self.proxy.shared;
+        let generation = &*self.snapshot.generation;
         let status = response.status().as_u16();
         if status >= 500 {
-            shared.passive_failure(c.region, c.backend, Failure::Status(status));
+            shared.passive_failure(generation, c.region, c.backend, Failure::Status(status));
         } else {
-            shared.passive_success(c.region, c.backend);
+            generation.passive.success(c.region, c.backend);
         }
         if (502..=504).contains(&status) && self.retry_method {
             self.collect(&mut running.returned);
@@ -215,7 +216,8 @@ impl<'a> Forward<'a> {
                 return None;
             }
         }
-        self.proxy
+        self.snapshot
+            .generation
             .latency
             .observe(c.region, running.started.elapsed());
         // Attempts started earlier and still waiting lost to a good answer:
@@ -223,7 +225,7 @@ impl<'a> Forward<'a> {
         if status < 500 {
             for other in self.running.iter().filter(|o| o.started < running.started) {
                 let o = self.plan.candidates[other.candidate];
-                shared.passive_failure(o.region, o.backend, Failure::Timeout);
+                shared.passive_failure(generation, o.region, o.backend, Failure::Timeout);
             }
         }
         Some(self.deliver(response, running.candidate))
@@ -233,9 +235,12 @@ impl<'a> Forward<'a> {
     fn failed(&mut self, candidate: usize, e: AttemptError) -> Result<(), Rescue> {
         let c = self.plan.candidates[candidate];
         if let Some(failure) = e.failure() {
-            self.proxy
-                .shared
-                .passive_failure(c.region, c.backend, failure);
+            self.proxy.shared.passive_failure(
+                &self.snapshot.generation,
+                c.region,
+                c.backend,
+                failure,
+            );
         }
         tracing::debug!(region = %self.region_name(candidate), backend = %self.backend_address(candidate), error = %e, "attempt failed");
         let retry = e.may_retry(self.retry_method);
@@ -292,7 +297,7 @@ impl<'a> Forward<'a> {
         }
         let last = self.running.iter().max_by_key(|r| r.started)?;
         let region = self.plan.candidates[last.candidate].region;
-        Some(last.started + self.proxy.latency.hedge_delay(region, hedge))
+        Some(last.started + self.snapshot.generation.latency.hedge_delay(region, hedge))
     }
 
     /// Takes back what an attempt left of the body.
@@ -326,7 +331,7 @@ impl<'a> Forward<'a> {
         if self.has_body && self.pending.is_none() {
             return Ok(false);
         }
-        if costs_budget && !self.proxy.budget.try_retry(Instant::now()) {
+        if costs_budget && !self.snapshot.generation.budget.try_retry(Instant::now()) {
             tracing::debug!("retry budget spent");
             return Ok(false);
         }
@@ -365,7 +370,12 @@ impl<'a> Forward<'a> {
             candidate,
             started: Instant::now(),
             returned,
-            future: Box::pin(attempt(&self.proxy.client, request, sent, first_byte)),
+            future: Box::pin(attempt(
+                &self.snapshot.generation.client,
+                request,
+                sent,
+                first_byte,
+            )),
         });
         Ok(true)
     }

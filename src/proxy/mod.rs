@@ -15,30 +15,22 @@ use http::{HeaderMap, Method, Request, Response, Uri, Version};
 use hyper::body::Incoming;
 
 use crate::body::ResponseBody;
-use crate::budget::RetryBudget;
 use crate::config::{Backend, Config};
-use crate::geo::{self, Locator, TrustedProxies};
+use crate::geo;
 use crate::headers;
-use crate::latency::Latency;
 use crate::request_body::UpstreamBody;
 use crate::routing::{self, Plan};
 use crate::state::{Shared, Snapshot};
-use crate::status_page::{PublicRegion, Rescue, StatusPages};
-use crate::upstream::UpstreamClient;
+use crate::status_page::{PublicRegion, Rescue};
 
 /// Response header naming the region that served the request.
 pub const X_MERIDIAN_REGION: http::HeaderName = http::HeaderName::from_static("x-meridian-region");
 
-/// The request handler of the public listener.
+/// The request handler of the public listener. What it builds from the
+/// configuration comes with each snapshot, in its [`crate::generation::Generation`].
 #[derive(Debug, Clone)]
 pub struct Proxy {
     shared: Arc<Shared>,
-    client: UpstreamClient,
-    pages: Arc<StatusPages>,
-    budget: Arc<RetryBudget>,
-    latency: Arc<Latency>,
-    locator: Arc<Locator>,
-    trusted: Arc<TrustedProxies>,
 }
 
 /// The parts of a request needed to send it again.
@@ -50,24 +42,9 @@ struct Head {
 }
 
 impl Proxy {
-    /// A proxy over `shared` state, forwarding with `client`.
-    pub fn new(shared: Arc<Shared>, client: UpstreamClient, pages: Arc<StatusPages>) -> Self {
-        let config = Arc::clone(&shared.load().config);
-        Proxy {
-            budget: Arc::new(RetryBudget::new(
-                &config.proxy.retry_budget,
-                tokio::time::Instant::now(),
-            )),
-            latency: Arc::new(Latency::new(config.regions.len())),
-            locator: Arc::new(Locator::new(&config)),
-            trusted: Arc::new(TrustedProxies::new(
-                config.geo.trusted_proxies.clone(),
-                config.geo.forwarding_header,
-            )),
-            shared,
-            client,
-            pages,
-        }
+    /// A proxy over `shared` state.
+    pub fn new(shared: Arc<Shared>) -> Self {
+        Proxy { shared }
     }
 
     /// Serves one request from `peer`. Never fails: errors become Meridian's own answers.
@@ -79,9 +56,10 @@ impl Proxy {
         let started = tokio::time::Instant::now();
         let snapshot = self.shared.load();
         let config = &snapshot.config;
-        self.budget.request(started);
+        let generation = &snapshot.generation;
+        generation.budget.request(started);
         let peer = geo::peer_ip(peer);
-        let client = geo::client_ip(peer, request.headers(), &self.trusted);
+        let client = geo::client_ip(peer, request.headers(), &generation.trusted);
         let location = self.locate(&snapshot, client, request.headers());
         let plan = self.plan(&snapshot, location.region, client);
         let (parts, body) = request.into_parts();
@@ -140,18 +118,19 @@ impl Proxy {
 
     /// Whether `ip` is one of `geo.trusted_proxies`.
     pub fn trusts(&self, ip: IpAddr) -> bool {
-        self.trusted.contains(ip)
+        self.shared.load().generation.trusted.contains(ip)
     }
 
     /// Phase 1a: the client's preferred region — pinned by a request from a trusted host,
     /// kept by the sticky cookie when that region can serve, or by geography.
     fn locate(&self, snapshot: &Snapshot, client: IpAddr, headers: &HeaderMap) -> geo::Location {
         let config = &snapshot.config;
-        let mut location = self.locator.locate(&self.shared.geodb(), client);
+        let generation = &snapshot.generation;
+        let mut location = generation.locator.locate(&self.shared.geodb(), client);
         if let Some(pin) = &config.geo.pin_header {
             // Only a request that started on a trusted host: proxies pass
             // their clients' headers on, a pin header included.
-            if self.trusted.contains(client) {
+            if generation.trusted.contains(client) {
                 if let Some(region) = geo::pinned_region(headers, pin, &config.regions) {
                     location.region = region;
                     location.why = geo::Why::Pin;
@@ -183,7 +162,7 @@ impl Proxy {
             &config.regions,
             &snapshot.regions,
             preferred,
-            self.shared.next_rotation(preferred),
+            snapshot.generation.next_rotation(preferred),
             client_key(client),
             config.proxy.max_attempts,
         )
@@ -206,7 +185,9 @@ impl Proxy {
                 up: v.state.serves(),
             })
             .collect();
-        self.pages
+        snapshot
+            .generation
+            .pages
             .respond(rescue, &regions, request_headers)
             .map(ResponseBody::local)
     }

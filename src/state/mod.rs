@@ -11,7 +11,6 @@ pub use control::{BackendRef, Control, Incident};
 pub use tracker::Tracker;
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
@@ -20,8 +19,9 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
+use crate::generation::Generation;
 use crate::geo::GeoDb;
-use crate::health::{BackendState, Failure, PassiveCounters, Report};
+use crate::health::{BackendState, Failure, Report};
 
 /// Most recent transitions kept for `/api/v1/status`.
 pub const MAX_EVENTS: usize = 100;
@@ -156,8 +156,10 @@ pub struct Event {
 /// One consistent view of configuration and health.
 #[derive(Debug, Clone)]
 pub struct Snapshot {
-    /// The configuration in force.
+    /// The configuration in force (the same as `generation.config`).
     pub config: Arc<Config>,
+    /// What the request path built from that configuration.
+    pub generation: Arc<Generation>,
     /// Health of every region, indexed like `config.regions`.
     pub regions: Vec<RegionView>,
     /// Recent transitions, oldest first, at most [`MAX_EVENTS`].
@@ -169,10 +171,10 @@ pub struct Snapshot {
 impl Snapshot {
     /// The view before any check has run, from each region's `initial_state`
     /// and the operators' `control`.
-    pub fn initial(config: Arc<Config>, control: Arc<Control>) -> Snapshot {
-        let mut tracker = Tracker::new(config);
+    pub fn initial(generation: Arc<Generation>, control: Arc<Control>) -> Snapshot {
+        let mut tracker = Tracker::new(Arc::clone(&generation.config));
         tracker.set_control(control, tokio::time::Instant::now());
-        tracker.snapshot()
+        tracker.snapshot(&generation)
     }
 }
 
@@ -183,6 +185,8 @@ pub enum Signal {
     Check(Report),
     /// A backend reached its region's `consecutive_failures` on live traffic.
     Eject {
+        /// The generation whose indices these are.
+        generation: u64,
         /// Region index.
         region: usize,
         /// Backend index within the region.
@@ -198,6 +202,14 @@ pub enum Signal {
         /// Answered after publishing.
         done: oneshot::Sender<()>,
     },
+    /// A new configuration: health, drains and events carry over to the
+    /// backends and regions it keeps; `done` is told once it is published.
+    Reload {
+        /// What the request path needs of the new configuration.
+        generation: Arc<Generation>,
+        /// Answered after publishing.
+        done: oneshot::Sender<()>,
+    },
 }
 
 impl From<Report> for Signal {
@@ -210,33 +222,21 @@ impl From<Report> for Signal {
 #[derive(Debug)]
 pub struct Shared {
     snapshot: ArcSwap<Snapshot>,
-    /// One round-robin counter per preferred region: a shared one would give
-    /// each region the same backends whenever traffic alternates regularly.
-    rotations: Box<[AtomicUsize]>,
-    passive: PassiveCounters,
     signals: mpsc::Sender<Signal>,
     geodb: Arc<ArcSwap<GeoDb>>,
 }
 
 impl Shared {
-    /// Shared state holding the initial snapshot of `config`; the request
-    /// path's ejection requests go to `signals`.
-    pub fn new(config: Arc<Config>, signals: mpsc::Sender<Signal>) -> Shared {
-        Shared::with_control(config, Control::default(), signals)
-    }
-
-    /// Like [`Shared::new`], starting with drains and an incident restored
-    /// from the state file.
-    pub fn with_control(
-        config: Arc<Config>,
+    /// Shared state holding the initial snapshot of `generation` with the
+    /// drains and incident of `control`; what the request path and the
+    /// admin API ask of the state owner goes to `signals`.
+    pub fn new(
+        generation: Arc<Generation>,
         control: Control,
         signals: mpsc::Sender<Signal>,
     ) -> Shared {
-        let rotations = config.regions.iter().map(|_| AtomicUsize::new(0)).collect();
         Shared {
-            passive: PassiveCounters::new(&config),
-            snapshot: ArcSwap::from_pointee(Snapshot::initial(config, Arc::new(control))),
-            rotations,
+            snapshot: ArcSwap::from_pointee(Snapshot::initial(generation, Arc::new(control))),
             signals,
             geodb: Arc::new(ArcSwap::from_pointee(GeoDb::built_in())),
         }
@@ -252,17 +252,19 @@ impl Shared {
         Arc::clone(&self.geodb)
     }
 
-    /// Records that a live request succeeded on a backend.
-    pub fn passive_success(&self, region: usize, backend: usize) {
-        self.passive.success(region, backend);
-    }
-
-    /// Records that a live request failed on a backend; a run long enough
-    /// asks the owner to eject it. Never waits: when the owner is behind, the
-    /// request is dropped and the next run asks again.
-    pub fn passive_failure(&self, region: usize, backend: usize, failure: Failure) {
-        if self.passive.failure(region, backend, failure) {
+    /// Records that a live request failed on a backend of `generation`; a
+    /// run long enough asks the owner to eject it. Never waits: when the
+    /// owner is behind, the request is dropped and the next run asks again.
+    pub fn passive_failure(
+        &self,
+        generation: &Generation,
+        region: usize,
+        backend: usize,
+        failure: Failure,
+    ) {
+        if generation.passive.failure(region, backend, failure) {
             let _ = self.signals.try_send(Signal::Eject {
+                generation: generation.number,
                 region,
                 backend,
                 failure,
@@ -290,11 +292,19 @@ impl Shared {
         self.snapshot.load_full()
     }
 
-    /// The next round-robin position for clients preferring `region`.
-    pub fn next_rotation(&self, region: usize) -> usize {
-        self.rotations
-            .get(region)
-            .map_or(0, |r| r.fetch_add(1, Ordering::Relaxed))
+    /// Puts a new configuration in force, returning once requests see it;
+    /// `false` when the state owner has stopped.
+    pub async fn reload(&self, generation: Arc<Generation>) -> bool {
+        let (done, published) = oneshot::channel();
+        if self
+            .signals
+            .send(Signal::Reload { generation, done })
+            .await
+            .is_err()
+        {
+            return false;
+        }
+        published.await.is_ok()
     }
 
     fn publish(&self, snapshot: Snapshot) {
@@ -310,33 +320,46 @@ pub async fn run_owner(
     mut signals: mpsc::Receiver<Signal>,
     stop: CancellationToken,
 ) {
-    let mut tracker = {
+    let (mut tracker, mut generation) = {
         let initial = shared.load();
         let mut t = Tracker::new(Arc::clone(&initial.config));
         t.set_control(Arc::clone(&initial.control), tokio::time::Instant::now());
-        t
+        (t, Arc::clone(&initial.generation))
     };
     loop {
         let deadline = tracker.next_deadline();
+        let now = tokio::time::Instant::now;
         let changed = tokio::select! {
             _ = stop.cancelled() => return,
             signal = signals.recv() => match signal {
                 None => return,
-                Some(Signal::Check(r)) => tracker.check(r.region, r.backend, r.result, tokio::time::Instant::now()),
-                Some(Signal::Eject { region, backend, failure }) => {
-                    tracker.eject(region, backend, failure, tokio::time::Instant::now())
+                // Reports and ejections about an older configuration's
+                // indices may still be queued after a reload.
+                Some(Signal::Check(r)) if r.generation == generation.number => {
+                    tracker.check(r.region, r.backend, r.result, now())
                 }
+                Some(Signal::Eject { generation: g, region, backend, failure }) if g == generation.number => {
+                    tracker.eject(region, backend, failure, now())
+                }
+                Some(Signal::Check(_) | Signal::Eject { .. }) => false,
                 Some(Signal::Control { control, done }) => {
-                    tracker.set_control(control, tokio::time::Instant::now());
-                    shared.publish(tracker.snapshot());
+                    tracker.set_control(control, now());
+                    shared.publish(tracker.snapshot(&generation));
+                    let _ = done.send(());
+                    continue;
+                }
+                Some(Signal::Reload { generation: next, done }) => {
+                    tracker = tracker.reload(Arc::clone(&next.config), now());
+                    generation = next;
+                    shared.publish(tracker.snapshot(&generation));
                     let _ = done.send(());
                     continue;
                 }
             },
-            () = sleep_until(deadline) => tracker.tick(tokio::time::Instant::now()),
+            () = sleep_until(deadline) => tracker.tick(now()),
         };
         if changed {
-            shared.publish(tracker.snapshot());
+            shared.publish(tracker.snapshot(&generation));
         }
     }
 }
@@ -403,23 +426,5 @@ mod tests {
         for s in [Down, Drained, Unknown] {
             assert!(!s.serves());
         }
-    }
-
-    #[test]
-    fn each_preferred_region_has_its_own_rotation() {
-        let text = "[[region]]\nname = \"us\"\nbackends = [\"http://10.0.0.1:80\"]\n\
-                    [[region]]\nname = \"eu\"\nbackends = [\"http://10.1.0.1:80\"]\n";
-        let (tx, _rx) = mpsc::channel(1);
-        let shared = Shared::new(Arc::new(Config::parse("t.toml", text).unwrap()), tx);
-        // Alternating traffic still walks each region's backends in turn.
-        let seen: Vec<(usize, usize)> = (0..3)
-            .map(|_| (shared.next_rotation(0), shared.next_rotation(1)))
-            .collect();
-        assert_eq!(seen, vec![(0, 0), (1, 1), (2, 2)]);
-        assert_eq!(
-            shared.next_rotation(9),
-            0,
-            "an unknown region does not panic"
-        );
     }
 }

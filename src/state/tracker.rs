@@ -14,6 +14,7 @@ use tokio::time::Instant;
 
 use super::{BackendView, Control, Event, RegionState, RegionView, Snapshot, MAX_EVENTS};
 use crate::config::Config;
+use crate::generation::Generation;
 use crate::health::{may_eject, BackendState, Ejection, Failure, HealthMachine, ProbeError};
 
 /// How often the share of a slow-starting region is raised.
@@ -178,9 +179,64 @@ impl Tracker {
         self.control = control;
     }
 
-    /// The current view.
-    pub fn snapshot(&self) -> Snapshot {
+    /// The tracker for `config`, keeping what is known of the regions (by
+    /// name) and backends (by address) it shares with this one: their
+    /// health, ejections, holds, drains and the events so far. Regions and
+    /// backends it adds start in their `initial_state`.
+    pub fn reload(&self, config: Arc<Config>, now: Instant) -> Tracker {
+        let mut next = Tracker::new(Arc::clone(&config));
+        next.events = self.events.clone();
+        next.events_shared = Arc::clone(&self.events_shared);
+        for (ri, region) in config.regions.iter().enumerate() {
+            let Some(oi) = self
+                .config
+                .regions
+                .iter()
+                .position(|r| r.name == region.name)
+            else {
+                continue;
+            };
+            let old = &self.config.regions[oi];
+            next.regions[ri] = self.regions[oi].clone();
+            let (view, old_view) = (&mut next.views[ri], &self.views[oi]);
+            view.state = old_view.state;
+            view.held = old_view.held;
+            view.ramp_permille = old_view.ramp_permille;
+            view.drained = old_view.drained;
+            for (bi, backend) in region.backends.iter().enumerate() {
+                let Some(ob) = old
+                    .backends
+                    .iter()
+                    .position(|b| b.address == backend.address)
+                else {
+                    continue;
+                };
+                let track = &self.backends[oi][ob];
+                next.backends[ri][bi] = BackendTrack {
+                    machine: track
+                        .machine
+                        .retuned(region.health.rise, region.health.fall),
+                    ejection: track.ejection.clone(),
+                };
+                view.backends[bi] = old_view.backends[ob].clone();
+            }
+        }
+        // What the new composition of each region makes of its state.
+        for region in 0..next.views.len() {
+            next.refresh_region(region, now);
+        }
+        // The incident is the same; only drains of regions and backends
+        // new to this configuration are news.
+        next.control = Arc::clone(&self.control);
+        next.set_control(Arc::clone(&self.control), now);
+        next
+    }
+
+    /// The current view, with what the request path built from the same configuration.
+    pub fn snapshot(&self, generation: &Arc<Generation>) -> Snapshot {
+        debug_assert!(Arc::ptr_eq(&self.config, &generation.config));
         Snapshot {
+            generation: Arc::clone(generation),
             config: Arc::clone(&self.config),
             regions: self.views.clone(),
             events: Arc::clone(&self.events_shared),
@@ -733,7 +789,7 @@ mod tests {
             t0,
         );
         assert_eq!(t.views[0].state, RegionState::Drained);
-        assert!(t.snapshot().control.region_drained("us"));
+        assert!(t.control.region_drained("us"));
         assert_eq!(last_event(&t), ("us".into(), "healthy", "drained"));
         // Health checks go on underneath and are seen once undrained.
         take_down(&mut t, t0);

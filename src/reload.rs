@@ -1,0 +1,197 @@
+//! Reloading the configuration without a restart (`SIGHUP`, `POST
+//! /api/v1/reload`): the file is re-read and validated, a new generation
+//! is built and handed to the state owner, which keeps the health, drains
+//! and events of every region and backend the new file keeps, and the
+//! health probers are restarted for the new backend list. A file that does
+//! not validate changes nothing.
+
+use std::sync::Arc;
+
+use serde::Serialize;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::{Config, ConfigError};
+use crate::generation::Generation;
+use crate::health::{probe_loop, HttpProbe};
+use crate::state::{Shared, Signal};
+use crate::status_page::TemplateError;
+
+/// Why a reload changed nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    /// Meridian was started from configuration text, not a file.
+    #[error(
+        "this Meridian was not started from a configuration file, so there is nothing to re-read"
+    )]
+    NoFile,
+    /// The file cannot be read or does not validate.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The status page template does not compile or render.
+    #[error(transparent)]
+    Template(#[from] TemplateError),
+    /// Meridian is shutting down.
+    #[error("Meridian is shutting down")]
+    Stopping,
+}
+
+/// What a successful reload did.
+#[derive(Debug, Clone, Serialize)]
+pub struct Reloaded {
+    /// Always `true`: the new configuration is in force.
+    pub reloaded: bool,
+    /// The new generation's number (1 after the first reload).
+    pub generation: u64,
+    /// Changed settings that are read only at start-up and keep their old
+    /// values until a restart.
+    pub restart_needed: Vec<&'static str>,
+    /// Settings that are valid but probably not what was meant.
+    pub warnings: Vec<String>,
+}
+
+/// Re-reads the configuration on demand, one reload at a time.
+#[derive(Debug)]
+pub struct Reloader {
+    shared: Arc<Shared>,
+    signals: mpsc::Sender<Signal>,
+    stop: CancellationToken,
+    tasks: TaskTracker,
+    /// The running probers' stop token, replaced by each reload.
+    probes: std::sync::Mutex<CancellationToken>,
+    one_at_a_time: tokio::sync::Mutex<()>,
+}
+
+impl Reloader {
+    /// A reloader over `shared`; probers report to `signals`, run in
+    /// `tasks`, and stop with `stop`.
+    pub fn new(
+        shared: Arc<Shared>,
+        signals: mpsc::Sender<Signal>,
+        stop: CancellationToken,
+        tasks: TaskTracker,
+    ) -> Reloader {
+        Reloader {
+            shared,
+            signals,
+            probes: std::sync::Mutex::new(stop.child_token()),
+            stop,
+            tasks,
+            one_at_a_time: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// Starts one prober per backend of `generation`, stopping those of
+    /// the previous one.
+    pub fn start_probes(&self, generation: &Generation) {
+        let token = self.stop.child_token();
+        let old = std::mem::replace(
+            &mut *self.probes.lock().unwrap_or_else(|e| e.into_inner()),
+            token.clone(),
+        );
+        old.cancel();
+        let config = &generation.config;
+        let probe = HttpProbe::new(config.proxy.connect_timeout);
+        for (ri, region) in config.regions.iter().enumerate() {
+            for (bi, backend) in region.backends.iter().enumerate() {
+                self.tasks.spawn(probe_loop(
+                    probe.clone(),
+                    generation.number,
+                    ri,
+                    bi,
+                    backend.clone(),
+                    region.health.clone(),
+                    self.signals.clone(),
+                    token.clone(),
+                ));
+            }
+        }
+    }
+
+    /// Re-reads the configuration file and puts it in force.
+    pub async fn reload(&self) -> Result<Reloaded, ReloadError> {
+        let _one = self.one_at_a_time.lock().await;
+        let current = self.shared.load();
+        let path = current.config.path.clone().ok_or(ReloadError::NoFile)?;
+        let config = tokio::task::spawn_blocking(move || Config::load(&path))
+            .await
+            .map_err(|_| ReloadError::Stopping)??;
+        let restart_needed = read_at_start(&current.config, &config);
+        let warnings = config.warnings();
+        let number = current.generation.number + 1;
+        let generation = Arc::new(Generation::new(Arc::new(config), number)?);
+        if !self.shared.reload(Arc::clone(&generation)).await {
+            return Err(ReloadError::Stopping);
+        }
+        self.start_probes(&generation);
+        tracing::info!(
+            file = %generation.config.source,
+            generation = number,
+            regions = generation.config.regions.len(),
+            "configuration reloaded"
+        );
+        if !restart_needed.is_empty() {
+            tracing::warn!(settings = ?restart_needed, "changed settings that only a restart applies");
+        }
+        for warning in &warnings {
+            tracing::warn!("{warning}");
+        }
+        Ok(Reloaded {
+            reloaded: true,
+            generation: number,
+            restart_needed,
+            warnings,
+        })
+    }
+}
+
+/// The settings that differ between `old` and `new` but are only read at
+/// start-up: listeners, connection limits, the admin API, the GeoIP file.
+pub fn read_at_start(old: &Config, new: &Config) -> Vec<&'static str> {
+    let mut keys = Vec::new();
+    if old.listen.http != new.listen.http {
+        keys.push("listen.http");
+    }
+    if old.listen.proxy_protocol != new.listen.proxy_protocol {
+        keys.push("listen.proxy_protocol");
+    }
+    if old.limits != new.limits {
+        keys.push("limits");
+    }
+    if old.admin != new.admin {
+        keys.push("admin");
+    }
+    if old.geo.database != new.geo.database || old.geo.reload_interval != new.geo.reload_interval {
+        keys.push("geo.database");
+    }
+    keys
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn settings_read_at_start_are_named_when_they_change() {
+        let base = "[[region]]\nname = \"us\"\nbackends = [\"http://10.0.0.1:80\"]\n";
+        let old = Config::parse("t.toml", base).unwrap();
+        assert!(read_at_start(&old, &old).is_empty());
+        let changed = |extra: &str| {
+            let new = Config::parse("t.toml", &format!("{extra}\n{base}")).unwrap();
+            read_at_start(&old, &new)
+        };
+        assert_eq!(changed("[listen]\nhttp = \"127.0.0.1:9\""), ["listen.http"]);
+        assert_eq!(changed("[limits]\nmax_connections = 7"), ["limits"]);
+        assert_eq!(changed("[admin]"), ["admin"]);
+        // Regions, health checks and the status page apply at once.
+        let new = Config::parse(
+            "t.toml",
+            &base
+                .replace("10.0.0.1:80", "10.0.0.2:80")
+                .replace("us", "eu"),
+        )
+        .unwrap();
+        assert!(read_at_start(&old, &new).is_empty());
+    }
+}

@@ -14,7 +14,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::{Config, ConfigError};
 use crate::generation::Generation;
-use crate::health::{probe_loop, HttpProbe};
+use crate::health::{probe_loop, HttpProbe, ProbeTarget};
 use crate::state::{Shared, Signal};
 use crate::status_page::TemplateError;
 
@@ -97,9 +97,11 @@ impl Reloader {
             for (bi, backend) in region.backends.iter().enumerate() {
                 self.tasks.spawn(probe_loop(
                     probe.clone(),
-                    generation.number,
-                    ri,
-                    bi,
+                    ProbeTarget {
+                        generation: generation.number,
+                        region: ri,
+                        backend: bi,
+                    },
                     backend.clone(),
                     region.health.clone(),
                     self.signals.clone(),

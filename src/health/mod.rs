@@ -11,7 +11,7 @@ mod outlier;
 mod probe;
 
 pub use outlier::{may_eject, Ejection, Failure, PassiveCounters};
-pub use probe::{probe_loop, HttpProbe, Probe, ProbeError, Report};
+pub use probe::{probe_loop, HttpProbe, Probe, ProbeError, ProbeTarget, Report};
 
 use serde::Serialize;
 

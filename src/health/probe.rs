@@ -175,13 +175,22 @@ pub struct Report {
     pub result: Result<(), ProbeError>,
 }
 
+/// Which backend a prober checks, in which configuration generation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProbeTarget {
+    /// The configuration generation.
+    pub generation: u64,
+    /// Region index.
+    pub region: usize,
+    /// Backend index within the region.
+    pub backend: usize,
+}
+
 /// Checks one backend every `interval` (with jitter) until `stop` is
 /// cancelled or the state owner is gone. The first check runs at once.
 pub async fn probe_loop<P: Probe, T: From<Report>>(
     probe: P,
-    generation: u64,
-    region: usize,
-    backend_index: usize,
+    target: ProbeTarget,
     backend: Backend,
     health: Health,
     reports: mpsc::Sender<T>,
@@ -206,9 +215,9 @@ pub async fn probe_loop<P: Probe, T: From<Report>>(
             }
         };
         let report = Report {
-            generation,
-            region,
-            backend: backend_index,
+            generation: target.generation,
+            region: target.region,
+            backend: target.backend,
             result,
         };
         if reports.send(report.into()).await.is_err() {
@@ -291,9 +300,11 @@ mod tests {
         let started = tokio::time::Instant::now();
         let task = tokio::spawn(probe_loop(
             std::sync::Arc::clone(&probe),
-            0,
-            0,
-            0,
+            ProbeTarget {
+                generation: 0,
+                region: 0,
+                backend: 0,
+            },
             region.backends[0].clone(),
             health,
             tx,

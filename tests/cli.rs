@@ -215,3 +215,71 @@ async fn sigterm_lets_a_request_in_flight_finish_then_exits_zero() {
     };
     assert_eq!(code, Some(0));
 }
+
+#[tokio::test]
+async fn sighup_reloads_the_configuration_file() {
+    use common::*;
+    let (us1, us2) = (Backend::start("us-1").await, Backend::start("us-2").await);
+    let free_port = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    };
+    let (port, admin) = (free_port(), free_port());
+    let text = |backends: &[&Backend]| {
+        config_text(&[R("us", backends, &[])], "")
+            .replace(
+                "127.0.0.1:0\"\n\n[admin]",
+                &format!("127.0.0.1:{port}\"\n\n[admin]"),
+            )
+            .replace(
+                "listen = \"127.0.0.1:0\"",
+                &format!("listen = \"127.0.0.1:{admin}\""),
+            )
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("m.toml");
+    std::fs::write(&path, text(&[&us1])).unwrap();
+    let mut child = spawn_meridian(&path, port).await;
+    let backends = || async move {
+        let req = empty(
+            http::Method::GET,
+            format!("http://127.0.0.1:{admin}/api/v1/status"),
+        );
+        let Ok(resp) = client().request(req).await else {
+            return 0;
+        };
+        let body = http_body_util::BodyExt::collect(resp.into_body())
+            .await
+            .unwrap()
+            .to_bytes();
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        v["regions"][0]["backends"].as_array().map_or(0, Vec::len)
+    };
+    wait_for(
+        std::time::Duration::from_secs(10),
+        "the admin API answers",
+        || async { backends().await == 1 },
+    )
+    .await;
+    std::fs::write(&path, text(&[&us1, &us2])).unwrap();
+    let sent = Command::new("kill")
+        .args(["-HUP", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    wait_for(
+        std::time::Duration::from_secs(10),
+        "the new backend is listed",
+        || async { backends().await == 2 },
+    )
+    .await;
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "SIGHUP does not stop Meridian"
+    );
+    child.kill().unwrap();
+    let _ = child.wait();
+}

@@ -867,6 +867,75 @@ mod tests {
     }
 
     #[test]
+    fn a_reload_keeps_what_is_known_of_the_regions_and_backends_it_keeps() {
+        let mut t = tracker("", 2);
+        let t0 = Instant::now();
+        for b in 0..2 {
+            t.check(0, b, PASS, t0);
+        }
+        t.check(1, 0, fail(), t0);
+        let kept = t.config.regions[0].backends[0].address.clone();
+        t.set_control(
+            control(|c| {
+                c.drained_regions.insert("ap".into());
+                c.incident = Some(crate::state::Incident {
+                    title: "t".into(),
+                    message: "m".into(),
+                    link: None,
+                });
+            }),
+            t0,
+        );
+        let events_before = t.events.len();
+        // us keeps its first backend and gets a new one; eu goes; ap comes,
+        // and was drained by name before it existed.
+        let text = format!(
+            "[[region]]\nname = \"ap\"\nbackends = [\"http://10.2.0.1:80\"]\n\
+             [[region]]\nname = \"us\"\nbackends = [\"http://{kept}\", \"http://10.0.0.9:80\"]\n\
+             [region.health]\nrise = 5\n"
+        );
+        let config = Arc::new(Config::parse("t.toml", &text).unwrap());
+        let mut r = t.reload(config, t0);
+        assert_eq!(
+            r.views[1].backends[0].state, Up,
+            "a kept backend keeps its health"
+        );
+        assert_eq!(
+            r.views[1].backends[1].state, Unknown,
+            "a new one starts unknown"
+        );
+        assert_eq!(r.views[1].state, RegionState::Degraded);
+        assert_eq!(
+            r.views[0].state,
+            RegionState::Drained,
+            "a drain applies to a region that comes back"
+        );
+        assert!(r.control.incident.is_some());
+        let news: Vec<_> = r
+            .events
+            .iter()
+            .skip(events_before)
+            .map(|e| (e.subject.as_str(), e.from, e.to))
+            .collect();
+        assert_eq!(
+            news,
+            vec![("us", "healthy", "degraded"), ("ap", "unknown", "drained")],
+            "only real changes are events"
+        );
+        // The kept backend's machine has the new thresholds and its streak.
+        for _ in 0..2 {
+            r.check(1, 0, fail(), t0);
+        }
+        assert_eq!(r.views[1].backends[0].state, Down);
+        for _ in 0..4 {
+            r.check(1, 0, PASS, t0);
+        }
+        assert_eq!(r.views[1].backends[0].state, Down, "rise is now 5");
+        r.check(1, 0, PASS, t0);
+        assert_eq!(r.views[1].backends[0].state, Up);
+    }
+
+    #[test]
     fn events_are_capped() {
         let mut events = VecDeque::new();
         for i in 0..MAX_EVENTS + 5 {

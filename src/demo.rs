@@ -273,10 +273,18 @@ Try, in another terminal:
   # Take eu down too: the branded status page answers (503 once the checks notice, within a second).
   curl -s -X POST http://{control}/regions/eu/down
   curl -s -i -H 'Accept: text/html' http://{http}/
+  # Tell users what is going on: the page shows the incident at once.
+  curl -s -X PUT -d '{{"title": "Degraded service", "message": "We are on it."}}' http://{admin}/api/v1/incident
+  curl -s -H 'Accept: application/json' http://{http}/
   # Bring us back: after 2 good checks (about a second) and the 5 s fail-back
   # hold, its users return to it.
   curl -s -X POST http://{control}/regions/us/up
   curl -s http://{http}/
+  # Drain us as an operator would: new requests go to eu, none are lost.
+  curl -s -X POST http://{control}/regions/eu/up
+  curl -s -X POST http://{admin}/api/v1/regions/us/drain
+  curl -s http://{http}/
+  curl -s -X POST http://{admin}/api/v1/regions/us/undrain
 
 Press Ctrl-C to stop.
 "#

@@ -11,7 +11,7 @@ use http::{HeaderMap, HeaderName, HeaderValue, Version};
 use meridian::config::Config;
 use meridian::health::BackendState;
 use meridian::state::{BackendView, RegionState, RegionView};
-use meridian::status_page::{PublicRegion, Rescue, StatusPages};
+use meridian::status_page::{PublicIncident, PublicRegion, Rescue, Situation, StatusPages};
 use meridian::{geo, headers, routing};
 
 const CONFIG: &str = r#"
@@ -167,13 +167,40 @@ fn bench_status_page(c: &mut Criterion) {
     ];
     let html = browser_headers();
     let json = HeaderMap::new();
+    let plain = Situation {
+        regions: &regions,
+        incident: None,
+    };
+    let with_incident = Situation {
+        regions: &regions,
+        incident: Some(PublicIncident::new(
+            INCIDENT_TITLE,
+            INCIDENT_MESSAGE,
+            Some("https://status.example.com/incidents/2026-01-01"),
+        )),
+    };
     c.bench_function("status_page html", |b| {
-        b.iter(|| pages.respond(Rescue::NoRegion, black_box(&regions), &html))
+        b.iter(|| pages.respond(Rescue::NoRegion, black_box(&plain), &html))
     });
     c.bench_function("status_page json", |b| {
-        b.iter(|| pages.respond(Rescue::NoRegion, black_box(&regions), &json))
+        b.iter(|| pages.respond(Rescue::NoRegion, black_box(&plain), &json))
+    });
+    c.bench_function("status_page html, with an incident", |b| {
+        b.iter(|| pages.respond(Rescue::NoRegion, black_box(&with_incident), &html))
+    });
+    c.bench_function("status_page json, with an incident", |b| {
+        b.iter(|| pages.respond(Rescue::NoRegion, black_box(&with_incident), &json))
+    });
+    c.bench_function("status_page public endpoint, with an incident", |b| {
+        b.iter(|| pages.public_status(&http::Method::GET, false, black_box(with_incident.incident)))
     });
 }
+
+/// An incident of a realistic length: a headline and a few sentences.
+const INCIDENT_TITLE: &str = "Checkout and sign-in are unavailable";
+const INCIDENT_MESSAGE: &str = "A database failover in our US region is taking longer than \
+expected. Orders placed before 14:05 UTC are safe. We will post the next update within 30 \
+minutes; this page reloads by itself as soon as service returns.";
 
 criterion_group!(benches, bench_routing, bench_headers, bench_status_page);
 criterion_main!(benches);

@@ -6,4 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# The browser test drives a real headless Chromium.
+scripts/ensure-chromium.sh
+
 cargo test --locked --all-targets

@@ -17,12 +17,12 @@ use super::ApiError;
 use crate::reload::{ReloadError, Reloader};
 use crate::state::{control, BackendRef, Control, Incident, Shared, Snapshot};
 
-/// Longest incident title, in characters.
-const MAX_TITLE: usize = 200;
-/// Longest incident message, in characters.
-const MAX_MESSAGE: usize = 4000;
-/// Longest incident link, in bytes.
-const MAX_LINK: usize = 2000;
+// What the status page shows in full: longer incidents are refused here
+// rather than cut short in front of users.
+use crate::status_page::{
+    MAX_INCIDENT_LINK as MAX_LINK, MAX_INCIDENT_MESSAGE as MAX_MESSAGE,
+    MAX_INCIDENT_TITLE as MAX_TITLE,
+};
 
 /// The state behind the API's handlers.
 #[derive(Debug)]
@@ -290,7 +290,7 @@ fn parse_incident(body: &[u8]) -> Result<Incident, ApiError> {
     let link = match link.map(|l| l.trim().to_owned()).filter(|l| !l.is_empty()) {
         None => None,
         Some(l) => match url::Url::parse(&l) {
-            Ok(u) if matches!(u.scheme(), "http" | "https") && l.len() <= MAX_LINK => {
+            Ok(u) if matches!(u.scheme(), "http" | "https") && u.as_str().len() <= MAX_LINK => {
                 Some(u.to_string())
             }
             _ => {

@@ -171,6 +171,7 @@ pub struct StatusPageFile {
     pub accent_color: Option<Spanned<String>>,
     pub retry_after: Option<Spanned<Dur>>,
     pub template: Option<Spanned<String>>,
+    pub intercept: Option<Spanned<Vec<Spanned<i64>>>>,
 }
 
 /// A duration written the humantime way (`"800ms"`, `"2s"`, `"1m 30s"`).

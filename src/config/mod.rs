@@ -343,6 +343,10 @@ pub struct StatusPage {
     pub retry_after: Duration,
     /// The operator's own template source, replacing `static/status.html`.
     pub template: Option<String>,
+    /// Backend answers with these statuses (500–599) are replaced by the
+    /// status page, unless they are JSON or carry `X-Meridian-Passthrough`.
+    /// Default 502, 503 and 504; empty turns interception off.
+    pub intercept: Vec<http::StatusCode>,
 }
 
 impl Config {

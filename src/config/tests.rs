@@ -1471,6 +1471,40 @@ fn bad_support_url_is_refused() {
     }
 }
 
+#[test]
+fn intercept_takes_server_errors_once_each_and_may_be_empty() {
+    let base =
+        "[[region]]\nname = \"us\"\nbackends = [\"http://10.1.0.10:8080\"]\n\n[status_page]\n";
+    let c = accepted(&format!("{base}intercept = [500, 599, 503]\n"));
+    assert_eq!(c.status_page.intercept, [500, 599, 503]);
+    let c = accepted(&format!("{base}intercept = []\n"));
+    assert!(
+        c.status_page.intercept.is_empty(),
+        "[] turns interception off"
+    );
+    for (list, bad, fragment) in [
+        (
+            "[502, 404]",
+            1,
+            "404 is not a server error: expected a status code from 500 to 599",
+        ),
+        ("[600]", 0, "600 is not a server error"),
+        ("[-503]", 0, "-503 is not a server error"),
+        ("[503, 503]", 1, "503 is listed twice"),
+    ] {
+        let text = format!("{base}intercept = {list}\n");
+        assert_only_issue(
+            &text,
+            "intercept",
+            &format!("status_page.intercept[{bad}]"),
+            fragment,
+        );
+    }
+    let issues = rejected(&format!("{base}intercept = [\"503\"]\n"));
+    assert_eq!(issues[0].key, "status_page.intercept[0]", "{issues:#?}");
+    assert!(issues[0].message.contains("invalid type"), "{issues:#?}");
+}
+
 // ---------------------------------------------------------------------------
 // Several problems at once
 // ---------------------------------------------------------------------------
@@ -1642,6 +1676,7 @@ backends = ["http://10.2.0.10"]
     assert_eq!(s.accent_color, "#2f5bea");
     assert_eq!(s.retry_after, Duration::from_secs(30));
     assert_eq!(s.template, None);
+    assert_eq!(s.intercept, [502, 503, 504]);
 }
 
 #[test]
@@ -2010,6 +2045,10 @@ fn reference_config_is_valid() {
     assert_eq!(shown.replay_buffer, default.replay_buffer);
     assert_eq!(shown.retry_budget, default.retry_budget);
     assert_eq!(shown.hedge, default.hedge);
+    assert_eq!(
+        config.status_page.intercept, defaults.status_page.intercept,
+        "[status_page] shows intercept with its default"
+    );
 }
 
 #[test]

@@ -42,6 +42,9 @@ const NON_IDEMPOTENT_METHODS: [&str; 3] = ["POST", "PATCH", "CONNECT"];
 /// `region.outlier.failures` names, in the order of [`FailureKinds`]' fields.
 const FAILURE_KINDS: [&str; 5] = ["connect", "reset", "timeout", "gateway", "5xx"];
 
+/// Statuses replaced by the status page when `status_page.intercept` is not set.
+const DEFAULT_INTERCEPT: [u16; 3] = [502, 503, 504];
+
 /// Largest `proxy.replay_buffer`: 16 MiB.
 const MAX_REPLAY_BUFFER: i64 = 16 << 20;
 
@@ -1605,6 +1608,7 @@ fn check_status_page(issues: &mut Issues, raw: file::StatusPageFile) -> StatusPa
         accent_color,
         retry_after,
         template,
+        intercept,
     } = raw;
     let brand = brand.unwrap_or_else(|| "Meridian".to_owned());
     let title = title.unwrap_or_else(|| format!("{brand} is temporarily unavailable"));
@@ -1674,7 +1678,43 @@ fn check_status_page(issues: &mut Issues, raw: file::StatusPageFile) -> StatusPa
             Duration::from_secs(30),
         ),
         template,
+        intercept: check_intercept(issues, intercept),
     }
+}
+
+/// `status_page.intercept`: server errors only, each once. A 4xx is the
+/// application talking to its user, never an outage to hide.
+fn check_intercept(
+    issues: &mut Issues,
+    raw: Option<Spanned<Vec<Spanned<i64>>>>,
+) -> Vec<http::StatusCode> {
+    let Some(list) = raw else {
+        return DEFAULT_INTERCEPT
+            .iter()
+            .filter_map(|&c| http::StatusCode::from_u16(c).ok())
+            .collect();
+    };
+    let mut out: Vec<http::StatusCode> = Vec::new();
+    for (j, code) in list.get_ref().iter().enumerate() {
+        let key = format!("status_page.intercept[{j}]");
+        let value = *code.get_ref();
+        let status = u16::try_from(value)
+            .ok()
+            .filter(|c| (500..=599).contains(c))
+            .and_then(|c| http::StatusCode::from_u16(c).ok());
+        match status {
+            None => issues.at(
+                span(code),
+                key,
+                format!("{value} is not a server error: expected a status code from 500 to 599"),
+            ),
+            Some(s) if out.contains(&s) => {
+                issues.at(span(code), key, format!("{value} is listed twice"))
+            }
+            Some(s) => out.push(s),
+        }
+    }
+    out
 }
 
 fn valid_color(c: &str) -> bool {

@@ -27,7 +27,7 @@ use crate::body::ResponseBody;
 use crate::health::Failure;
 use crate::request_body::{Replay, Returned, UpstreamBody};
 use crate::routing::Plan;
-use crate::state::Snapshot;
+use crate::state::{RegionState, Snapshot};
 use crate::status_page::Rescue;
 
 /// Longest wait for a failed connection to give back the request body.
@@ -141,7 +141,7 @@ impl<'a> Forward<'a> {
     /// Forwards until a backend answers; otherwise says which page to serve.
     pub(super) async fn run(mut self) -> Result<Served, Rescue> {
         if self.plan.candidates.is_empty() {
-            return Err(Rescue::NoRegion);
+            return Err(empty_plan(self.snapshot));
         }
         self.start(None, false)?;
         let mut hedge_timer = HedgeTimer::default();
@@ -415,5 +415,21 @@ impl<'a> Forward<'a> {
     fn backend_address(&self, candidate: usize) -> &str {
         let c = self.plan.candidates[candidate];
         &self.snapshot.config.regions[c.region].backends[c.backend].address
+    }
+}
+
+/// Why a plan is empty: operators drained every region, or no region can
+/// serve this client. The page says which, so users are not told of an
+/// outage during planned maintenance.
+fn empty_plan(snapshot: &Snapshot) -> Rescue {
+    let drained = !snapshot.regions.is_empty()
+        && snapshot
+            .regions
+            .iter()
+            .all(|r| r.state == RegionState::Drained);
+    if drained {
+        Rescue::Drained
+    } else {
+        Rescue::NoRegion
     }
 }

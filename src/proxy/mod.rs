@@ -21,7 +21,9 @@ use crate::headers;
 use crate::request_body::UpstreamBody;
 use crate::routing::{self, Plan};
 use crate::state::{Shared, Snapshot};
-use crate::status_page::{PublicRegion, Rescue};
+use crate::status_page::{
+    self, PublicIncident, PublicRegion, Rescue, Situation, X_MERIDIAN_PASSTHROUGH,
+};
 
 /// Response header naming the region that served the request.
 pub const X_MERIDIAN_REGION: http::HeaderName = http::HeaderName::from_static("x-meridian-region");
@@ -55,6 +57,11 @@ impl Proxy {
     ) -> Result<Response<ResponseBody>, Infallible> {
         let started = tokio::time::Instant::now();
         let snapshot = self.shared.load();
+        if request.uri().path() == status_page::STATUS_PATH {
+            // Meridian's own answer, before any routing: the status page
+            // polls it during an outage, and it must never reach a backend.
+            return Ok(self.public_status(&snapshot, request.method()));
+        }
         let config = &snapshot.config;
         let generation = &snapshot.generation;
         generation.budget.request(started);
@@ -72,8 +79,20 @@ impl Proxy {
         let keep_host = prepare_headers(&mut head, config.proxy.preserve_host, peer);
         let forward = forward::Forward::new(self, &snapshot, &plan, &head, keep_host, body);
         let (response, served) = match forward.run().await {
+            Ok(served) if self.intercepted(config, &served.response) => {
+                let status = served.response.status();
+                // The backend's own error page is dropped unread: its
+                // connection closes instead of going back to the pool.
+                drop(served.response);
+                let rescue = Rescue::Upstream(status);
+                (
+                    self.rescue(&snapshot, rescue, &head.headers),
+                    Some(served.region),
+                )
+            }
             Ok(served) => {
                 let mut response = served.response;
+                response.headers_mut().remove(X_MERIDIAN_PASSTHROUGH);
                 let region = &config.regions[served.region];
                 if config.proxy.region_header {
                     response
@@ -97,6 +116,7 @@ impl Proxy {
             Err(rescue) => (self.rescue(&snapshot, rescue, &head.headers), None),
         };
         let why = match served {
+            Some(r) if r != location.region && snapshot.regions[location.region].drained => "drain",
             Some(r) if r != location.region => "failover",
             _ => location.why.as_str(),
         };
@@ -168,6 +188,17 @@ impl Proxy {
         )
     }
 
+    /// Phase 2b: whether a backend's answer is an error page to replace
+    /// with Meridian's own (`status_page.intercept`), so that users never
+    /// see a raw 503 even when a backend's proxy answers one.
+    fn intercepted(&self, config: &Config, response: &Response<ResponseBody>) -> bool {
+        status_page::intercepts(
+            &config.status_page.intercept,
+            response.status(),
+            response.headers(),
+        )
+    }
+
     /// Phase 3: Meridian's own answer, the branded page, when no backend can.
     fn rescue(
         &self,
@@ -185,12 +216,36 @@ impl Proxy {
                 up: v.state.serves(),
             })
             .collect();
+        let situation = Situation {
+            regions: &regions,
+            incident: public_incident(snapshot),
+        };
         snapshot
             .generation
             .pages
-            .respond(rescue, &regions, request_headers)
+            .respond(rescue, &situation, request_headers)
             .map(ResponseBody::local)
     }
+
+    /// The answer of [`status_page::STATUS_PATH`]: whether any region serves,
+    /// and the incident.
+    fn public_status(&self, snapshot: &Snapshot, method: &Method) -> Response<ResponseBody> {
+        let up = snapshot.regions.iter().any(|r| r.state.serves());
+        snapshot
+            .generation
+            .pages
+            .public_status(method, up, public_incident(snapshot))
+            .map(ResponseBody::local)
+    }
+}
+
+/// The incident in force, as the public may see it.
+fn public_incident(snapshot: &Snapshot) -> Option<PublicIncident<'_>> {
+    snapshot
+        .control
+        .incident
+        .as_ref()
+        .map(|i| PublicIncident::new(&i.title, &i.message, i.link.as_deref()))
 }
 
 /// Readies the request head for backends, `peer` being the address the

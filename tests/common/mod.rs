@@ -251,11 +251,26 @@ pub enum Fault {
     Reset = 3,
     /// Answers as the paths say, 400 ms late.
     Slow = 4,
+    /// Answers `503` with the application's own JSON body ([`JSON_503`]).
+    Json503 = 5,
+    /// Answers `503` with an HTML body ([`OWN_503`]) and `X-Meridian-Passthrough: 1`.
+    Passthrough503 = 6,
+    /// Answers `500` with a bare HTML body ([`RAW_500`]).
+    Raw500 = 7,
 }
 
 /// The body of a [`Fault::Raw503`] answer.
 pub const RAW_503: &str =
     "<html><body><h1>503 Service Temporarily Unavailable</h1><hr>nginx</body></html>";
+
+/// The body of a [`Fault::Json503`] answer.
+pub const JSON_503: &str = r#"{"error":"maintenance","retry_in":60}"#;
+
+/// The body of a [`Fault::Passthrough503`] answer.
+pub const OWN_503: &str = "<html><body>The application's own maintenance page</body></html>";
+
+/// The body of a [`Fault::Raw500`] answer.
+pub const RAW_500: &str = "<html><body><h1>500 Internal Server Error</h1></body></html>";
 
 /// How a backend answers its health checks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -307,7 +322,9 @@ impl Backend {
         self.set_fault(fault);
         self.set_health(match fault {
             Fault::None => HealthAnswer::Ok,
-            Fault::Raw503 => HealthAnswer::Status503,
+            Fault::Raw503 | Fault::Json503 | Fault::Passthrough503 | Fault::Raw500 => {
+                HealthAnswer::Status503
+            }
             Fault::Hang | Fault::Reset | Fault::Slow => HealthAnswer::Hang,
         });
     }
@@ -427,6 +444,35 @@ async fn handle(
         // An error from the service makes hyper close the connection unanswered.
         3 => return Err(std::io::Error::other("reset by the test")),
         4 => tokio::time::sleep(Duration::from_millis(400)).await,
+        5 => {
+            let mut r = text(StatusCode::SERVICE_UNAVAILABLE, JSON_503.into());
+            r.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static("application/json"),
+            );
+            return Ok(r);
+        }
+        6 => {
+            let mut r = text(StatusCode::SERVICE_UNAVAILABLE, OWN_503.into());
+            let h = r.headers_mut();
+            h.insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static("text/html"),
+            );
+            h.insert(
+                "x-meridian-passthrough",
+                http::HeaderValue::from_static("1"),
+            );
+            return Ok(r);
+        }
+        7 => {
+            let mut r = text(StatusCode::INTERNAL_SERVER_ERROR, RAW_500.into());
+            r.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static("text/html"),
+            );
+            return Ok(r);
+        }
         _ => {}
     }
     Ok(match path.as_str() {

@@ -404,3 +404,54 @@ async fn the_address_and_token_come_from_the_config_file() {
     );
     m.shutdown().await;
 }
+
+#[tokio::test]
+async fn reload_reports_what_needs_a_restart_and_lists_the_issues_of_a_bad_file() {
+    let (us1, eu1) = (Backend::start("us-1").await, Backend::start("eu-1").await);
+    let dir = tempfile::tempdir().unwrap();
+    let token_path = dir.path().join("token");
+    std::fs::write(&token_path, format!("{TOKEN}\n")).unwrap();
+    let text = config_text(&[R("us", &[&us1], &["eu"]), R("eu", &[&eu1], &["us"])], "").replace(
+        "[admin]\n",
+        &format!("[admin]\ntoken_file = \"{}\"\n", token_path.display()),
+    );
+    // Reload re-reads the file Meridian was started from, so it starts from one.
+    let file = dir.path().join("meridian.toml");
+    std::fs::write(&file, &text).unwrap();
+    let config = meridian::config::Config::load(&file).unwrap();
+    let m = meridian::server::start(config).await.unwrap();
+    let url = format!("http://{}", m.admin_addr.unwrap());
+
+    // us fails over nowhere any more, and the public listener moves.
+    let changed = text
+        .replacen("failover = [\"eu\"]", "failover = []", 1)
+        .replacen("http = \"127.0.0.1:0\"", "http = \"127.0.0.1:1\"", 1);
+    std::fs::write(&file, &changed).unwrap();
+    let run = ctl(&["--admin", &url, "reload"], Some(TOKEN)).await;
+    assert_eq!(run.code, 0, "{}", run.err);
+    assert!(
+        run.out.starts_with("configuration reloaded") && run.out.contains("listen.http"),
+        "{}",
+        run.out
+    );
+    assert!(m.shared.load().config.regions[0].failover.is_empty());
+
+    std::fs::write(&file, changed.replace("[listen]\n", "[listen]\nhtp = 1\n")).unwrap();
+    let run = ctl(&["--admin", &url, "reload"], Some(TOKEN)).await;
+    assert_eq!(run.code, 3, "{}", run.err);
+    let issue = run
+        .err
+        .lines()
+        .find(|l| l.starts_with("error: "))
+        .unwrap_or_else(|| panic!("an issue on its own line: {}", run.err));
+    assert!(
+        issue.contains(&file.display().to_string()) && issue.contains("listen.htp"),
+        "{}",
+        run.err
+    );
+    assert!(
+        m.shared.load().config.regions[0].failover.is_empty(),
+        "the configuration in force is kept"
+    );
+    m.shutdown().await;
+}

@@ -7,8 +7,8 @@
 //! [`headers`] hygiene, retrying and hedging within the [`budget`] and the
 //! delays [`latency`] suggests, and [`status_page`] answers when nothing can.
 //! [`health`] probes backends and, with what live traffic reports, feeds the
-//! single owner of the snapshot; [`server`] wires it all together and
-//! [`admin`] serves the operators' API.
+//! single owner of the snapshot; [`server`] wires it all together,
+//! [`admin`] serves the operators' API and [`ctl`] is its client.
 
 #![warn(missing_docs)]
 
@@ -17,6 +17,7 @@ pub mod admin;
 pub mod body;
 pub mod budget;
 pub mod config;
+pub mod ctl;
 pub mod demo;
 pub mod generation;
 pub mod geo;

@@ -1,4 +1,4 @@
-//! The `meridian` command: run, check, demo.
+//! The `meridian` command: run, check, demo, and ctl (the admin API's client).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use meridian::config::{Config, ConfigError};
+use meridian::ctl::{self, CtlError};
 use meridian::{demo, server, status_page, telemetry};
 
 /// Meridian: a geo-failover edge reverse proxy.
@@ -27,6 +28,9 @@ Examples:
   meridian demo                            two demo regions on loopback, for a first look
   meridian check -c config/meridian.toml   validate a configuration and print a summary
   meridian run -c config/meridian.toml     serve
+  meridian ctl status                      regions, backends, incident and events of a running Meridian
+  meridian ctl drain us                    stop sending new requests to region us
+  meridian ctl incident set --title 'Checkout errors' --message 'We are on it.'
 
 Logging is controlled by RUST_LOG (default: info), e.g. RUST_LOG=meridian=debug.";
 
@@ -46,12 +50,115 @@ enum Command {
     },
     /// Run Meridian on 127.0.0.1:8080 in front of two built-in demo regions.
     Demo,
+    /// Ask a running Meridian through its admin API: status, drains, incident, reload.
+    #[command(after_help = CTL_HELP)]
+    Ctl(CtlArgs),
+}
+
+const CTL_HELP: &str = "\
+The admin API is found at --admin URL, else at the [admin] listen address of
+the file given with -c, else at $MERIDIAN_ADMIN, else at http://127.0.0.1:9901.
+The bearer token is read from $MERIDIAN_ADMIN_TOKEN, else from the file's [admin]
+section (token_env or token_file).
+
+Examples:
+  meridian ctl status
+  meridian ctl -c /etc/meridian/meridian.toml drain us
+  meridian ctl undrain eu --backend 10.2.0.10:8080
+  meridian ctl incident set --title 'Checkout errors' --message 'We are on it.' --link https://status.example.com
+  meridian ctl incident clear
+  meridian ctl --json status | jq .regions
+
+Exit codes: 0 done; 1 admin API unreachable, too slow or not the admin API (or a bad -c file);
+2 usage error; 3 refused by the API (4xx: token, unknown name, conflict, invalid input);
+4 the API failed (5xx).";
+
+#[derive(Debug, clap::Args)]
+struct CtlArgs {
+    /// Admin API URL [default: see below]
+    #[arg(long, value_name = "URL", global = true)]
+    admin: Option<String>,
+    /// Configuration file whose [admin] section gives the address (and token).
+    #[arg(short, long, value_name = "FILE", global = true)]
+    config: Option<PathBuf>,
+    /// Print the API's JSON answer instead of text.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: CtlCommand,
+}
+
+#[derive(Debug, Subcommand)]
+enum CtlCommand {
+    /// Regions, backends, health, drains, the incident and recent events.
+    Status,
+    /// Stop sending new requests to a region, or to one of its backends.
+    Drain {
+        /// The region's name.
+        region: String,
+        /// Drain only this backend of the region (its host:port).
+        #[arg(long, value_name = "HOST:PORT")]
+        backend: Option<String>,
+    },
+    /// Send requests to a drained region, or backend, again.
+    Undrain {
+        /// The region's name.
+        region: String,
+        /// Undrain only this backend of the region (its host:port).
+        #[arg(long, value_name = "HOST:PORT")]
+        backend: Option<String>,
+    },
+    /// Post or clear the incident shown on the status page.
+    #[command(subcommand)]
+    Incident(IncidentCommand),
+    /// Re-read the configuration file, as SIGHUP does.
+    Reload,
+}
+
+#[derive(Debug, Subcommand)]
+enum IncidentCommand {
+    /// Post the incident (replacing any other).
+    Set {
+        /// A short headline.
+        #[arg(long)]
+        title: String,
+        /// What is going on, in plain words.
+        #[arg(long)]
+        message: String,
+        /// Where updates are posted (an http(s) URL).
+        #[arg(long, value_name = "URL")]
+        link: Option<String>,
+    },
+    /// Clear the incident.
+    Clear,
+}
+
+impl From<CtlCommand> for ctl::Command {
+    fn from(command: CtlCommand) -> ctl::Command {
+        match command {
+            CtlCommand::Status => ctl::Command::Status,
+            CtlCommand::Drain { region, backend } => ctl::Command::Drain { region, backend },
+            CtlCommand::Undrain { region, backend } => ctl::Command::Undrain { region, backend },
+            CtlCommand::Incident(IncidentCommand::Set {
+                title,
+                message,
+                link,
+            }) => ctl::Command::IncidentSet(ctl::IncidentText {
+                title,
+                message,
+                link,
+            }),
+            CtlCommand::Incident(IncidentCommand::Clear) => ctl::Command::IncidentClear,
+            CtlCommand::Reload => ctl::Command::Reload,
+        }
+    }
 }
 
 fn main() -> ExitCode {
     let Cli { config, command } = Cli::parse();
     let result = match (command, config) {
         (Some(Command::Check { config }), _) => return check(&config),
+        (Some(Command::Ctl(args)), config) => return ctl(args, config),
         (Some(Command::Run { config }), _) | (None, Some(config)) => run(config),
         (Some(Command::Demo), _) => demo(),
         (None, None) => {
@@ -161,4 +268,84 @@ fn demo() -> anyhow::Result<()> {
         backends.stop();
         Ok(())
     })
+}
+
+/// `meridian ctl`: one admin API call, its answer printed for people (or as
+/// JSON), its warnings on standard error, and an exit code scripts can test.
+fn ctl(args: CtlArgs, top_config: Option<PathBuf>) -> ExitCode {
+    let CtlArgs {
+        admin,
+        config,
+        json,
+        command,
+    } = args;
+    let fail = |e: &CtlError| {
+        eprintln!("meridian: {e}");
+        if let CtlError::Refused { issues, .. } = e {
+            for issue in issues {
+                eprintln!("error: {issue}");
+            }
+        }
+        ExitCode::from(e.exit_code())
+    };
+    // `meridian -c FILE ctl ...` reads as well as `meridian ctl -c FILE ...`.
+    let config = match config.or(top_config) {
+        Some(path) => match Config::load(&path) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                report(&e);
+                eprintln!(
+                    "meridian: cannot take the admin API address from {}: fix it, or give --admin URL",
+                    path.display()
+                );
+                return ExitCode::from(ctl::exit::UNREACHABLE);
+            }
+        },
+        None => None,
+    };
+    let env_admin = std::env::var(ctl::ADMIN_ENV).ok();
+    let base = match ctl::admin_base(admin.as_deref(), config.as_ref(), env_admin.as_deref()) {
+        Ok(b) => b,
+        Err(e) => return fail(&e),
+    };
+    let target = ctl::Target {
+        base,
+        token: ctl::token(std::env::var(ctl::TOKEN_ENV).ok(), config.as_ref()),
+    };
+    let command = ctl::Command::from(command);
+    // One call needs no thread pool.
+    let answer = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt.block_on(ctl::call(&target, &command, ctl::TIMEOUT)),
+        Err(e) => {
+            eprintln!("meridian: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let answer = match answer {
+        Ok(a) => a,
+        Err(e) => return fail(&e),
+    };
+    for warning in ctl::warnings(&answer.json) {
+        eprintln!("warning: {warning}");
+    }
+    if json {
+        let text = String::from_utf8_lossy(&answer.body);
+        println!("{}", text.trim_end());
+    } else if command == ctl::Command::Status {
+        match ctl::status_table(&answer.json) {
+            Ok(table) => print!("{table}"),
+            Err(e) => {
+                return fail(&CtlError::BadAnswer {
+                    url: target.base,
+                    reason: format!("the status is not in the expected shape: {e}"),
+                })
+            }
+        }
+    } else {
+        println!("{}", ctl::confirmation(&command, &answer.json));
+    }
+    ExitCode::SUCCESS
 }

@@ -282,6 +282,7 @@ async fn every_endpoint_needs_the_token() {
             r#"{"title":"t","message":"m"}"#,
         ),
         (Method::DELETE, "/api/v1/incident".to_owned(), ""),
+        (Method::POST, "/api/v1/reload".to_owned(), ""),
     ];
     for (method, path, body) in &calls {
         for token in [None, Some("wrong"), Some("s3cret-toke")] {

@@ -111,8 +111,18 @@ impl Reloader {
         }
     }
 
-    /// Re-reads the configuration file and puts it in force.
-    pub async fn reload(&self) -> Result<Reloaded, ReloadError> {
+    /// Re-reads the configuration file and puts it in force. The work runs
+    /// in a task of its own, so that a caller that goes away (an admin
+    /// client that timed out) cannot leave a new configuration published
+    /// without its probers.
+    pub async fn reload(self: &Arc<Self>) -> Result<Reloaded, ReloadError> {
+        let this = Arc::clone(self);
+        tokio::spawn(async move { this.reload_now().await })
+            .await
+            .unwrap_or(Err(ReloadError::Stopping))
+    }
+
+    async fn reload_now(&self) -> Result<Reloaded, ReloadError> {
         let _one = self.one_at_a_time.lock().await;
         let current = self.shared.load();
         let path = current.config.path.clone().ok_or(ReloadError::NoFile)?;

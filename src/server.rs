@@ -271,9 +271,13 @@ impl Running {
                 _ = int.recv() => { tracing::info!("SIGINT: shutting down"); break; }
                 _ = hup.recv() => {
                     tracing::info!("SIGHUP: reloading the configuration");
-                    if let Err(e) = self.reloader.reload().await {
-                        tracing::error!("reload refused, the configuration in force is unchanged: {e}");
-                    }
+                    // Not awaited here, so that a signal to stop is heard at once.
+                    let reloader = Arc::clone(&self.reloader);
+                    tokio::spawn(async move {
+                        if let Err(e) = reloader.reload().await {
+                            tracing::error!("reload refused, the configuration in force is unchanged: {e}");
+                        }
+                    });
                 }
             }
         }

@@ -524,3 +524,79 @@ async fn a_corrupt_state_file_is_set_aside_and_meridian_starts() {
     assert_eq!(saved["drained_regions"][0], "eu");
     m.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_drain_of_a_region_a_reload_removed_is_shown_and_can_be_lifted() {
+    let (us1, eu1) = (Backend::start("us-1").await, Backend::start("eu-1").await);
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("token");
+    std::fs::write(&token, TOKEN).unwrap();
+    let text = |regions: &[R]| {
+        config_text(regions, "").replace(
+            "[admin]\n",
+            &format!(
+                "[admin]\ntoken_file = \"{}\"\nstate_file = \"{}\"\n",
+                token.display(),
+                dir.path().join("state.json").display()
+            ),
+        )
+    };
+    let path = dir.path().join("meridian.toml");
+    std::fs::write(
+        &path,
+        text(&[R("us", &[&us1], &["eu"]), R("eu", &[&eu1], &["us"])]),
+    )
+    .unwrap();
+    let m = meridian::server::start(meridian::config::Config::load(&path).unwrap())
+        .await
+        .unwrap();
+    let admin = m.admin_addr.unwrap();
+    let t = Some(TOKEN);
+    let backend = format!("/api/v1/regions/us/backends/{}", us1.addr);
+    for call in [
+        "/api/v1/regions/eu/drain".to_owned(),
+        format!("{backend}/drain"),
+    ] {
+        let (status, body, _) = admin_call(admin, Method::POST, &call, t, "").await;
+        assert_eq!(status, 200, "{call}: {body}");
+    }
+    // eu goes, and us gets another backend: both drains are kept by name.
+    let us2 = Backend::start("us-2").await;
+    std::fs::write(&path, text(&[R("us", &[&us2], &[])])).unwrap();
+    let (status, body, _) = admin_call(admin, Method::POST, "/api/v1/reload", t, "").await;
+    assert_eq!(status, 200, "{body}");
+    let (_, status_body, _) = admin_get(admin, "/api/v1/status", t).await;
+    assert_eq!(
+        status_body["unconfigured_drains"]["regions"],
+        serde_json::json!(["eu"])
+    );
+    assert_eq!(
+        status_body["unconfigured_drains"]["backends"][0]["backend"],
+        us1.addr.to_string()
+    );
+    // They can be lifted, but nothing unconfigured can be drained anew.
+    let (status, body, _) =
+        admin_call(admin, Method::POST, "/api/v1/regions/eu/undrain", t, "").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        (body["drained"].as_bool(), body["configured"].as_bool()),
+        (Some(false), Some(false))
+    );
+    let (status, body, _) =
+        admin_call(admin, Method::POST, &format!("{backend}/undrain"), t, "").await;
+    assert_eq!(
+        (status, body["configured"].as_bool()),
+        (200, Some(false)),
+        "{body}"
+    );
+    let (status, _, _) = admin_call(admin, Method::POST, "/api/v1/regions/eu/drain", t, "").await;
+    assert_eq!(status, 404);
+    let (status, _, _) = admin_call(admin, Method::POST, "/api/v1/regions/eu/undrain", t, "").await;
+    assert_eq!(status, 404, "lifted: now it is just an unknown region");
+    let (_, status_body, _) = admin_get(admin, "/api/v1/status", t).await;
+    assert_eq!(
+        status_body["unconfigured_drains"]["regions"],
+        serde_json::json!([])
+    );
+    m.shutdown().await;
+}

@@ -32,7 +32,7 @@ pub struct AdminApi {
     reloader: Option<Arc<Reloader>>,
     /// Changes are read, saved and published one at a time, so that two
     /// operators' calls cannot undo each other or reach the file out of order.
-    changes: tokio::sync::Mutex<()>,
+    changes: Arc<tokio::sync::Mutex<()>>,
 }
 
 /// An answer with the warnings the change earned.
@@ -56,7 +56,7 @@ impl AdminApi {
             shared,
             state_file,
             reloader,
-            changes: tokio::sync::Mutex::new(()),
+            changes: Arc::new(tokio::sync::Mutex::new(())),
         }
     }
 
@@ -67,41 +67,60 @@ impl AdminApi {
 
     /// Applies `edit` to the current control, saves and publishes the
     /// result, and returns the snapshot that has it with any warnings.
+    /// Once the edit is accepted, saving and publishing run in a task of
+    /// their own: a client that goes away cannot leave a change saved but
+    /// not in force.
     async fn change(
         &self,
         edit: impl FnOnce(&mut Control, &Snapshot) -> Result<(), ApiError>,
     ) -> Result<(Arc<Snapshot>, Vec<String>), ApiError> {
-        let _one_at_a_time = self.changes.lock().await;
+        let one_at_a_time = Arc::clone(&self.changes).lock_owned().await;
         let before = self.shared.load();
         let mut next = (*before.control).clone();
         edit(&mut next, &before)?;
-        let mut warnings = Vec::new();
-        if let Some(path) = &self.state_file {
-            let (file, saved) = (path.clone(), next.clone());
-            let result = tokio::task::spawn_blocking(move || control::save(&file, &saved))
+        let (shared, state_file) = (Arc::clone(&self.shared), self.state_file.clone());
+        let task = tokio::spawn(async move {
+            let _one_at_a_time = one_at_a_time;
+            let warnings = match state_file {
+                Some(path) => save(path, next.clone()).await,
+                None => Vec::new(),
+            };
+            shared
+                .set_control(Arc::new(next))
                 .await
-                .unwrap_or_else(|e| {
-                    Err(control::StateFileError::Io {
-                        file: path.display().to_string(),
-                        source: std::io::Error::other(e.to_string()),
-                    })
-                });
-            // An emergency drain must not wait for a disk to be fixed: the
-            // change goes into force, and the operator is told it is not saved.
-            if let Err(e) = result {
-                tracing::error!(error = %e, "cannot save drains and incident");
-                warnings.push(format!(
-                    "the change is in force but could not be saved ({e}); it will not survive a restart"
-                ));
-            }
-        }
-        if !self.shared.set_control(Arc::new(next)).await {
-            return Err(ApiError::new(
+                .then(|| (shared.load(), warnings))
+        });
+        match task.await {
+            Ok(Some(done)) => Ok(done),
+            _ => Err(ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "Meridian is shutting down",
-            ));
+            )),
         }
-        Ok((self.shared.load(), warnings))
+    }
+}
+
+/// Saves `control` to `path`; a failure becomes a warning. An emergency
+/// drain must not wait for a disk to be fixed: the change goes into force,
+/// and the operator is told it is not saved.
+async fn save(path: PathBuf, control: Control) -> Vec<String> {
+    let file = path.clone();
+    let result = tokio::task::spawn_blocking(move || control::save(&file, &control))
+        .await
+        .unwrap_or_else(|e| {
+            Err(control::StateFileError::Io {
+                file: path.display().to_string(),
+                source: std::io::Error::other(e.to_string()),
+            })
+        });
+    match result {
+        Ok(()) => Vec::new(),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot save drains and incident");
+            vec![format!(
+                "the change is in force but could not be saved ({e}); it will not survive a restart"
+            )]
+        }
     }
 }
 
@@ -142,6 +161,42 @@ fn find_backend(
         })
 }
 
+/// The answer about a drain of a region or backend that the configuration
+/// does not have (any more).
+#[derive(Debug, Serialize)]
+struct Unconfigured<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    name: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    region: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    address: Option<&'a str>,
+    drained: bool,
+    configured: bool,
+}
+
+impl<'a> Unconfigured<'a> {
+    fn region(name: &'a str, drained: bool) -> Self {
+        Unconfigured {
+            name: Some(name),
+            region: None,
+            address: None,
+            drained,
+            configured: false,
+        }
+    }
+
+    fn backend(region: &'a str, address: &'a str, drained: bool) -> Self {
+        Unconfigured {
+            name: None,
+            region: Some(region),
+            address: Some(address),
+            drained,
+            configured: false,
+        }
+    }
+}
+
 /// The warning a drain earns when nothing can serve any more.
 fn nothing_serves(snapshot: &Snapshot) -> Option<String> {
     (!snapshot.regions.iter().any(|v| v.state.serves())).then(|| {
@@ -152,7 +207,11 @@ fn nothing_serves(snapshot: &Snapshot) -> Option<String> {
 async fn region_drain(api: &AdminApi, name: &str, drain: bool) -> Response {
     let result = api
         .change(|control, snapshot| {
-            find_region(snapshot, name)?;
+            // A drain kept for a region the configuration no longer has can
+            // still be lifted; anything else needs a configured region.
+            if drain || !control.drained_regions.contains(name) {
+                find_region(snapshot, name)?;
+            }
             let changed = if drain {
                 control.drained_regions.insert(name.to_owned())
             } else {
@@ -174,7 +233,13 @@ async fn region_drain(api: &AdminApi, name: &str, drain: bool) -> Response {
         .await;
     match result {
         Ok((snapshot, mut warnings)) => {
-            let index = find_region(&snapshot, name).unwrap_or_default();
+            let Ok(index) = find_region(&snapshot, name) else {
+                return Json(Answer {
+                    object: Unconfigured::region(name, drain),
+                    warnings,
+                })
+                .into_response();
+            };
             warnings.extend(drain.then(|| nothing_serves(&snapshot)).flatten());
             Json(Answer {
                 object: region_status(&snapshot, index),
@@ -193,7 +258,9 @@ async fn backend_drain(api: &AdminApi, region: &str, address: &str, drain: bool)
     };
     let result = api
         .change(|control, snapshot| {
-            find_backend(snapshot, region, address)?;
+            if drain || !control.drained_backends.contains(&wanted) {
+                find_backend(snapshot, region, address)?;
+            }
             let changed = if drain {
                 control.drained_backends.insert(wanted.clone())
             } else {
@@ -216,8 +283,11 @@ async fn backend_drain(api: &AdminApi, region: &str, address: &str, drain: bool)
     match result {
         Ok((snapshot, mut warnings)) => {
             let Ok((r, b)) = find_backend(&snapshot, region, address) else {
-                return ApiError::new(StatusCode::CONFLICT, "the configuration changed meanwhile")
-                    .into_response();
+                return Json(Answer {
+                    object: Unconfigured::backend(region, address, drain),
+                    warnings,
+                })
+                .into_response();
             };
             if drain && !snapshot.regions[r].state.serves() {
                 warnings.push(format!(

@@ -4,7 +4,7 @@
 use serde::Serialize;
 
 use crate::health::BackendState;
-use crate::state::{Event, Incident, RegionState, Snapshot};
+use crate::state::{BackendRef, Event, Incident, RegionState, Snapshot};
 
 /// `GET /api/v1/status` body.
 #[derive(Debug, Serialize)]
@@ -13,8 +13,20 @@ pub struct StatusBody {
     pub regions: Vec<RegionStatus>,
     /// The posted incident, `null` when none is set.
     pub incident: Option<Incident>,
+    /// Drains kept for regions and backends the configuration does not
+    /// have (any more): they apply again if the names come back.
+    pub unconfigured_drains: UnconfiguredDrains,
     /// Recent transitions, oldest first.
     pub events: Vec<Event>,
+}
+
+/// Drains of names the configuration lacks.
+#[derive(Debug, Serialize)]
+pub struct UnconfiguredDrains {
+    /// Region names.
+    pub regions: Vec<String>,
+    /// Backends, by region name and `host:port`.
+    pub backends: Vec<BackendRef>,
 }
 
 /// One region in `/api/v1/status`.
@@ -98,6 +110,30 @@ pub fn status_body(snapshot: &Snapshot) -> StatusBody {
             .map(|i| region_status(snapshot, i))
             .collect(),
         incident: snapshot.control.incident.clone(),
+        unconfigured_drains: unconfigured_drains(snapshot),
         events: snapshot.events.iter().cloned().collect(),
+    }
+}
+
+fn unconfigured_drains(snapshot: &Snapshot) -> UnconfiguredDrains {
+    let regions = &snapshot.config.regions;
+    let region = |name: &str| regions.iter().find(|r| r.name == name);
+    UnconfiguredDrains {
+        regions: snapshot
+            .control
+            .drained_regions
+            .iter()
+            .filter(|name| region(name).is_none())
+            .cloned()
+            .collect(),
+        backends: snapshot
+            .control
+            .drained_backends
+            .iter()
+            .filter(|b| {
+                region(&b.region).is_none_or(|r| r.backends.iter().all(|x| x.address != b.backend))
+            })
+            .cloned()
+            .collect(),
     }
 }

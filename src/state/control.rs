@@ -19,8 +19,8 @@ pub struct Incident {
     pub title: String,
     /// What is going on, in plain words.
     pub message: String,
-    /// Where updates are posted.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Where updates are posted (`null` when none).
+    #[serde(default)]
     pub link: Option<String>,
 }
 

@@ -122,14 +122,18 @@ impl RegionView {
         self.backends.iter().filter(|b| b.takes_traffic()).count()
     }
 
-    /// The state health checks alone give, ignoring a drain of the region.
+    /// The state health checks alone give, ignoring drains of the region
+    /// and of its backends.
     pub fn health(&self, min_healthy: Option<usize>) -> RegionState {
         let checked = self
             .backends
             .iter()
             .any(|b| b.state != BackendState::Unknown);
         RegionState::derive(
-            self.healthy_backends(),
+            self.backends
+                .iter()
+                .filter(|b| b.state == BackendState::Up)
+                .count(),
             self.backends.len(),
             checked,
             min_healthy,

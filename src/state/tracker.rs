@@ -410,10 +410,22 @@ impl Tracker {
                 "undrained by an operator; {up} of {} backends up",
                 view.backends.len()
             ),
-            _ => format!("{up} of {} backends up", view.backends.len()),
+            _ => {
+                let drained = view.backends.iter().filter(|b| b.drained).count();
+                if drained > 0 {
+                    format!(
+                        "{up} of {} backends take traffic ({drained} drained)",
+                        view.backends.len()
+                    )
+                } else {
+                    format!("{up} of {} backends up", view.backends.len())
+                }
+            }
         };
         if !after.serves() {
-            if after == RegionState::Down {
+            // Down because its backends are drained is an operator's
+            // decision, not a failure: undraining them is not a recovery to hold.
+            if after == RegionState::Down && view.health(cfg.min_healthy) == RegionState::Down {
                 track.was_down = true;
             }
             track.hold_until = None;
@@ -832,6 +844,32 @@ mod tests {
         t.set_control(control(|_| {}), t0);
         assert_eq!(t.views[0].state, RegionState::Healthy);
         assert_eq!(last_event(&t).2, "healthy");
+    }
+
+    #[test]
+    fn a_region_down_only_by_drained_backends_is_not_held_when_they_return() {
+        let mut t = tracker_with(1, |c| c.regions[0].failback_hold = Duration::from_secs(5));
+        let t0 = Instant::now();
+        bring_up(&mut t, t0);
+        let address = t.config.regions[0].backends[0].address.clone();
+        let drained = control(|c| {
+            c.drained_backends.insert(crate::state::BackendRef {
+                region: "us".into(),
+                backend: address.clone(),
+            });
+        });
+        t.set_control(drained, t0);
+        assert_eq!(t.views[0].state, RegionState::Down);
+        assert_eq!(
+            t.views[0].health(None),
+            RegionState::Healthy,
+            "its checks pass"
+        );
+        let last = t.events.back().unwrap();
+        assert_eq!(last.reason, "0 of 1 backends take traffic (1 drained)");
+        t.set_control(control(|_| {}), t0);
+        assert_eq!(t.views[0].state, RegionState::Healthy);
+        assert!(!t.views[0].held, "an undrain is not a recovery");
     }
 
     #[test]

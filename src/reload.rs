@@ -17,6 +17,7 @@ use crate::generation::Generation;
 use crate::health::{probe_loop, HttpProbe, ProbeTarget};
 use crate::state::{Shared, Signal};
 use crate::status_page::TemplateError;
+use crate::tls::Terminator;
 
 /// Why a reload changed nothing.
 #[derive(Debug, thiserror::Error)]
@@ -58,6 +59,8 @@ pub struct Reloader {
     signals: mpsc::Sender<Signal>,
     stop: CancellationToken,
     tasks: TaskTracker,
+    /// The HTTPS listener's certificates, re-read by each reload.
+    tls: Option<Arc<Terminator>>,
     /// The running probers' stop token, replaced by each reload.
     probes: std::sync::Mutex<CancellationToken>,
     one_at_a_time: tokio::sync::Mutex<()>,
@@ -65,15 +68,17 @@ pub struct Reloader {
 
 impl Reloader {
     /// A reloader over `shared`; probers report to `signals`, run in
-    /// `tasks`, and stop with `stop`.
+    /// `tasks`, and stop with `stop`; `tls` holds the HTTPS certificates.
     pub fn new(
         shared: Arc<Shared>,
         signals: mpsc::Sender<Signal>,
         stop: CancellationToken,
         tasks: TaskTracker,
+        tls: Option<Arc<Terminator>>,
     ) -> Reloader {
         Reloader {
             shared,
+            tls,
             signals,
             probes: std::sync::Mutex::new(stop.child_token()),
             stop,
@@ -130,7 +135,20 @@ impl Reloader {
             .await
             .map_err(|_| ReloadError::Stopping)??;
         let restart_needed = read_at_start(&current.config, &config);
-        let warnings = config.warnings();
+        let mut warnings = config.warnings();
+        if let (Some(terminator), Some(tls)) = (&self.tls, &config.tls) {
+            // The new file validated, so its certificates loaded a moment
+            // ago; they are read again here to swap them in.
+            let (t, files) = (Arc::clone(terminator), tls.certificates.clone());
+            let result = tokio::task::spawn_blocking(move || t.reload(Some(files)))
+                .await
+                .map_err(|_| ReloadError::Stopping)?;
+            if let Err(e) = result {
+                warnings.push(format!(
+                    "the new TLS certificates were refused ({e}); the ones in force keep serving"
+                ));
+            }
+        }
         let number = current.generation.number + 1;
         let generation = Arc::new(Generation::new(Arc::new(config), number)?);
         if !self.shared.reload(Arc::clone(&generation)).await {
@@ -164,6 +182,12 @@ pub fn read_at_start(old: &Config, new: &Config) -> Vec<&'static str> {
     let mut keys = Vec::new();
     if old.listen.http != new.listen.http {
         keys.push("listen.http");
+    }
+    if old.listen.https != new.listen.https || old.tls.is_some() != new.tls.is_some() {
+        keys.push("listen.https");
+    }
+    if old.listen.h2c != new.listen.h2c {
+        keys.push("listen.h2c");
     }
     if old.listen.proxy_protocol != new.listen.proxy_protocol {
         keys.push("listen.proxy_protocol");

@@ -6,22 +6,19 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::{mpsc, Semaphore};
-use tokio_io_timeout::TimeoutStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::activity::{Activity, InFlight};
-use crate::config::{Config, Limits};
+use crate::config::Config;
+use crate::connections::{accept_loop, Endpoint, Stops};
 use crate::generation::Generation;
 use crate::proxy::Proxy;
 use crate::reload::Reloader;
 use crate::state::{self, control, Control, Shared};
 use crate::status_page::TemplateError;
+use crate::tls::Terminator;
 
 /// Why Meridian could not start.
 #[derive(Debug, thiserror::Error)]
@@ -42,6 +39,9 @@ pub enum StartError {
     /// The GeoIP database cannot be opened or is corrupt.
     #[error(transparent)]
     GeoDatabase(#[from] crate::geo::DbError),
+    /// A TLS certificate or key cannot be used.
+    #[error("TLS certificate: {0}")]
+    Certificate(#[from] crate::tls::CertError),
     /// The state file cannot be read, or a corrupt one cannot be moved aside.
     #[error("admin.state_file: {0}")]
     StateFile(#[from] crate::state::control::StateFileError),
@@ -52,6 +52,8 @@ pub enum StartError {
 pub struct Running {
     /// Address of the public HTTP listener.
     pub http_addr: SocketAddr,
+    /// Address of the public HTTPS listener, if any.
+    pub https_addr: Option<SocketAddr>,
     /// Address of the admin listener, if any.
     pub admin_addr: Option<SocketAddr>,
     /// The shared state, for inspection.
@@ -60,7 +62,7 @@ pub struct Running {
     pub reloader: Arc<Reloader>,
     stop: CancellationToken,
     hard_stop: CancellationToken,
-    accept: tokio::task::JoinHandle<()>,
+    accept: Vec<tokio::task::JoinHandle<()>>,
     connections: TaskTracker,
     background: TaskTracker,
     grace: Duration,
@@ -100,18 +102,16 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let background = TaskTracker::new();
     let connections = TaskTracker::new();
 
-    let http = TcpListener::bind(config.listen.http)
-        .await
-        .map_err(|source| StartError::Bind {
-            what: "public http",
-            addr: config.listen.http,
-            source,
-        })?;
-    let http_addr = http.local_addr().map_err(|source| StartError::Bind {
-        what: "public http",
-        addr: config.listen.http,
-        source,
-    })?;
+    let (http, http_addr) = bind("public http", config.listen.http).await?;
+    let terminator = match &config.tls {
+        Some(tls) => Some(Arc::new(Terminator::new(tls.certificates.clone())?)),
+        None => None,
+    };
+    let https = match config.listen.https {
+        Some(addr) => Some(bind("public https", addr).await?),
+        None => None,
+    };
+    let https_addr = https.as_ref().map(|(_, a)| *a);
     let admin = match &config.admin {
         Some(a) => Some((
             TcpListener::bind(a.listen)
@@ -138,6 +138,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         signals.clone(),
         stop.clone(),
         background.clone(),
+        terminator.clone(),
     ));
     reloader.start_probes(&generation);
     if let Some(path) = &config.geo.database {
@@ -149,19 +150,51 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         ));
     }
 
-    let proxy = Proxy::new(Arc::clone(&shared));
+    if let (Some(t), Some(tls)) = (&terminator, &config.tls) {
+        background.spawn(crate::tls::watch(
+            Arc::clone(t),
+            tls.reload_interval,
+            stop.clone(),
+        ));
+    }
+
+    let proxy = Proxy::new(Arc::clone(&shared), https_addr.map(|a| a.port()));
     let hard_stop = CancellationToken::new();
-    let accept = tokio::spawn(accept_loop(
+    let stops = Stops {
+        graceful: stop.clone(),
+        hard: hard_stop.clone(),
+    };
+    // One budget of connections for both public listeners.
+    let slots = Arc::new(Semaphore::new(config.limits.max_connections));
+    let limits = Arc::new(config.limits.clone());
+    let mut accept = vec![tokio::spawn(accept_loop(
         http,
-        proxy,
-        config.limits.clone(),
-        config.listen.proxy_protocol,
-        Stops {
-            graceful: stop.clone(),
-            hard: hard_stop.clone(),
+        Endpoint {
+            tls: None,
+            proxy_protocol: config.listen.proxy_protocol,
+            h2c: config.listen.h2c,
         },
+        proxy.clone(),
+        Arc::clone(&limits),
+        Arc::clone(&slots),
+        stops.clone(),
         connections.clone(),
-    ));
+    ))];
+    if let (Some((listener, _)), Some(t)) = (https, &terminator) {
+        accept.push(tokio::spawn(accept_loop(
+            listener,
+            Endpoint {
+                tls: Some(Arc::clone(t)),
+                proxy_protocol: config.listen.proxy_protocol,
+                h2c: false,
+            },
+            proxy,
+            limits,
+            slots,
+            stops,
+            connections.clone(),
+        )));
+    }
     if let Some((listener, token, state_file)) = admin {
         if token.is_none() {
             tracing::warn!(admin = ?admin_addr, "the admin API has no token: anyone who can reach this host's loopback can drain regions; set admin.token_env or admin.token_file");
@@ -171,6 +204,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             token,
             state_file,
             Some(Arc::clone(&reloader)),
+            terminator.clone(),
         );
         let stop = stop.clone();
         background.spawn(async move {
@@ -181,9 +215,10 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             }
         });
     }
-    tracing::info!(http = %http_addr, admin = ?admin_addr, regions = config.regions.len(), "meridian is serving");
+    tracing::info!(http = %http_addr, https = ?https_addr, admin = ?admin_addr, regions = config.regions.len(), "meridian is serving");
     Ok(Running {
         http_addr,
+        https_addr,
         admin_addr,
         shared,
         reloader,
@@ -194,6 +229,17 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         background,
         grace: config.limits.shutdown_grace,
     })
+}
+
+/// Binds listener `what` on `addr`, returning it and its bound address.
+async fn bind(
+    what: &'static str,
+    addr: SocketAddr,
+) -> Result<(TcpListener, SocketAddr), StartError> {
+    let error = |source| StartError::Bind { what, addr, source };
+    let listener = TcpListener::bind(addr).await.map_err(error)?;
+    let bound = listener.local_addr().map_err(error)?;
+    Ok((listener, bound))
 }
 
 /// Drains and the incident saved by the last run, if `admin.state_file` is
@@ -227,15 +273,6 @@ async fn restore_control(config: &Config) -> Result<Control, StartError> {
     Ok(loaded.control)
 }
 
-/// The two ways a connection is told to stop.
-#[derive(Debug, Clone)]
-struct Stops {
-    /// Finish the request in flight, then close.
-    graceful: CancellationToken,
-    /// Close now: the grace period is over.
-    hard: CancellationToken,
-}
-
 impl Running {
     /// Stops accepting, lets requests in flight finish within the grace
     /// period, closes whatever is still open after it, then stops everything
@@ -244,7 +281,9 @@ impl Running {
         self.stop.cancel();
         // Once the accept loop has returned no connection can start, so the
         // wait below cannot miss one.
-        let _ = self.accept.await;
+        for accept in self.accept {
+            let _ = accept.await;
+        }
         self.connections.close();
         if tokio::time::timeout(self.grace, self.connections.wait())
             .await
@@ -287,134 +326,5 @@ impl Running {
             _ = int.recv() => tracing::warn!("second signal: exiting without waiting"),
         }
         Ok(())
-    }
-}
-
-/// Accepts connections while fewer than `max_connections` are open; beyond
-/// that, new connections wait in the kernel's accept backlog.
-async fn accept_loop(
-    listener: TcpListener,
-    proxy: Proxy,
-    limits: Limits,
-    proxy_protocol: bool,
-    stops: Stops,
-    connections: TaskTracker,
-) {
-    let slots = Arc::new(Semaphore::new(limits.max_connections));
-    let http = Arc::new(http_builder(&limits));
-    let limits = Arc::new(limits);
-    let stop = &stops.graceful;
-    loop {
-        let permit = tokio::select! {
-            _ = stop.cancelled() => return,
-            p = Arc::clone(&slots).acquire_owned() => match p { Ok(p) => p, Err(_) => return },
-        };
-        let (stream, peer) = tokio::select! {
-            _ = stop.cancelled() => return,
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    // Out of file descriptors and the like: back off instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
-        let _ = stream.set_nodelay(true);
-        let (proxy, http, limits, stops) = (
-            proxy.clone(),
-            Arc::clone(&http),
-            Arc::clone(&limits),
-            stops.clone(),
-        );
-        connections.spawn(async move {
-            serve_connection(stream, peer, proxy, &http, &limits, proxy_protocol, stops).await;
-            drop(permit);
-        });
-    }
-}
-
-/// The HTTP/1.1 server settings of `[limits]`.
-fn http_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .keep_alive(true)
-        .header_read_timeout(limits.header_read_timeout)
-        .max_buf_size(limits.max_header_bytes)
-        .max_headers(limits.max_headers);
-    builder.http1_only()
-}
-
-/// Serves one client connection until it closes, idles out, or shutdown.
-async fn serve_connection(
-    stream: TcpStream,
-    peer: SocketAddr,
-    proxy: Proxy,
-    http: &auto::Builder<TokioExecutor>,
-    limits: &Limits,
-    proxy_protocol: bool,
-    stops: Stops,
-) {
-    let mut stream = stream;
-    let peer = if proxy_protocol && proxy.trusts(crate::geo::peer_ip(peer)) {
-        use crate::proxy_protocol::{read_header, Source};
-        match read_header(&mut stream, limits.header_read_timeout).await {
-            Ok(Source::Client(client)) => client,
-            // The balancer's own connection, such as its health check.
-            Ok(Source::Local) => peer,
-            // A PROXY listener requires the header from its balancers: without
-            // it a client passed through at L4 would speak as the balancer.
-            Ok(Source::Absent) => {
-                tracing::debug!(%peer, "connection refused: no PROXY header from a trusted peer");
-                return;
-            }
-            Err(e) => {
-                tracing::debug!(%peer, error = %e, "connection refused");
-                return;
-            }
-        }
-    } else {
-        peer
-    };
-    let activity = Arc::new(Activity::default());
-    let service = {
-        let activity = Arc::clone(&activity);
-        service_fn(move |request| {
-            let proxy = proxy.clone();
-            let in_flight = InFlight::begin(&activity);
-            async move {
-                let response = proxy.handle(request, peer).await?;
-                Ok::<_, std::convert::Infallible>(response.map(|b| b.with_in_flight(in_flight)))
-            }
-        })
-    };
-    // A client that stops reading holds its connection and the response's
-    // backend connection; the send timeout ends that.
-    let mut io = TimeoutStream::new(stream);
-    io.set_write_timeout(Some(limits.send_timeout));
-    let conn = http.serve_connection(TokioIo::new(Box::pin(io)), service);
-    tokio::pin!(conn);
-    let mut closing = false;
-    loop {
-        tokio::select! {
-            result = conn.as_mut() => {
-                if let Err(e) = result {
-                    tracing::debug!(%peer, error = %e, "connection ended with an error");
-                }
-                return;
-            }
-            _ = stops.hard.cancelled() => return,
-            _ = stops.graceful.cancelled(), if !closing => {
-                closing = true;
-                conn.as_mut().graceful_shutdown();
-            }
-            _ = activity.idle_for(limits.keepalive_idle_timeout), if !closing => {
-                closing = true;
-                conn.as_mut().graceful_shutdown();
-            }
-        }
     }
 }

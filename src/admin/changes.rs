@@ -16,6 +16,7 @@ use super::status::{backend_status, region_status};
 use super::ApiError;
 use crate::reload::{ReloadError, Reloader};
 use crate::state::{control, BackendRef, Control, Incident, Shared, Snapshot};
+use crate::tls::Terminator;
 
 // What the status page shows in full: longer incidents are refused here
 // rather than cut short in front of users.
@@ -30,6 +31,7 @@ pub struct AdminApi {
     shared: Arc<Shared>,
     state_file: Option<PathBuf>,
     reloader: Option<Arc<Reloader>>,
+    tls: Option<Arc<Terminator>>,
     /// Changes are read, saved and published one at a time, so that two
     /// operators' calls cannot undo each other or reach the file out of order.
     changes: Arc<tokio::sync::Mutex<()>>,
@@ -45,17 +47,20 @@ struct Answer<T: Serialize> {
 }
 
 impl AdminApi {
-    /// The API over `shared`, saving changes to `state_file` when set and
-    /// reloading the configuration with `reloader`.
+    /// The API over `shared`, saving changes to `state_file` when set,
+    /// reloading the configuration with `reloader`, and showing the
+    /// certificates of `tls`.
     pub fn new(
         shared: Arc<Shared>,
         state_file: Option<PathBuf>,
         reloader: Option<Arc<Reloader>>,
+        tls: Option<Arc<Terminator>>,
     ) -> AdminApi {
         AdminApi {
             shared,
             state_file,
             reloader,
+            tls,
             changes: Arc::new(tokio::sync::Mutex::new(())),
         }
     }
@@ -63,6 +68,11 @@ impl AdminApi {
     /// The shared state.
     pub fn shared(&self) -> &Shared {
         &self.shared
+    }
+
+    /// The HTTPS certificates in force, with their expiry.
+    pub fn certificates(&self) -> Vec<crate::tls::CertStatus> {
+        self.tls.as_ref().map(|t| t.status()).unwrap_or_default()
     }
 
     /// Applies `edit` to the current control, saves and publishes the

@@ -23,20 +23,23 @@ pub use status::{
 
 use crate::reload::Reloader;
 use crate::state::Shared;
+use crate::tls::Terminator;
 
 /// Largest request body the API reads: an incident is a few kilobytes.
 const MAX_BODY: usize = 64 * 1024;
 
 /// The admin router over `shared`: `token` guards `/api/v1` when set,
-/// drains and the incident are saved to `state_file` when set, and
-/// `reloader` re-reads the configuration.
+/// drains and the incident are saved to `state_file` when set,
+/// `reloader` re-reads the configuration, and `tls` has the HTTPS
+/// certificates whose expiry the status shows.
 pub fn router(
     shared: Arc<Shared>,
     token: Option<String>,
     state_file: Option<PathBuf>,
     reloader: Option<Arc<Reloader>>,
+    tls: Option<Arc<Terminator>>,
 ) -> Router {
-    let api = Arc::new(AdminApi::new(shared, state_file, reloader));
+    let api = Arc::new(AdminApi::new(shared, state_file, reloader, tls));
     let api = Router::new()
         .route("/status", get(status))
         .route("/regions/{region}/drain", post(changes::drain_region))
@@ -130,7 +133,9 @@ async fn require_token(
 }
 
 async fn status(State(api): State<Arc<AdminApi>>) -> Json<StatusBody> {
-    Json(status_body(&api.shared().load()))
+    let mut body = status_body(&api.shared().load());
+    body.certificates = api.certificates();
+    Json(body)
 }
 
 #[cfg(test)]
@@ -177,7 +182,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_token_is_required_and_compared_exactly() {
-        let router = router(shared(), Some("t0ken".into()), None, None);
+        let router = router(shared(), Some("t0ken".into()), None, None, None);
         for auth in [
             None,
             Some("Bearer"),
@@ -201,7 +206,7 @@ mod tests {
 
     #[tokio::test]
     async fn healthz_needs_no_token_and_unknown_paths_are_json_404() {
-        let router = router(shared(), Some("t0ken".into()), None, None);
+        let router = router(shared(), Some("t0ken".into()), None, None, None);
         let response = router
             .clone()
             .oneshot(Request::get("/healthz").body(Body::empty()).unwrap())

@@ -18,6 +18,8 @@ pub struct StatusBody {
     pub unconfigured_drains: UnconfiguredDrains,
     /// Recent transitions, oldest first.
     pub events: Vec<Event>,
+    /// The HTTPS certificates and their expiry (empty without `listen.https`).
+    pub certificates: Vec<crate::tls::CertStatus>,
 }
 
 /// Drains of names the configuration lacks.
@@ -112,6 +114,7 @@ pub fn status_body(snapshot: &Snapshot) -> StatusBody {
         incident: snapshot.control.incident.clone(),
         unconfigured_drains: unconfigured_drains(snapshot),
         events: snapshot.events.iter().cloned().collect(),
+        certificates: Vec::new(),
     }
 }
 

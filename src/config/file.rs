@@ -16,6 +16,8 @@ pub struct FileConfig {
     #[serde(default)]
     pub listen: ListenFile,
     #[serde(default)]
+    pub tls: Option<TlsFile>,
+    #[serde(default)]
     pub admin: Option<AdminFile>,
     #[serde(default)]
     pub geo: Option<GeoFile>,
@@ -34,7 +36,30 @@ pub struct FileConfig {
 #[serde(deny_unknown_fields)]
 pub struct ListenFile {
     pub http: Option<Spanned<String>>,
+    pub https: Option<Spanned<String>>,
+    pub redirect_to_https: Option<Spanned<bool>>,
+    pub h2c: Option<Spanned<bool>>,
     pub proxy_protocol: Option<Spanned<bool>>,
+}
+
+/// `[tls]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFile {
+    pub cert: Option<Spanned<String>>,
+    pub key: Option<Spanned<String>>,
+    pub hsts: Option<Spanned<String>>,
+    pub reload_interval: Option<Spanned<Dur>>,
+    #[serde(default)]
+    pub certificate: Vec<CertificateFile>,
+}
+
+/// `[[tls.certificate]]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertificateFile {
+    pub cert: Spanned<String>,
+    pub key: Spanned<String>,
 }
 
 /// `[admin]`
@@ -157,6 +182,8 @@ pub struct LimitsFile {
     pub client_body_timeout: Option<Spanned<Dur>>,
     pub send_timeout: Option<Spanned<Dur>>,
     pub shutdown_grace: Option<Spanned<Dur>>,
+    pub http2_max_concurrent_streams: Option<Spanned<i64>>,
+    pub http2_max_pending_resets: Option<Spanned<i64>>,
 }
 
 /// `[status_page]`

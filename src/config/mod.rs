@@ -9,6 +9,7 @@ mod error;
 mod file;
 #[cfg(test)]
 mod tests;
+mod tls;
 mod validate;
 
 use std::net::SocketAddr;
@@ -29,6 +30,8 @@ pub struct Config {
     pub path: Option<std::path::PathBuf>,
     /// Public listeners.
     pub listen: Listen,
+    /// TLS termination, when `listen.https` is set.
+    pub tls: Option<Tls>,
     /// The admin listener, when `[admin]` is present.
     pub admin: Option<Admin>,
     /// How a client's preferred region is chosen.
@@ -48,9 +51,36 @@ pub struct Config {
 pub struct Listen {
     /// Plain HTTP listener. Default `0.0.0.0:8080`.
     pub http: SocketAddr,
+    /// HTTPS listener, terminating TLS with `[tls]`. No default.
+    pub https: Option<SocketAddr>,
+    /// Plain HTTP is answered `308` to the HTTPS URL. Default false.
+    pub redirect_to_https: bool,
+    /// HTTP/2 by prior knowledge (h2c) on the plain listener. Default false.
+    pub h2c: bool,
     /// Read a PROXY protocol (v1 or v2) header from `geo.trusted_proxies`
     /// peers before the request. Default false.
     pub proxy_protocol: bool,
+}
+
+/// `[tls]`: certificates for `listen.https`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Tls {
+    /// `cert`/`key` first (the default for an unknown or missing SNI name),
+    /// then each `[[tls.certificate]]`.
+    pub certificates: Vec<CertFiles>,
+    /// `Strict-Transport-Security` sent on answers over TLS. No default.
+    pub hsts: Option<http::HeaderValue>,
+    /// How often the files are checked for a change. Default 10 s.
+    pub reload_interval: Duration,
+}
+
+/// One certificate's PEM files.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertFiles {
+    /// The chain, leaf first.
+    pub cert: std::path::PathBuf,
+    /// The private key (PKCS#8, PKCS#1 RSA or SEC1 EC).
+    pub key: std::path::PathBuf,
 }
 
 /// `[admin]`: the operators' listener.
@@ -304,6 +334,11 @@ pub struct Hedge {
 /// `[limits]`: bounds on what clients may hold.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Limits {
+    /// Streams a client may have open at once on one HTTP/2 connection. Default 100.
+    pub http2_max_concurrent_streams: u32,
+    /// Streams a client may reset before they are processed, before the
+    /// connection is closed (rapid-reset protection). Default 20.
+    pub http2_max_pending_resets: usize,
     /// Client connections served at once; more wait in the accept backlog. Default 10 000.
     pub max_connections: usize,
     /// Largest request head (request line and headers) in bytes; more is a 431. Default 64 KiB.

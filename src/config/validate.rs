@@ -171,9 +171,6 @@ fn not_yet_supported(key: &str, serde_message: &str) -> Option<&'static str> {
         }
     }
     Some(match plain.as_str() {
-        "listen.https" | "listen.redirect_to_https" | "tls" => {
-            "TLS termination is not available yet; serve plain HTTP with listen.http"
-        }
         "region.health.failure_domain_header" => "failure-domain warnings are not available yet",
         "region.backends" if serde_message.contains("map") => {
             "a backend is a URL string; backend tables are not available yet"
@@ -192,7 +189,7 @@ fn tidy_serde_message(message: &str) -> String {
         .replace("missing field", "missing key")
 }
 
-fn span<T>(s: &Spanned<T>) -> Range<usize> {
+pub(super) fn span<T>(s: &Spanned<T>) -> Range<usize> {
     s.span()
 }
 
@@ -201,6 +198,7 @@ fn span<T>(s: &Spanned<T>) -> Range<usize> {
 fn check(file_name: &str, raw: FileConfig, issues: &mut Issues) -> Config {
     let FileConfig {
         listen,
+        tls,
         admin,
         geo,
         region,
@@ -217,11 +215,21 @@ fn check(file_name: &str, raw: FileConfig, issues: &mut Issues) -> Config {
             listen_file.http.as_ref(),
             "0.0.0.0:8080",
         ),
+        https: listen_file
+            .https
+            .as_ref()
+            .map(|h| socket_addr(issues, "listen.https", Some(h), "0.0.0.0:8443")),
+        redirect_to_https: listen_file
+            .redirect_to_https
+            .as_ref()
+            .is_some_and(|p| *p.get_ref()),
+        h2c: listen_file.h2c.as_ref().is_some_and(|p| *p.get_ref()),
         proxy_protocol: listen_file
             .proxy_protocol
             .as_ref()
             .is_some_and(|p| *p.get_ref()),
     };
+    let tls = super::tls::check_tls(issues, &listen_file, tls);
     let admin = admin.map(|a| check_admin(issues, a));
     let regions = check_regions(issues, &region);
     let geo = check_geo(issues, geo, &regions);
@@ -242,6 +250,7 @@ fn check(file_name: &str, raw: FileConfig, issues: &mut Issues) -> Config {
         source: file_name.to_owned(),
         path: None,
         listen,
+        tls,
         admin,
         geo,
         regions,
@@ -1113,7 +1122,7 @@ fn ranged(
     }
 }
 
-fn duration(
+pub(super) fn duration(
     issues: &mut Issues,
     key: &str,
     value: Option<&Spanned<Dur>>,
@@ -1536,6 +1545,8 @@ fn check_limits(issues: &mut Issues, raw: file::LimitsFile) -> Limits {
         client_body_timeout,
         send_timeout,
         shutdown_grace,
+        http2_max_concurrent_streams,
+        http2_max_pending_resets,
     } = raw;
     let max_header_bytes = match max_header_bytes {
         Some(v) if *v.get_ref() < MIN_HEADER_BYTES || *v.get_ref() > 1 << 20 => {
@@ -1550,6 +1561,20 @@ fn check_limits(issues: &mut Issues, raw: file::LimitsFile) -> Limits {
         None => 64 * 1024,
     };
     Limits {
+        http2_max_concurrent_streams: count(
+            issues,
+            "limits.http2_max_concurrent_streams",
+            http2_max_concurrent_streams.as_ref(),
+            100,
+            10_000,
+        ) as u32,
+        http2_max_pending_resets: count(
+            issues,
+            "limits.http2_max_pending_resets",
+            http2_max_pending_resets.as_ref(),
+            20,
+            10_000,
+        ),
         max_connections: count(
             issues,
             "limits.max_connections",

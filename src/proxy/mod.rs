@@ -5,6 +5,7 @@
 
 mod attempt;
 mod forward;
+mod redirect;
 
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
@@ -33,6 +34,8 @@ pub const X_MERIDIAN_REGION: http::HeaderName = http::HeaderName::from_static("x
 #[derive(Debug, Clone)]
 pub struct Proxy {
     shared: Arc<Shared>,
+    /// The port the HTTPS listener is bound to, for redirects.
+    https_port: Option<u16>,
 }
 
 /// The parts of a request needed to send it again.
@@ -44,23 +47,51 @@ struct Head {
 }
 
 impl Proxy {
-    /// A proxy over `shared` state.
-    pub fn new(shared: Arc<Shared>) -> Self {
-        Proxy { shared }
+    /// A proxy over `shared` state; `https_port` is where the HTTPS
+    /// listener is bound, for redirects to it.
+    pub fn new(shared: Arc<Shared>, https_port: Option<u16>) -> Self {
+        Proxy { shared, https_port }
     }
 
-    /// Serves one request from `peer`. Never fails: errors become Meridian's own answers.
+    /// Serves one request from `peer`, which arrived over TLS when `tls`.
+    /// Never fails: errors become Meridian's own answers.
     pub async fn handle(
         &self,
         request: Request<Incoming>,
         peer: SocketAddr,
+        tls: bool,
     ) -> Result<Response<ResponseBody>, Infallible> {
-        let started = tokio::time::Instant::now();
         let snapshot = self.shared.load();
+        let mut response = self.serve(request, peer, tls, &snapshot).await;
+        if tls {
+            if let Some(hsts) = snapshot.config.tls.as_ref().and_then(|t| t.hsts.as_ref()) {
+                response
+                    .headers_mut()
+                    .insert(http::header::STRICT_TRANSPORT_SECURITY, hsts.clone());
+            }
+        }
+        Ok(response)
+    }
+
+    async fn serve(
+        &self,
+        request: Request<Incoming>,
+        peer: SocketAddr,
+        tls: bool,
+        snapshot: &Arc<Snapshot>,
+    ) -> Response<ResponseBody> {
+        let started = tokio::time::Instant::now();
+        let snapshot = Arc::clone(snapshot);
         if request.uri().path() == status_page::STATUS_PATH {
             // Meridian's own answer, before any routing: the status page
             // polls it during an outage, and it must never reach a backend.
-            return Ok(self.public_status(&snapshot, request.method()));
+            return self.public_status(&snapshot, request.method());
+        }
+        if !tls && snapshot.config.listen.redirect_to_https {
+            let port = self.https_port.unwrap_or(443);
+            if let Some(redirect) = redirect::to_https(port, &request) {
+                return redirect;
+            }
         }
         let config = &snapshot.config;
         let generation = &snapshot.generation;
@@ -76,7 +107,8 @@ impl Proxy {
             version: parts.version,
             headers: parts.headers,
         };
-        let keep_host = prepare_headers(&mut head, config.proxy.preserve_host, peer);
+        let proto = if tls { "https" } else { "http" };
+        let keep_host = prepare_headers(&mut head, config.proxy.preserve_host, peer, proto);
         let forward = forward::Forward::new(self, &snapshot, &plan, &head, keep_host, body);
         let (response, served) = match forward.run().await {
             Ok(served) if self.intercepted(config, &served.response) => {
@@ -133,7 +165,7 @@ impl Proxy {
             status = response.status().as_u16(),
             ms = started.elapsed().as_millis() as u64,
         );
-        Ok(response)
+        response
     }
 
     /// Whether `ip` is one of `geo.trusted_proxies`.
@@ -249,8 +281,14 @@ fn public_incident(snapshot: &Snapshot) -> Option<PublicIncident<'_>> {
 }
 
 /// Readies the request head for backends, `peer` being the address the
-/// request came from; returns whether the client's `Host` is kept.
-fn prepare_headers(head: &mut Head, preserve_host: bool, peer: IpAddr) -> bool {
+/// request came from and `proto` its scheme; returns whether the client's
+/// `Host` is kept.
+fn prepare_headers(
+    head: &mut Head,
+    preserve_host: bool,
+    peer: IpAddr,
+    proto: &'static str,
+) -> bool {
     // RFC 9112 §3.2.2: the authority of an absolute-form target replaces
     // Host — host and port only, never a user:password part.
     if let Some(authority) = head.uri.authority() {
@@ -263,7 +301,7 @@ fn prepare_headers(head: &mut Head, preserve_host: bool, peer: IpAddr) -> bool {
         }
     }
     let keep_host = preserve_host && head.headers.contains_key(HOST);
-    headers::forward_request(&mut head.headers, head.version, peer, "http");
+    headers::forward_request(&mut head.headers, head.version, peer, proto);
     keep_host
 }
 

@@ -532,7 +532,8 @@ async fn handle(
                     )
                 })
                 .collect();
-            let body = serde_json::json!({ "backend": name, "path": req.uri().to_string(), "headers": headers });
+            let version = format!("{:?}", req.version());
+            let body = serde_json::json!({ "backend": name, "path": req.uri().to_string(), "version": version, "headers": headers });
             text(StatusCode::OK, body.to_string())
         }
     })

@@ -1,0 +1,224 @@
+//! Client connections: accepting them under `max_connections`, reading a
+//! PROXY header from trusted balancers, terminating TLS on the HTTPS
+//! listener, and serving HTTP/1.1 and HTTP/2 under the limits of
+//! `[limits]` until the connection closes, idles out, or Meridian stops.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio_io_timeout::TimeoutStream;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::activity::{Activity, InFlight};
+use crate::config::Limits;
+use crate::proxy::Proxy;
+use crate::tls::Terminator;
+
+/// The two ways a connection is told to stop.
+#[derive(Debug, Clone)]
+pub(crate) struct Stops {
+    /// Finish the request in flight, then close.
+    pub graceful: CancellationToken,
+    /// Close now: the grace period is over.
+    pub hard: CancellationToken,
+}
+
+/// How a listener's connections begin.
+#[derive(Debug, Clone)]
+pub(crate) struct Endpoint {
+    /// TLS is terminated here (the HTTPS listener).
+    pub tls: Option<Arc<Terminator>>,
+    /// Trusted peers must send a PROXY header first.
+    pub proxy_protocol: bool,
+    /// HTTP/2 by prior knowledge on a plain listener.
+    pub h2c: bool,
+}
+
+/// Accepts connections while fewer than `max_connections` are open on all
+/// listeners together (`slots`); beyond that, new connections wait in the
+/// kernel's accept backlog.
+pub(crate) async fn accept_loop(
+    listener: TcpListener,
+    endpoint: Endpoint,
+    proxy: Proxy,
+    limits: Arc<Limits>,
+    slots: Arc<Semaphore>,
+    stops: Stops,
+    connections: TaskTracker,
+) {
+    let http2 = endpoint.tls.is_some() || endpoint.h2c;
+    let http = Arc::new(http_builder(&limits, http2));
+    let endpoint = Arc::new(endpoint);
+    let stop = &stops.graceful;
+    loop {
+        let permit = tokio::select! {
+            _ = stop.cancelled() => return,
+            p = Arc::clone(&slots).acquire_owned() => match p { Ok(p) => p, Err(_) => return },
+        };
+        let (stream, peer) = tokio::select! {
+            _ = stop.cancelled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let (proxy, http, limits, stops, endpoint) = (
+            proxy.clone(),
+            Arc::clone(&http),
+            Arc::clone(&limits),
+            stops.clone(),
+            Arc::clone(&endpoint),
+        );
+        connections.spawn(async move {
+            serve_connection(stream, peer, proxy, &http, &limits, &endpoint, stops).await;
+            drop(permit);
+        });
+    }
+}
+
+/// The HTTP server settings of `[limits]`; HTTP/2 only where it is offered.
+fn http_builder(limits: &Limits, http2: bool) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .keep_alive(true)
+        .header_read_timeout(limits.header_read_timeout)
+        .max_buf_size(limits.max_header_bytes)
+        .max_headers(limits.max_headers);
+    if !http2 {
+        return builder.http1_only();
+    }
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(limits.http2_max_concurrent_streams)
+        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
+        // Rapid reset (CVE-2023-44487): a client that resets streams
+        // faster than they are served loses its connection.
+        .max_pending_accept_reset_streams(limits.http2_max_pending_resets)
+        .max_local_error_reset_streams(Some(1024))
+        .keep_alive_interval(None);
+    builder
+}
+
+/// Serves one client connection: the PROXY header, the TLS handshake, then HTTP.
+async fn serve_connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    proxy: Proxy,
+    http: &auto::Builder<TokioExecutor>,
+    limits: &Limits,
+    endpoint: &Endpoint,
+    stops: Stops,
+) {
+    let mut stream = stream;
+    let peer = if endpoint.proxy_protocol && proxy.trusts(crate::geo::peer_ip(peer)) {
+        use crate::proxy_protocol::{read_header, Source};
+        match read_header(&mut stream, limits.header_read_timeout).await {
+            Ok(Source::Client(client)) => client,
+            // The balancer's own connection, such as its health check.
+            Ok(Source::Local) => peer,
+            // A PROXY listener requires the header from its balancers: without
+            // it a client passed through at L4 would speak as the balancer.
+            Ok(Source::Absent) => {
+                tracing::debug!(%peer, "connection refused: no PROXY header from a trusted peer");
+                return;
+            }
+            Err(e) => {
+                tracing::debug!(%peer, error = %e, "connection refused");
+                return;
+            }
+        }
+    } else {
+        peer
+    };
+    let Some(tls) = &endpoint.tls else {
+        return serve_http(stream, peer, false, proxy, http, limits, stops).await;
+    };
+    // The handshake counts as reading the request head: a client that
+    // opens connections and never finishes one must not hold them.
+    let handshake = tls.acceptor().accept(stream);
+    let stream = tokio::select! {
+        _ = stops.graceful.cancelled() => return,
+        r = tokio::time::timeout(limits.header_read_timeout, handshake) => match r {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                return;
+            }
+            Err(_) => {
+                tracing::debug!(%peer, "TLS handshake timed out");
+                return;
+            }
+        },
+    };
+    serve_http(stream, peer, true, proxy, http, limits, stops).await;
+}
+
+/// Serves HTTP on `io` until it closes, idles out, or shutdown; `tls` says
+/// whether it arrived over TLS.
+async fn serve_http<IO>(
+    io: IO,
+    peer: SocketAddr,
+    tls: bool,
+    proxy: Proxy,
+    http: &auto::Builder<TokioExecutor>,
+    limits: &Limits,
+    stops: Stops,
+) where
+    IO: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+{
+    let activity = Arc::new(Activity::default());
+    let service = {
+        let activity = Arc::clone(&activity);
+        service_fn(move |request| {
+            let proxy = proxy.clone();
+            let in_flight = InFlight::begin(&activity);
+            async move {
+                let response = proxy.handle(request, peer, tls).await?;
+                Ok::<_, std::convert::Infallible>(response.map(|b| b.with_in_flight(in_flight)))
+            }
+        })
+    };
+    // A client that stops reading holds its connection and the response's
+    // backend connection; the send timeout ends that.
+    let mut io = TimeoutStream::new(io);
+    io.set_write_timeout(Some(limits.send_timeout));
+    let conn = http.serve_connection(TokioIo::new(Box::pin(io)), service);
+    tokio::pin!(conn);
+    let mut closing = false;
+    loop {
+        tokio::select! {
+            result = conn.as_mut() => {
+                if let Err(e) = result {
+                    tracing::debug!(%peer, error = %e, "connection ended with an error");
+                }
+                return;
+            }
+            _ = stops.hard.cancelled() => return,
+            _ = stops.graceful.cancelled(), if !closing => {
+                closing = true;
+                conn.as_mut().graceful_shutdown();
+            }
+            _ = activity.idle_for(limits.keepalive_idle_timeout), if !closing => {
+                closing = true;
+                conn.as_mut().graceful_shutdown();
+            }
+        }
+    }
+}

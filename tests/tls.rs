@@ -388,3 +388,103 @@ async fn a_certificate_close_to_expiry_is_flagged_in_the_status() {
     );
     m.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_reload_swaps_certificates_and_refuses_broken_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let old = certificate(dir.path(), "a", &["a.example"], 90);
+    certificate(dir.path(), "b", &["b.example"], 90);
+    let us1 = Backend::start("us-1").await;
+    // The files are checked only hourly: the reload must do it.
+    let text = config_text(&[R("us", &[&us1], &[])], "").replace(
+        "[listen]\nhttp = \"127.0.0.1:0\"\n",
+        &format!(
+            "[listen]\nhttp = \"127.0.0.1:0\"\nhttps = \"127.0.0.1:0\"\n\n[tls]\ncert = \"{0}/a.pem\"\nkey = \"{0}/a.key\"\nreload_interval = \"1h\"\n\n",
+            dir.path().display()
+        ),
+    );
+    let path = dir.path().join("meridian.toml");
+    std::fs::write(&path, &text).unwrap();
+    let m = meridian::server::start(meridian::config::Config::load(&path).unwrap())
+        .await
+        .unwrap();
+    let addr = m.https_addr.unwrap();
+    let reload = || async {
+        let admin = m.admin_addr.unwrap();
+        let req = empty(http::Method::POST, format!("http://{admin}/api/v1/reload"));
+        let resp = client().request(req).await.unwrap();
+        let status = resp.status().as_u16();
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        (
+            status,
+            serde_json::from_slice::<serde_json::Value>(&body).unwrap(),
+        )
+    };
+    let new = certificate(dir.path(), "a", &["a.example"], 90);
+    let (status, body) = reload().await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        served_cert(
+            &connect(addr, "a.example", &[b"http/1.1"], None)
+                .await
+                .unwrap()
+        ),
+        new
+    );
+    assert_ne!(old, new);
+    // A key that does not match: the file does not validate, nothing changes.
+    certificate(dir.path(), "c", &["a.example"], 90);
+    std::fs::copy(dir.path().join("c.key"), dir.path().join("a.key")).unwrap();
+    let (status, body) = reload().await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["issues"][0].as_str().unwrap().contains("tls.key"),
+        "{body}"
+    );
+    assert_eq!(
+        served_cert(
+            &connect(addr, "a.example", &[b"http/1.1"], None)
+                .await
+                .unwrap()
+        ),
+        new
+    );
+    m.shutdown().await;
+}
+
+#[tokio::test]
+async fn h2c_by_prior_knowledge_on_the_plain_listener_when_enabled() {
+    let us1 = Backend::start("us-1").await;
+    let h2 = |addr: std::net::SocketAddr| async move {
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        let (mut sender, conn) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+                .await
+                .ok()?;
+        tokio::spawn(conn);
+        let req = http::Request::get(format!("http://{addr}/x"))
+            .body(Empty::<Bytes>::new())
+            .unwrap();
+        let resp = tokio::time::timeout(Duration::from_secs(5), sender.send_request(req))
+            .await
+            .ok()?
+            .ok()?;
+        Some((resp.status(), resp.version()))
+    };
+    let text = config_text(&[R("us", &[&us1], &[])], "").replace(
+        "[listen]\nhttp = \"127.0.0.1:0\"\n",
+        "[listen]\nhttp = \"127.0.0.1:0\"\nh2c = true\n",
+    );
+    let m = start_healthy(&text, &["us"]).await;
+    assert_eq!(
+        h2(m.http_addr).await,
+        Some((http::StatusCode::OK, http::Version::HTTP_2))
+    );
+    let (status, _, _) = get(&m, "/x", &[]).await;
+    assert_eq!(status, 200, "HTTP/1.1 still works beside it");
+    m.shutdown().await;
+
+    let m = start_healthy(&config_text(&[R("us", &[&us1], &[])], ""), &["us"]).await;
+    assert_eq!(h2(m.http_addr).await, None, "off by default");
+    m.shutdown().await;
+}

@@ -2049,6 +2049,126 @@ fn reference_config_is_valid() {
         config.status_page.intercept, defaults.status_page.intercept,
         "[status_page] shows intercept with its default"
     );
+    assert_eq!(
+        config.limits, defaults.limits,
+        "[limits] shows its defaults"
+    );
+    assert_eq!(
+        (config.listen.redirect_to_https, config.listen.h2c),
+        (false, false)
+    );
+}
+
+// ---------------------------------------------------------------------------
+// HTTPS: [listen] https and [tls]
+// ---------------------------------------------------------------------------
+
+/// A self-signed certificate for `name` as `stem.pem` and `stem.key` in `dir`.
+fn write_certificate(dir: &std::path::Path, stem: &str, name: &str) {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec![name.to_owned()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    std::fs::write(dir.join(format!("{stem}.pem")), cert.pem()).unwrap();
+    std::fs::write(dir.join(format!("{stem}.key")), key.serialize_pem()).unwrap();
+}
+
+fn https_config(dir: &std::path::Path, tls: &str) -> String {
+    format!(
+        "[listen]\nhttps = \"127.0.0.1:8443\"\n\n[tls]\n{}\n{ONE_REGION}",
+        tls.replace("DIR", &dir.display().to_string())
+    )
+}
+
+#[test]
+fn tls_certificates_are_read_at_load() {
+    let dir = tempfile::tempdir().unwrap();
+    write_certificate(dir.path(), "a", "a.example");
+    write_certificate(dir.path(), "b", "b.example");
+    let config = accepted(&https_config(
+        dir.path(),
+        "cert = \"DIR/a.pem\"\nkey = \"DIR/a.key\"\nhsts = \"max-age=600; includeSubDomains\"\n[[tls.certificate]]\ncert = \"DIR/b.pem\"\nkey = \"DIR/b.key\"",
+    ));
+    let tls = config.tls.expect("[tls]");
+    assert_eq!(tls.certificates.len(), 2);
+    assert_eq!(tls.certificates[1].cert, dir.path().join("b.pem"));
+    assert_eq!(tls.hsts.unwrap(), "max-age=600; includeSubDomains");
+    assert_eq!(tls.reload_interval, Duration::from_secs(10));
+    assert_eq!(config.listen.https, Some("127.0.0.1:8443".parse().unwrap()));
+}
+
+#[test]
+fn bad_tls_files_are_named_with_their_line_and_key() {
+    let dir = tempfile::tempdir().unwrap();
+    write_certificate(dir.path(), "a", "a.example");
+    write_certificate(dir.path(), "b", "b.example");
+    std::fs::write(dir.path().join("garbage.pem"), "not a certificate\n").unwrap();
+    let cases = [
+        ("cert = \"DIR/missing.pem\"\nkey = \"DIR/a.key\"", "cert =", "tls.cert", "missing.pem: cannot read it"),
+        ("cert = \"DIR/garbage.pem\"\nkey = \"DIR/a.key\"", "cert =", "tls.cert", "garbage.pem: no certificate in it"),
+        ("cert = \"DIR/a.pem\"\nkey = \"DIR/garbage.pem\"", "key =", "tls.key", "garbage.pem: no PEM block"),
+        ("cert = \"DIR/a.pem\"\nkey = \"DIR/b.key\"", "key =", "tls.key", "b.key does not go with"),
+        ("cert = \"DIR/a.pem\"", "cert =", "tls.key", "missing: [tls] needs cert"),
+        (
+            "cert = \"DIR/a.pem\"\nkey = \"DIR/a.key\"\n[[tls.certificate]]\ncert = \"DIR/b.pem\"\nkey = \"DIR/a.key\"",
+            "SECOND key =",
+            "tls.certificate[0].key",
+            "a.key does not go with",
+        ),
+        ("cert = \"DIR/a.pem\"\nkey = \"DIR/a.key\"\nhsts = \"1 year\"", "hsts =", "tls.hsts", "expected \"max-age=SECONDS\""),
+    ];
+    for (tls, at, key, fragment) in cases {
+        let text = https_config(dir.path(), tls);
+        let at = at.replace("DIR", &dir.path().display().to_string());
+        let issues = rejected(&text);
+        assert_eq!(issues.len(), 1, "{tls}: {issues:#?}");
+        let line = match at.strip_prefix("SECOND ") {
+            Some(prefix) => {
+                text.lines()
+                    .enumerate()
+                    .filter(|(_, l)| l.starts_with(prefix))
+                    .nth(1)
+                    .unwrap()
+                    .0
+                    + 1
+            }
+            None => line_of(&text, &at),
+        };
+        assert_issue(&issues[0], line, key, fragment);
+    }
+}
+
+#[test]
+fn https_and_tls_and_redirects_need_each_other() {
+    let dir = tempfile::tempdir().unwrap();
+    write_certificate(dir.path(), "a", "a.example");
+    let text = format!("[listen]\nhttps = \"127.0.0.1:8443\"\n{ONE_REGION}");
+    assert_only_issue(
+        &text,
+        "https =",
+        "listen.https",
+        "needs a certificate: add a [tls] section",
+    );
+    let text = format!(
+        "[tls]\ncert = \"{0}/a.pem\"\nkey = \"{0}/a.key\"\n{ONE_REGION}",
+        dir.path().display()
+    );
+    assert_only_issue(&text, "cert =", "tls", "listen.https is not");
+    let text = format!("[listen]\nredirect_to_https = true\n{ONE_REGION}");
+    assert_only_issue(
+        &text,
+        "redirect_to_https",
+        "listen.redirect_to_https",
+        "no HTTPS listener",
+    );
+    for (key, value, fragment) in [
+        ("http2_max_concurrent_streams", "0", "out of range"),
+        ("http2_max_pending_resets", "100000", "out of range"),
+    ] {
+        let text = format!("[limits]\n{key} = {value}\n{ONE_REGION}");
+        assert_only_issue(&text, key, &format!("limits.{key}"), fragment);
+    }
 }
 
 #[test]

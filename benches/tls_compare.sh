@@ -1,0 +1,154 @@
+#!/usr/bin/env bash
+# Meridian, nginx and HAProxy terminating TLS side by side: the same EC
+# P-256 certificate, TLS 1.3 with TLS_AES_128_GCM_SHA256 and X25519, each
+# proxy pinned to core 0 in front of one nginx backend; the load generator
+# and the backend share core 1. Measures, for each proxy:
+#   - HTTP/2 over TLS: h2load, 64 clients x 10 streams, small GET;
+#   - HTTP/1.1 over TLS: wrk, 64 connections, small GET;
+#   - full handshakes: batches of `h2load --h1 -c256 -n256` (one request per
+#     new connection; each batch is a new process, so no session resumes);
+# and reports requests/s and the proxy's CPU seconds (from /proc/PID/stat)
+# per 100 000 requests and per 1 000 handshakes, as a Markdown table.
+#
+#   bash benches/tls_compare.sh [seconds per run, default 10]
+#
+# Needs nginx, haproxy, h2load (nghttp2-client), wrk and openssl:
+#   apt-get install nginx haproxy nghttp2-client wrk openssl
+set -euo pipefail
+cd "$(dirname "$0")/.."
+secs="${1:-10}"
+for tool in nginx haproxy h2load wrk openssl taskset; do
+  command -v "$tool" >/dev/null || { echo "$tool is needed" >&2; exit 1; }
+done
+cargo build --release --quiet
+work=$(mktemp -d)
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
+trap cleanup EXIT
+
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 30 \
+  -subj /CN=bench.example -addext subjectAltName=DNS:bench.example \
+  -keyout "$work/key.pem" -out "$work/cert.pem" 2>/dev/null
+cat "$work/cert.pem" "$work/key.pem" >"$work/haproxy.pem"
+
+backend=18399
+cat >"$work/backend.conf" <<NGINX
+daemon off; worker_processes 1; pid $work/backend.pid; error_log $work/backend.log;
+events { worker_connections 4096; }
+http { access_log off; client_body_temp_path $work;
+  server { listen 127.0.0.1:$backend; keepalive_requests 1000000;
+           location / { return 200 "hello\n"; } } }
+NGINX
+taskset -c 1 nginx -c "$work/backend.conf" & pids+=($!)
+
+cat >"$work/meridian.toml" <<TOML
+[listen]
+http = "127.0.0.1:18380"
+https = "127.0.0.1:18443"
+[tls]
+cert = "$work/cert.pem"
+key = "$work/key.pem"
+[[region]]
+name = "us"
+backends = ["http://127.0.0.1:$backend"]
+[region.health]
+path = "/"
+[proxy]
+region_header = false
+TOML
+
+cat >"$work/nginx.conf" <<NGINX
+daemon off; worker_processes 1; pid $work/nginx.pid; error_log $work/nginx.log;
+events { worker_connections 4096; }
+http { access_log off; client_body_temp_path $work; proxy_temp_path $work;
+  upstream app { server 127.0.0.1:$backend; keepalive 64; }
+  server { listen 127.0.0.1:18444 ssl http2;
+           ssl_certificate $work/cert.pem; ssl_certificate_key $work/key.pem;
+           ssl_protocols TLSv1.3; ssl_ecdh_curve X25519; keepalive_requests 1000000;
+           location / { proxy_pass http://app; proxy_http_version 1.1;
+                        proxy_set_header Connection ""; } } }
+NGINX
+
+cat >"$work/haproxy.cfg" <<CFG
+global
+  nbthread 1
+  ssl-default-bind-options ssl-min-ver TLSv1.3
+  ssl-default-bind-curves X25519
+defaults
+  mode http
+  timeout connect 5s
+  timeout client 30s
+  timeout server 30s
+  http-reuse always
+frontend fe
+  bind 127.0.0.1:18445 ssl crt $work/haproxy.pem alpn h2,http/1.1
+  default_backend be
+backend be
+  server app 127.0.0.1:$backend
+CFG
+
+start_proxy() { # name -> sets proxy_pid
+  case "$1" in
+    meridian) RUST_LOG=warn taskset -c 0 target/release/meridian run -c "$work/meridian.toml" >/dev/null 2>&1 & ;;
+    nginx) taskset -c 0 nginx -c "$work/nginx.conf" & ;;
+    haproxy) taskset -c 0 haproxy -f "$work/haproxy.cfg" -db >/dev/null 2>&1 & ;;
+  esac
+  proxy_pid=$!
+  sleep 1.5
+}
+port_of() { case "$1" in meridian) echo 18443 ;; nginx) echo 18444 ;; haproxy) echo 18445 ;; esac; }
+
+# CPU ticks of a process and its children (nginx's worker is a child).
+cpu_ticks() {
+  local total=0 p
+  for p in "$1" $(pgrep -P "$1" || true); do
+    total=$((total + $(awk '{print $14 + $15}' "/proc/$p/stat")))
+  done
+  echo "$total"
+}
+hz=$(getconf CLK_TCK)
+per() { awk -v t="$1" -v hz="$hz" -v n="$2" -v unit="$3" 'BEGIN { printf "%.2f", t / hz / n * unit }'; }
+
+ciphers=(--tls13-ciphers=TLS_AES_128_GCM_SHA256)
+echo "| proxy | HTTP/2 over TLS, req/s | CPU s / 100k req | HTTP/1.1 over TLS, req/s | CPU s / 100k req | full handshakes/s | CPU s / 1000 handshakes |"
+echo "|---|---|---|---|---|---|---|"
+for proxy in meridian nginx haproxy; do
+  start_proxy "$proxy"
+  url="https://127.0.0.1:$(port_of "$proxy")/"
+  curl -fsk -o /dev/null "$url" || { echo "$proxy does not answer on $url" >&2; exit 1; }
+
+  before=$(cpu_ticks "$proxy_pid")
+  out=$(taskset -c 1 h2load "${ciphers[@]}" -c64 -m10 -D "$secs" --warm-up-time=1 "$url" 2>&1)
+  after=$(cpu_ticks "$proxy_pid")
+  h2_rps=$(awk '/^finished in/ {print $4}' <<<"$out" | tr -d ,)
+  h2_done=$(awk '/^requests:/ {print $8}' <<<"$out")
+  h2_cpu=$(per $((after - before)) "$h2_done" 100000)
+
+  before=$(cpu_ticks "$proxy_pid")
+  out=$(taskset -c 1 wrk -t1 -c64 -d"${secs}s" "$url")
+  after=$(cpu_ticks "$proxy_pid")
+  h1_rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
+  h1_done=$(awk '/requests in/ {print $1}' <<<"$out")
+  h1_cpu=$(per $((after - before)) "$h1_done" 100000)
+
+  batches=$((secs * 4))
+  before=$(cpu_ticks "$proxy_pid")
+  start=$(date +%s.%N)
+  resumed=0
+  for _ in $(seq "$batches"); do
+    out=$(taskset -c 1 h2load --h1 "${ciphers[@]}" -c256 -n256 "$url" 2>&1)
+    grep -q "succeeded" <<<"$out" || { echo "$proxy: handshake batch failed" >&2; exit 1; }
+    r=$(awk '/TLS Protocol/ {getline} /resumed/ {print}' <<<"$out" | grep -o 'resumed: [0-9]*' | awk '{print $2}' || true)
+    resumed=$((resumed + ${r:-0}))
+  done
+  end=$(date +%s.%N)
+  after=$(cpu_ticks "$proxy_pid")
+  handshakes=$((batches * 256))
+  hs_rate=$(awk -v n="$handshakes" -v a="$start" -v b="$end" 'BEGIN { printf "%.0f", n / (b - a) }')
+  hs_cpu=$(per $((after - before)) "$handshakes" 1000)
+  [ "$resumed" -eq 0 ] || echo "warning: $proxy resumed $resumed sessions" >&2
+
+  echo "| $proxy | $h2_rps | $h2_cpu | $h1_rps | $h1_cpu | $hs_rate | $hs_cpu |"
+  kill "$proxy_pid"; wait "$proxy_pid" 2>/dev/null || true
+  sleep 0.5
+done

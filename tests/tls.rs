@@ -488,3 +488,61 @@ async fn h2c_by_prior_knowledge_on_the_plain_listener_when_enabled() {
     assert_eq!(h2(m.http_addr).await, None, "off by default");
     m.shutdown().await;
 }
+
+#[tokio::test]
+async fn over_http2_failover_and_the_status_page_behave_the_same() {
+    let dir = tempfile::tempdir().unwrap();
+    certificate(dir.path(), "a", &["a.example"], 90);
+    let (us1, eu1) = (Backend::start("us-1").await, Backend::start("eu-1").await);
+    let text = config_text(&[R("us", &[&us1], &["eu"]), R("eu", &[&eu1], &["us"])], "").replace(
+        "[listen]\nhttp = \"127.0.0.1:0\"\n",
+        &format!(
+            "[listen]\nhttp = \"127.0.0.1:0\"\nhttps = \"127.0.0.1:0\"\n\n[tls]\ncert = \"{0}/a.pem\"\nkey = \"{0}/a.key\"\n\n",
+            dir.path().display()
+        ),
+    );
+    let m = start_healthy(&text, &["us", "eu"]).await;
+    let s = connect(m.https_addr.unwrap(), "a.example", &[b"h2"], None)
+        .await
+        .unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(s))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let mut h2_get = |accept: &'static str| {
+        let req = http::Request::get("https://a.example/")
+            .header("accept", accept)
+            .body(Empty::<Bytes>::new())
+            .unwrap();
+        let sent = sender.send_request(req);
+        async move {
+            let resp = sent.await.unwrap();
+            let status = resp.status().as_u16();
+            let body = resp.into_body().collect().await.unwrap().to_bytes();
+            (status, String::from_utf8_lossy(&body).into_owned())
+        }
+    };
+    let (status, body) = h2_get("*/*").await;
+    assert_eq!((status, served_by(&body)), (200, "us-1".to_owned()));
+
+    // us hangs: the request is hedged to eu, as over HTTP/1.1.
+    us1.fail_all(Fault::Hang);
+    let (status, body) = h2_get("*/*").await;
+    assert_eq!((status, served_by(&body)), (200, "eu-1".to_owned()));
+
+    // Nothing can serve: the status page, as JSON and as HTML.
+    eu1.fail_all(Fault::Reset);
+    wait_for(Duration::from_secs(5), "both regions down", || async {
+        region_state(&m, "us").await == "down" && region_state(&m, "eu").await == "down"
+    })
+    .await;
+    let (status, body) = h2_get("application/json").await;
+    assert_eq!(status, 503, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["error"], "service_unavailable");
+    let (status, body) = h2_get("text/html").await;
+    assert_eq!(status, 503);
+    assert!(body.contains("<!doctype html>"), "{body}");
+    m.shutdown().await;
+}

@@ -115,6 +115,7 @@ pub struct RegionFile {
     pub failback_hold: Option<Spanned<Dur>>,
     pub slow_start: Option<Spanned<Dur>>,
     pub first_byte_timeout: Option<Spanned<Dur>>,
+    pub ca_file: Option<Spanned<String>>,
     #[serde(default)]
     pub outlier: OutlierFile,
 }

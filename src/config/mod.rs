@@ -2,9 +2,11 @@
 //! validated into the checked [`Config`] used everywhere else. Every problem is
 //! collected and reported with the file, line, column and key.
 //!
-//! Relative paths in the file (`logo`, `template`, `token_file`) are resolved
-//! against the current working directory, as the process sees it at start-up.
+//! Relative paths in the file (`logo`, `template`, `token_file`, `ca_file`)
+//! are resolved against the current working directory, as the process sees
+//! it at start-up.
 
+mod backend_tls;
 mod error;
 mod file;
 #[cfg(test)]
@@ -18,6 +20,7 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 
+pub use backend_tls::{BackendTls, BackendTlsError, Roots, TlsSettings};
 pub use error::{ConfigError, ConfigIssue};
 
 /// A validated configuration. Regions are referred to by their index in `regions`.
@@ -178,17 +181,22 @@ pub struct Region {
     pub first_byte_timeout: Option<Duration>,
     /// Passive health checking of live traffic.
     pub outlier: Outlier,
+    /// The only CA certificates its https backends are verified against
+    /// (`ca_file`, PEM); `None` uses the system's roots.
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 /// One backend of a region.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Backend {
-    /// `http://host:port`, without path.
+    /// `http://host:port` or `https://host:port`, without path.
     pub url: http::Uri,
     /// `host:port`, the backend's name in the admin API and logs.
     pub address: String,
     /// `address` as a `Host` header value, for when the client's is not kept.
     pub host_header: http::HeaderValue,
+    /// How an `https://` backend is reached over TLS; `None` for `http://`.
+    pub tls: Option<BackendTls>,
 }
 
 /// `[region.health]`: the active health check.
@@ -417,7 +425,18 @@ impl Config {
                 self.limits.keepalive_idle_timeout, self.limits.header_read_timeout
             ));
         }
+        let mut no_system_roots = false;
         for r in &self.regions {
+            let https = r.backends.iter().filter_map(|b| b.tls.as_ref());
+            if r.ca_file.is_some() && https.clone().next().is_none() {
+                out.push(format!(
+                    "region \"{}\": ca_file is set but none of its backends uses https://, so it is not used",
+                    r.name
+                ));
+            }
+            no_system_roots |= https
+                .into_iter()
+                .any(|t| t.settings.roots == Roots::System { certificates: 0 });
             if r.health.timeout > r.health.interval {
                 out.push(format!(
                     "region \"{}\": health.timeout ({:?}) is longer than health.interval ({:?}): a hanging backend is checked less often than configured",
@@ -436,6 +455,11 @@ impl Config {
                     ));
                 }
             }
+        }
+        if no_system_roots {
+            out.push(
+                "no system root certificate could be loaded: https backends without ca_file will fail certificate verification; install the system's CA certificates or set ca_file".to_owned(),
+            );
         }
         out
     }
@@ -486,7 +510,18 @@ impl Config {
                 r.health.fall,
             );
             for b in &r.backends {
-                let _ = writeln!(out, "    http://{}", b.address);
+                match &b.tls {
+                    Some(tls) => {
+                        let _ = writeln!(
+                            out,
+                            "    https://{} (verified against {})",
+                            b.address, tls.settings.roots
+                        );
+                    }
+                    None => {
+                        let _ = writeln!(out, "    http://{}", b.address);
+                    }
+                }
             }
             if !r.countries.is_empty() {
                 let _ = writeln!(out, "    countries: {}", r.countries.join(" "));

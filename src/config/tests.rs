@@ -421,14 +421,173 @@ fn invalid_backend_urls_say_why_and_what_is_expected() {
     }
 }
 
+/// A PEM file holding one self-signed CA certificate, in a directory that
+/// lives as long as the returned guard.
+fn ca_pem() -> (tempfile::TempDir, String) {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let cert = params.self_signed(&key).unwrap();
+    write_file(&cert.pem())
+}
+
+/// A file holding `text`, and its path.
+fn write_file(text: &str) -> (tempfile::TempDir, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ca.pem");
+    std::fs::write(&path, text).unwrap();
+    (dir, path.display().to_string())
+}
+
 #[test]
-fn https_backend_is_refused_with_a_hint() {
-    let text = "[[region]]\nname = \"us\"\nbackends = [\"https://10.1.0.10:8443\"]\n";
+fn https_backends_are_accepted_with_their_host_as_tls_name() {
+    let (_dir, ca) = ca_pem();
+    let text = format!(
+        "[[region]]\nname = \"us\"\nca_file = \"{ca}\"\nbackends = [\"https://10.1.0.10:8443\", \"https://api.internal\", \"https://[::1]:9443\", \"http://10.1.0.11:8080\"]\n"
+    );
+    let config = accepted(&text);
+    let region = &config.regions[0];
+    assert_eq!(region.ca_file.as_deref(), Some(std::path::Path::new(&ca)));
+    let b = &region.backends;
+    assert_eq!(b[0].url, "https://10.1.0.10:8443/");
+    assert_eq!(b[0].address, "10.1.0.10:8443");
+    assert_eq!(
+        b[1].address, "api.internal:443",
+        "443 is https's default port"
+    );
+    assert_eq!(b[1].host_header, "api.internal:443");
+    assert_eq!(b[2].address, "[::1]:9443");
+    let names: Vec<String> = b[..3]
+        .iter()
+        .map(|b| b.tls.as_ref().unwrap().server_name.to_str().into_owned())
+        .collect();
+    assert_eq!(names, ["10.1.0.10", "api.internal", "::1"]);
+    assert!(matches!(
+        b[0].tls.as_ref().unwrap().server_name,
+        rustls::pki_types::ServerName::IpAddress(_)
+    ));
+    assert!(b[3].tls.is_none(), "an http backend has no TLS");
+    assert_eq!(
+        b[0].tls.as_ref().unwrap().settings.roots,
+        Roots::CaFile {
+            path: ca.clone().into(),
+            certificates: 1
+        }
+    );
+    for tls in b[..3].iter().map(|b| b.tls.as_ref().unwrap()) {
+        let traffic = &tls.settings.traffic;
+        assert_eq!(traffic.alpn_protocols, [b"http/1.1".to_vec()]);
+        assert!(
+            std::sync::Arc::ptr_eq(traffic, &b[0].tls.as_ref().unwrap().settings.traffic),
+            "one region shares one set of settings"
+        );
+    }
+    assert!(config
+        .summary()
+        .contains("https://10.1.0.10:8443 (verified against ca_file"));
+    assert!(config.warnings().is_empty(), "{:?}", config.warnings());
+}
+
+#[test]
+fn https_backends_without_ca_file_use_the_system_roots() {
+    let text = "[[region]]\nname = \"us\"\nbackends = [\"https://10.1.0.10:8443\"]\n[[region]]\nname = \"eu\"\nbackends = [\"https://10.2.0.10:8443\"]\n";
+    let config = accepted(text);
+    let us = config.regions[0].backends[0].tls.as_ref().unwrap();
+    let eu = config.regions[1].backends[0].tls.as_ref().unwrap();
+    assert!(matches!(us.settings.roots, Roots::System { .. }));
+    assert!(
+        std::sync::Arc::ptr_eq(&us.settings, &eu.settings),
+        "the system's roots are read once per configuration"
+    );
+    assert!(config.regions[0].ca_file.is_none());
+}
+
+#[test]
+fn a_missing_ca_file_names_file_line_and_key() {
+    let text = "[[region]]\nname = \"us\"\nbackends = [\"https://10.1.0.10:8443\"]\nca_file = \"/nonexistent/meridian-ca.pem\"\n";
+    let issue = assert_only_issue(
+        text,
+        "ca_file",
+        "region[0].ca_file",
+        "cannot read /nonexistent/meridian-ca.pem",
+    );
+    assert!(
+        issue
+            .message
+            .contains("expected a PEM file of one or more CA certificates"),
+        "{issue}"
+    );
+}
+
+#[test]
+fn a_ca_file_without_a_certificate_is_refused() {
+    let key = rcgen::KeyPair::generate().unwrap().serialize_pem();
+    for (what, content) in [("empty", String::new()), ("a key only", key)] {
+        let (_dir, path) = write_file(&content);
+        let text = format!(
+            "[[region]]\nname = \"us\"\nbackends = [\"https://10.1.0.10:8443\"]\nca_file = \"{path}\"\n"
+        );
+        let issues = rejected(&text);
+        assert_eq!(issues.len(), 1, "{what}: {issues:#?}");
+        assert_issue(
+            &issues[0],
+            4,
+            "region[0].ca_file",
+            &format!("{path} contains no certificate"),
+        );
+    }
+}
+
+#[test]
+fn a_ca_file_with_a_broken_certificate_is_refused() {
+    let (_dir, path) = write_file(
+        "-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydGlmaWNhdGU=\n-----END CERTIFICATE-----\n",
+    );
+    let text = format!(
+        "[[region]]\nname = \"us\"\nbackends = [\"https://10.1.0.10:8443\"]\nca_file = \"{path}\"\n"
+    );
+    assert_only_issue(
+        &text,
+        "ca_file",
+        "region[0].ca_file",
+        &format!("certificate 1 of {path} cannot be used as a CA"),
+    );
+}
+
+#[test]
+fn one_https_address_is_verified_one_way() {
+    let (_dir, ca) = ca_pem();
+    let text = format!(
+        "[[region]]\nname = \"us\"\nca_file = \"{ca}\"\nbackends = [\"https://10.1.0.10:8443\"]\n[[region]]\nname = \"eu\"\nbackends = [\"https://10.1.0.10:8443\"]\n"
+    );
+    let issues = rejected(&text);
+    assert_eq!(issues.len(), 1, "{issues:#?}");
+    assert_issue(
+        &issues[0],
+        7,
+        "region[1].backends[0]",
+        "https backend 10.1.0.10:8443 is also in region \"us\", verified against ca_file",
+    );
+    // One address in one region is one backend in the admin API, whatever the scheme.
+    let text = "[[region]]\nname = \"us\"\nbackends = [\"https://10.1.0.10:8443\", \"http://10.1.0.10:8443\"]\n";
     assert_only_issue(
         text,
         "backends",
-        "region[0].backends[0]",
-        "https backends are not supported yet; use http://",
+        "region[0].backends[1]",
+        "backend 10.1.0.10:8443 is listed twice in region \"us\"",
+    );
+}
+
+#[test]
+fn an_unused_ca_file_is_a_warning() {
+    let (_dir, ca) = ca_pem();
+    let text = format!(
+        "[[region]]\nname = \"us\"\nca_file = \"{ca}\"\nbackends = [\"http://10.1.0.10:8080\"]\n"
+    );
+    let config = accepted(&text);
+    assert_eq!(
+        config.warnings(),
+        ["region \"us\": ca_file is set but none of its backends uses https://, so it is not used"]
     );
 }
 

@@ -4,12 +4,15 @@
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine as _;
 use ipnet::IpNet;
 use toml::Spanned;
 
+use super::backend_tls::{self, BackendTls, Roots, TlsSettings};
 use super::error::{ConfigError, ConfigIssue, Issues};
 use super::file::{self, Dur, FileConfig, Num, StatusFile};
 use super::{
@@ -415,6 +418,7 @@ fn check_regions(issues: &mut Issues, raw: &[file::RegionFile]) -> Vec<Region> {
 
     let mut country_owner: HashMap<String, (usize, &str)> = HashMap::new();
     let mut continent_owner: HashMap<String, (usize, &str)> = HashMap::new();
+    let mut tls = TlsChoices::default();
     let mut regions = Vec::with_capacity(raw.len());
     for (i, r) in raw.iter().enumerate() {
         let name = r.name.get_ref().as_str();
@@ -464,7 +468,17 @@ fn check_regions(issues: &mut Issues, raw: &[file::RegionFile]) -> Vec<Region> {
             }
         }
 
-        let backends = check_backends(issues, i, r);
+        let roots = match &r.ca_file {
+            None => RegionRoots::System,
+            Some(f) => match TlsSettings::from_ca_file(Path::new(f.get_ref())) {
+                Ok(settings) => RegionRoots::CaFile(Arc::new(settings)),
+                Err(e) => {
+                    issues.at(span(f), format!("region[{i}].ca_file"), e.to_string());
+                    RegionRoots::Invalid
+                }
+            },
+        };
+        let backends = check_backends(issues, i, r, &roots, &mut tls);
         let health = check_health(issues, i, &r.health);
         let min_healthy = r.min_healthy.as_ref().and_then(|m| {
             let n = *m.get_ref();
@@ -514,6 +528,7 @@ fn check_regions(issues: &mut Issues, raw: &[file::RegionFile]) -> Vec<Region> {
             slow_start: duration_or_zero(r.slow_start.as_ref(), Duration::ZERO),
             first_byte_timeout,
             outlier: check_outlier(issues, i, &r.outlier),
+            ca_file: r.ca_file.as_ref().map(|f| PathBuf::from(f.get_ref())),
         });
     }
     regions
@@ -584,7 +599,44 @@ fn codes<'a>(
     out
 }
 
-fn check_backends(issues: &mut Issues, i: usize, r: &file::RegionFile) -> Vec<Backend> {
+/// What a region's https backends are verified against.
+enum RegionRoots {
+    /// The system's roots (no `ca_file`).
+    System,
+    /// Only the region's `ca_file`.
+    CaFile(Arc<TlsSettings>),
+    /// A `ca_file` that is already reported as an error.
+    Invalid,
+}
+
+/// The TLS settings of one file's https backends, so that the system's
+/// roots are read at most once per load, and only when a backend needs them.
+#[derive(Default)]
+struct TlsChoices {
+    system: Option<Arc<TlsSettings>>,
+    /// Which region first named each https address, with its roots:
+    /// connections are pooled by address, so one address is verified one way.
+    seen: HashMap<String, (String, Roots)>,
+}
+
+impl TlsChoices {
+    fn system(&mut self) -> Result<Arc<TlsSettings>, String> {
+        if let Some(s) = &self.system {
+            return Ok(Arc::clone(s));
+        }
+        let settings = Arc::new(TlsSettings::system().map_err(|e| e.to_string())?);
+        self.system = Some(Arc::clone(&settings));
+        Ok(settings)
+    }
+}
+
+fn check_backends(
+    issues: &mut Issues,
+    i: usize,
+    r: &file::RegionFile,
+    roots: &RegionRoots,
+    tls: &mut TlsChoices,
+) -> Vec<Backend> {
     let name = r.name.get_ref();
     let Some(list) = r.backends.as_ref().filter(|b| !b.get_ref().is_empty()) else {
         let at = r.backends.as_ref().map_or_else(|| span(&r.name), span);
@@ -599,17 +651,56 @@ fn check_backends(issues: &mut Issues, i: usize, r: &file::RegionFile) -> Vec<Ba
     for (j, b) in list.get_ref().iter().enumerate() {
         let key = format!("region[{i}].backends[{j}]");
         match backend_url(b.get_ref()) {
-            Ok(backend) if out.iter().any(|o| o.address == backend.address) => {
+            // The admin API names a backend by its address alone, so an
+            // http and an https backend on one address would be one name.
+            Ok(parsed) if out.iter().any(|o| o.address == parsed.backend.address) => {
                 issues.at(
                     span(b),
                     key,
                     format!(
                         "backend {} is listed twice in region \"{name}\"",
-                        backend.address
+                        parsed.backend.address
                     ),
                 );
             }
-            Ok(backend) => out.push(backend),
+            Ok(mut backend) => {
+                if let Some(server_name) = backend.https_name.take() {
+                    let settings = match roots {
+                        RegionRoots::System => tls.system(),
+                        RegionRoots::CaFile(s) => Ok(Arc::clone(s)),
+                        RegionRoots::Invalid => Err(String::new()),
+                    };
+                    let settings = match settings {
+                        Ok(s) => s,
+                        Err(why) => {
+                            if !why.is_empty() {
+                                issues.at(span(b), key, why);
+                            }
+                            continue;
+                        }
+                    };
+                    let first = tls
+                        .seen
+                        .entry(backend.backend.address.clone())
+                        .or_insert_with(|| (name.clone(), settings.roots.clone()));
+                    if first.1 != settings.roots {
+                        issues.at(
+                            span(b),
+                            key,
+                            format!(
+                                "https backend {} is also in region \"{}\", verified against {}: connections to one address are pooled together, so give both regions the same ca_file",
+                                backend.backend.address, first.0, first.1
+                            ),
+                        );
+                        continue;
+                    }
+                    backend.backend.tls = Some(BackendTls {
+                        server_name,
+                        settings,
+                    });
+                }
+                out.push(backend.backend);
+            }
             // The line and column point at it; echoing it would put a password in logs.
             Err(why) if b.get_ref().contains('@') => issues.at(
                 span(b),
@@ -626,19 +717,28 @@ fn check_backends(issues: &mut Issues, i: usize, r: &file::RegionFile) -> Vec<Ba
     out
 }
 
-/// Parses `http://host[:port]` into a backend.
-pub(crate) fn backend_url(text: &str) -> Result<Backend, String> {
-    const EXPECTED: &str = "expected http://HOST:PORT, such as \"http://10.1.0.10:8080\"";
+/// A backend URL as parsed, before its TLS settings are known.
+pub(crate) struct ParsedBackend {
+    /// The backend, with `tls` still `None`.
+    pub(crate) backend: Backend,
+    /// For an `https://` URL, the name its certificate must carry.
+    pub(crate) https_name: Option<rustls::pki_types::ServerName<'static>>,
+}
+
+/// Parses `http://host[:port]` or `https://host[:port]` into a backend.
+pub(crate) fn backend_url(text: &str) -> Result<ParsedBackend, String> {
+    const EXPECTED: &str =
+        "expected http://HOST:PORT or https://HOST:PORT, such as \"http://10.1.0.10:8080\"";
     // Without "://", "host:8080" would parse as a URL with the scheme "host".
     if !text.contains("://") {
         return Err(format!("missing the \"http://\" scheme; {EXPECTED}"));
     }
     let url = url::Url::parse(text).map_err(|e| format!("{e}; {EXPECTED}"))?;
-    match url.scheme() {
-        "http" => {}
-        "https" => return Err("https backends are not supported yet; use http://".to_owned()),
+    let https = match url.scheme() {
+        "http" => false,
+        "https" => true,
         other => return Err(format!("unsupported scheme \"{other}\"; {EXPECTED}")),
-    }
+    };
     if !url.username().is_empty() || url.password().is_some() {
         return Err(format!(
             "credentials are not allowed in a backend URL; {EXPECTED}"
@@ -649,22 +749,33 @@ pub(crate) fn backend_url(text: &str) -> Result<Backend, String> {
             "a backend URL has no path, query or fragment; {EXPECTED}"
         ));
     }
-    let host = match url.host() {
-        Some(url::Host::Ipv6(ip)) => format!("[{ip}]"),
-        Some(h) => h.to_string(),
+    let (host, https_name) = match url.host() {
+        Some(url::Host::Ipv6(ip)) => (format!("[{ip}]"), url::Host::Ipv6(ip)),
+        Some(h) => (h.to_string(), h),
         None => return Err(format!("no host; {EXPECTED}")),
     };
-    let port = url.port_or_known_default().unwrap_or(80);
+    let https_name = if https {
+        Some(backend_tls::server_name(&https_name)?)
+    } else {
+        None
+    };
+    let port = url
+        .port_or_known_default()
+        .unwrap_or(if https { 443 } else { 80 });
     let address = format!("{host}:{port}");
-    let uri: http::Uri = format!("http://{address}")
+    let uri: http::Uri = format!("{}://{address}", url.scheme())
         .parse()
         .map_err(|e| format!("{e}; {EXPECTED}"))?;
     let host_header =
         http::HeaderValue::from_str(&address).map_err(|e| format!("{e}; {EXPECTED}"))?;
-    Ok(Backend {
-        url: uri,
-        address,
-        host_header,
+    Ok(ParsedBackend {
+        backend: Backend {
+            url: uri,
+            address,
+            host_header,
+            tls: None,
+        },
+        https_name,
     })
 }
 

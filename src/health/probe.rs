@@ -1,5 +1,6 @@
 //! Active checks: the [`Probe`] trait, its HTTP implementation on fresh
-//! connections, and the jittered loop that reports each result.
+//! connections (over TLS for `https://` backends, verified as live traffic
+//! is), and the jittered loop that reports each result.
 
 use std::future::Future;
 use std::hash::{BuildHasher, Hasher};
@@ -9,11 +10,12 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Empty, Limited};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+use tower_service::Service;
 
-use crate::config::{Backend, Health};
+use crate::config::{Backend, BackendTls, Health};
 use crate::telemetry::error_chain;
 
 /// Most of a check's response body read to look for `expect_body`.
@@ -52,10 +54,14 @@ pub trait Probe: Send + Sync + 'static {
 ///
 /// Checks never reuse connections: a warm pooled connection would hide a
 /// backend that no longer accepts new ones, and checks must not queue behind
-/// live traffic.
+/// live traffic. For the same reason a check of an https backend never
+/// resumes a TLS session: each one makes the full handshake and certificate
+/// check that a new connection of live traffic may have to make.
 #[derive(Clone)]
 pub struct HttpProbe {
     client: Client<HttpConnector, Empty<Bytes>>,
+    /// Opens the TCP connections of checks over TLS.
+    tcp: HttpConnector,
 }
 
 impl HttpProbe {
@@ -64,10 +70,70 @@ impl HttpProbe {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(connect_timeout));
         connector.set_nodelay(true);
+        let mut tcp = connector.clone();
+        tcp.enforce_http(false);
         let client = Client::builder(TokioExecutor::new())
             .pool_max_idle_per_host(0)
             .build(connector);
-        HttpProbe { client }
+        HttpProbe { client, tcp }
+    }
+
+    /// Sends `request` to an https backend over a new TLS connection,
+    /// verified with the region's settings.
+    async fn send_tls(
+        &self,
+        backend: &Backend,
+        tls: &BackendTls,
+        mut request: http::Request<Empty<Bytes>>,
+    ) -> Result<(http::Response<hyper::body::Incoming>, AbortOnDrop), ProbeError> {
+        let tcp = self
+            .tcp
+            .clone()
+            .call(backend.url.clone())
+            .await
+            .map_err(|e| ProbeError::Request(error_chain(&e)))?
+            .into_inner();
+        let connector =
+            tokio_rustls::TlsConnector::from(std::sync::Arc::clone(&tls.settings.checks));
+        let stream = connector
+            .connect(tls.server_name.clone(), tcp)
+            .await
+            .map_err(|e| ProbeError::Request(format!("TLS handshake: {e}")))?;
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| ProbeError::Request(error_chain(&e)))?;
+        // The connection is driven by a task of its own so that the body can
+        // be read after the head; the caller holds the returned guard, which
+        // aborts the task when the check ends or times out, so a backend
+        // that never answers leaves nothing behind.
+        let driver = AbortOnDrop(tokio::spawn(connection).abort_handle());
+        // Sent on a connection of its own, the request names only its path;
+        // the authority goes in Host, as the pooled client does it.
+        let path = request
+            .uri()
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
+        *request.uri_mut() = http::Uri::from(path);
+        if !request.headers().contains_key(http::header::HOST) {
+            request
+                .headers_mut()
+                .insert(http::header::HOST, backend.host_header.clone());
+        }
+        let response = sender
+            .send_request(request)
+            .await
+            .map_err(|e| ProbeError::Request(error_chain(&e)))?;
+        Ok((response, driver))
+    }
+}
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
@@ -92,11 +158,20 @@ impl Probe for HttpProbe {
         let request = request
             .body(Empty::new())
             .map_err(|e| ProbeError::Request(e.to_string()))?;
-        let response = self
-            .client
-            .request(request)
-            .await
-            .map_err(|e| ProbeError::Request(error_chain(&e)))?;
+        // `_driver` keeps a TLS check's connection going until the body is read.
+        let (response, _driver) = match &backend.tls {
+            None => (
+                self.client
+                    .request(request)
+                    .await
+                    .map_err(|e| ProbeError::Request(error_chain(&e)))?,
+                None,
+            ),
+            Some(tls) => {
+                let (response, driver) = self.send_tls(backend, tls, request).await?;
+                (response, Some(driver))
+            }
+        };
         let status = response.status().as_u16();
         if !health
             .expect_status

@@ -356,8 +356,15 @@ fn build_upstream(
     body: UpstreamBody,
 ) -> Result<Request<UpstreamBody>, http::Error> {
     let path = head.uri.path_and_query().map_or("/", |p| p.as_str());
+    // The scheme picks plain text or TLS in the connector, and keeps an http
+    // and an https backend on one address apart in the pool.
+    let scheme = if backend.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
     let uri = Uri::builder()
-        .scheme("http")
+        .scheme(scheme)
         .authority(backend.address.as_str())
         .path_and_query(path)
         .build()?;

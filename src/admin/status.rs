@@ -4,7 +4,7 @@
 use serde::Serialize;
 
 use crate::health::BackendState;
-use crate::state::{BackendRef, Event, Incident, RegionState, Snapshot};
+use crate::state::{BackendRef, Event, Incident, RegionState, Snapshot, UpgradeCounts};
 
 /// `GET /api/v1/status` body.
 #[derive(Debug, Serialize)]
@@ -50,6 +50,8 @@ pub struct RegionStatus {
     pub slow_start_share: f64,
     /// Regions tried when this one cannot serve.
     pub failover: Vec<String>,
+    /// Open upgraded connections (WebSockets) it carries.
+    pub upgraded_connections: usize,
     /// Backends.
     pub backends: Vec<BackendStatus>,
 }
@@ -69,8 +71,9 @@ pub struct BackendStatus {
     pub ejections: u32,
 }
 
-/// The status of region `index` in `snapshot`.
-pub fn region_status(snapshot: &Snapshot, index: usize) -> RegionStatus {
+/// The status of region `index` in `snapshot`, with its open upgraded
+/// connections from `upgrades`.
+pub fn region_status(snapshot: &Snapshot, index: usize, upgrades: &UpgradeCounts) -> RegionStatus {
     let config = &snapshot.config;
     let (r, v) = (&config.regions[index], &snapshot.regions[index]);
     RegionStatus {
@@ -86,6 +89,7 @@ pub fn region_status(snapshot: &Snapshot, index: usize) -> RegionStatus {
             .iter()
             .map(|&i| config.regions[i].name.clone())
             .collect(),
+        upgraded_connections: upgrades.get(&r.name),
         backends: (0..r.backends.len())
             .map(|b| backend_status(snapshot, index, b))
             .collect(),
@@ -105,11 +109,11 @@ pub fn backend_status(snapshot: &Snapshot, region: usize, backend: usize) -> Bac
     }
 }
 
-/// Builds the status body from a snapshot.
-pub fn status_body(snapshot: &Snapshot) -> StatusBody {
+/// Builds the status body from a snapshot and the open upgraded connections.
+pub fn status_body(snapshot: &Snapshot, upgrades: &UpgradeCounts) -> StatusBody {
     StatusBody {
         regions: (0..snapshot.regions.len())
-            .map(|i| region_status(snapshot, i))
+            .map(|i| region_status(snapshot, i, upgrades))
             .collect(),
         incident: snapshot.control.incident.clone(),
         unconfigured_drains: unconfigured_drains(snapshot),

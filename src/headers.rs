@@ -113,7 +113,11 @@ fn lists(headers: &HeaderMap, name: HeaderName, token: &str) -> Option<HeaderVal
         .flat_map(|v| v.split(','))
         .map(str::trim)
         // A protocol may carry a version (`websocket/13`); the name decides.
-        .find(|t| t.split('/').next().is_some_and(|n| n.eq_ignore_ascii_case(token)))
+        .find(|t| {
+            t.split('/')
+                .next()
+                .is_some_and(|n| n.eq_ignore_ascii_case(token))
+        })
         .and_then(|t| HeaderValue::from_str(t).ok())
 }
 
@@ -203,7 +207,10 @@ mod tests {
         let ws = |method: Method, version: Version, pairs: &[(&str, &str)]| {
             websocket_upgrade(&method, version, &map(pairs)).map(|v| v.to_str().unwrap().to_owned())
         };
-        let handshake = [("connection", "keep-alive, Upgrade"), ("upgrade", "WebSocket")];
+        let handshake = [
+            ("connection", "keep-alive, Upgrade"),
+            ("upgrade", "WebSocket"),
+        ];
         assert_eq!(
             ws(Method::GET, Version::HTTP_11, &handshake).as_deref(),
             Some("WebSocket"),
@@ -247,7 +254,10 @@ mod tests {
         assert_eq!(all(&h, "connection"), vec!["upgrade"]);
         assert_eq!(all(&h, "upgrade"), vec!["websocket"]);
         assert!(h.get("x-secret").is_none());
-        assert_eq!(all(&h, "sec-websocket-key"), vec!["dGhlIHNhbXBsZSBub25jZQ=="]);
+        assert_eq!(
+            all(&h, "sec-websocket-key"),
+            vec!["dGhlIHNhbXBsZSBub25jZQ=="]
+        );
         assert!(switches_to_websocket(&h));
         assert!(!switches_to_websocket(&map(&[("upgrade", "h2c")])));
     }

@@ -134,7 +134,7 @@ async fn require_token(
 
 async fn status(State(api): State<Arc<AdminApi>>) -> Json<StatusBody> {
     let shared = api.shared();
-    let mut body = status_body(&shared.load(), shared.upgrades());
+    let mut body = status_body(&shared.load()).count_upgrades(shared.upgrades());
     body.certificates = api.certificates();
     Json(body)
 }

@@ -22,6 +22,24 @@ pub struct StatusBody {
     pub certificates: Vec<crate::tls::CertStatus>,
 }
 
+impl StatusBody {
+    /// Fills in every region's open upgraded connections from `upgrades`.
+    pub fn count_upgrades(mut self, upgrades: &UpgradeCounts) -> Self {
+        for region in &mut self.regions {
+            region.upgraded_connections = upgrades.get(&region.name);
+        }
+        self
+    }
+}
+
+impl RegionStatus {
+    /// Fills in the region's open upgraded connections from `upgrades`.
+    pub fn count_upgrades(mut self, upgrades: &UpgradeCounts) -> Self {
+        self.upgraded_connections = upgrades.get(&self.name);
+        self
+    }
+}
+
 /// Drains of names the configuration lacks.
 #[derive(Debug, Serialize)]
 pub struct UnconfiguredDrains {
@@ -71,9 +89,10 @@ pub struct BackendStatus {
     pub ejections: u32,
 }
 
-/// The status of region `index` in `snapshot`, with its open upgraded
-/// connections from `upgrades`.
-pub fn region_status(snapshot: &Snapshot, index: usize, upgrades: &UpgradeCounts) -> RegionStatus {
+/// The status of region `index` in `snapshot`; its open upgraded
+/// connections are live counters, not part of a snapshot, and are added by
+/// [`RegionStatus::count_upgrades`].
+pub fn region_status(snapshot: &Snapshot, index: usize) -> RegionStatus {
     let config = &snapshot.config;
     let (r, v) = (&config.regions[index], &snapshot.regions[index]);
     RegionStatus {
@@ -89,7 +108,7 @@ pub fn region_status(snapshot: &Snapshot, index: usize, upgrades: &UpgradeCounts
             .iter()
             .map(|&i| config.regions[i].name.clone())
             .collect(),
-        upgraded_connections: upgrades.get(&r.name),
+        upgraded_connections: 0,
         backends: (0..r.backends.len())
             .map(|b| backend_status(snapshot, index, b))
             .collect(),
@@ -109,11 +128,12 @@ pub fn backend_status(snapshot: &Snapshot, region: usize, backend: usize) -> Bac
     }
 }
 
-/// Builds the status body from a snapshot and the open upgraded connections.
-pub fn status_body(snapshot: &Snapshot, upgrades: &UpgradeCounts) -> StatusBody {
+/// Builds the status body from a snapshot; see [`StatusBody::count_upgrades`]
+/// for the open upgraded connections.
+pub fn status_body(snapshot: &Snapshot) -> StatusBody {
     StatusBody {
         regions: (0..snapshot.regions.len())
-            .map(|i| region_status(snapshot, i, upgrades))
+            .map(|i| region_status(snapshot, i))
             .collect(),
         incident: snapshot.control.incident.clone(),
         unconfigured_drains: unconfigured_drains(snapshot),

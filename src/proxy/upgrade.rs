@@ -64,7 +64,12 @@ pub(super) async fn forward(
             Ok(response) => {
                 let status = response.status().as_u16();
                 if status >= 500 {
-                    shared.passive_failure(generation, c.region, c.backend, Failure::Status(status));
+                    shared.passive_failure(
+                        generation,
+                        c.region,
+                        c.backend,
+                        Failure::Status(status),
+                    );
                 } else {
                     generation.passive.success(c.region, c.backend);
                 }

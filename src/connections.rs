@@ -199,7 +199,9 @@ async fn serve_http<IO>(
     // backend connection; the send timeout ends that.
     let mut io = TimeoutStream::new(io);
     io.set_write_timeout(Some(limits.send_timeout));
-    let conn = http.serve_connection(TokioIo::new(Box::pin(io)), service);
+    // With upgrades, a WebSocket's connection leaves hyper after the 101
+    // for the proxy's tunnel, which keeps the send timeout set here.
+    let conn = http.serve_connection_with_upgrades(TokioIo::new(Box::pin(io)), service);
     tokio::pin!(conn);
     let mut closing = false;
     loop {

@@ -1,11 +1,13 @@
 //! Header hygiene for forwarded messages (RFC 9110 §7.6): hop-by-hop headers
 //! are removed in both directions, and requests gain `X-Forwarded-*` and `Via`.
+//! The one exception is a WebSocket handshake, whose `Connection: upgrade`
+//! and `Upgrade: websocket` are put back after the hygiene.
 
 use std::fmt::Write as _;
 use std::net::IpAddr;
 
-use http::header::{HeaderName, HeaderValue, CONNECTION, HOST, VIA};
-use http::{HeaderMap, Version};
+use http::header::{HeaderName, HeaderValue, CONNECTION, HOST, UPGRADE, VIA};
+use http::{HeaderMap, Method, Version};
 
 /// `X-Forwarded-For`.
 pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -101,6 +103,55 @@ pub fn forward_request(
     append_via(headers, version);
 }
 
+/// The first entry of the comma-separated header `name` whose name (before
+/// any `/version`) is `token`, compared case-insensitively.
+fn lists(headers: &HeaderMap, name: HeaderName, token: &str) -> Option<HeaderValue> {
+    headers
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        // A protocol may carry a version (`websocket/13`); the name decides.
+        .find(|t| {
+            t.split('/')
+                .next()
+                .is_some_and(|n| n.eq_ignore_ascii_case(token))
+        })
+        .and_then(|t| HeaderValue::from_str(t).ok())
+}
+
+/// The protocol an HTTP/1.1 WebSocket handshake asks for (its `websocket`
+/// token from `Upgrade`, as the client spelled it): a GET whose `Connection`
+/// lists `upgrade`. `None` for any other request, whose `Upgrade` (`h2c`,
+/// say) stays hop-by-hop and is removed.
+pub fn websocket_upgrade(
+    method: &Method,
+    version: Version,
+    headers: &HeaderMap,
+) -> Option<HeaderValue> {
+    // HTTP/2 has no Upgrade (RFC 9113 §8.2.2); WebSocket over it uses
+    // extended CONNECT instead.
+    if method != Method::GET || version != Version::HTTP_11 {
+        return None;
+    }
+    lists(headers, CONNECTION, "upgrade")?;
+    lists(headers, UPGRADE, "websocket")
+}
+
+/// Whether a backend's `101` switches to WebSocket, the only protocol
+/// Meridian tunnels.
+pub fn switches_to_websocket(headers: &HeaderMap) -> bool {
+    lists(headers, UPGRADE, "websocket").is_some()
+}
+
+/// Puts back, after [`strip_hop_by_hop`], the two headers that ask the next
+/// hop to switch to `protocol`.
+pub fn restore_upgrade(headers: &mut HeaderMap, protocol: HeaderValue) {
+    headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
+    headers.insert(UPGRADE, protocol);
+}
+
 /// Prepares a backend's response headers for the client.
 pub fn forward_response(headers: &mut HeaderMap, version: Version) {
     strip_hop_by_hop(headers);
@@ -149,6 +200,66 @@ mod tests {
         strip_hop_by_hop(&mut h);
         let names: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
         assert_eq!(names, vec!["x-kept", "cookie"]);
+    }
+
+    #[test]
+    fn only_an_http11_get_asking_for_websocket_is_an_upgrade() {
+        let ws = |method: Method, version: Version, pairs: &[(&str, &str)]| {
+            websocket_upgrade(&method, version, &map(pairs)).map(|v| v.to_str().unwrap().to_owned())
+        };
+        let handshake = [
+            ("connection", "keep-alive, Upgrade"),
+            ("upgrade", "WebSocket"),
+        ];
+        assert_eq!(
+            ws(Method::GET, Version::HTTP_11, &handshake).as_deref(),
+            Some("WebSocket"),
+            "case-insensitive, and the client's spelling is kept"
+        );
+        assert_eq!(
+            ws(
+                Method::GET,
+                Version::HTTP_11,
+                &[("connection", "upgrade"), ("upgrade", "h2c, websocket/13")]
+            )
+            .as_deref(),
+            Some("websocket/13"),
+            "only the websocket token goes on"
+        );
+        for pairs in [
+            &[("connection", "upgrade"), ("upgrade", "h2c")][..],
+            &[("upgrade", "websocket")][..],
+            &[("connection", "close"), ("upgrade", "websocket")][..],
+            &[("connection", "upgrade")][..],
+            &[("connection", "upgrade"), ("upgrade", "websockets")][..],
+        ] {
+            assert_eq!(ws(Method::GET, Version::HTTP_11, pairs), None, "{pairs:?}");
+        }
+        assert_eq!(ws(Method::POST, Version::HTTP_11, &handshake), None);
+        assert_eq!(ws(Method::GET, Version::HTTP_10, &handshake), None);
+        assert_eq!(ws(Method::GET, Version::HTTP_2, &handshake), None);
+    }
+
+    #[test]
+    fn a_websocket_handshake_keeps_its_upgrade_after_hygiene() {
+        let mut h = map(&[
+            ("connection", "Upgrade, x-secret"),
+            ("upgrade", "websocket"),
+            ("x-secret", "1"),
+            ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
+        ]);
+        let protocol = websocket_upgrade(&Method::GET, Version::HTTP_11, &h).unwrap();
+        strip_hop_by_hop(&mut h);
+        restore_upgrade(&mut h, protocol);
+        assert_eq!(all(&h, "connection"), vec!["upgrade"]);
+        assert_eq!(all(&h, "upgrade"), vec!["websocket"]);
+        assert!(h.get("x-secret").is_none());
+        assert_eq!(
+            all(&h, "sec-websocket-key"),
+            vec!["dGhlIHNhbXBsZSBub25jZQ=="]
+        );
+        assert!(switches_to_websocket(&h));
+        assert!(!switches_to_websocket(&map(&[("upgrade", "h2c")])));
     }
 
     #[test]

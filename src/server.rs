@@ -158,8 +158,11 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         ));
     }
 
-    let proxy = Proxy::new(Arc::clone(&shared), https_addr.map(|a| a.port()));
     let hard_stop = CancellationToken::new();
+    // Upgraded connections count as connections for shutdown: they get the
+    // same grace period, then are closed.
+    let proxy = Proxy::new(Arc::clone(&shared), https_addr.map(|a| a.port()))
+        .with_tunnels(connections.clone(), hard_stop.clone());
     let stops = Stops {
         graceful: stop.clone(),
         hard: hard_stop.clone(),

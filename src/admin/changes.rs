@@ -252,7 +252,7 @@ async fn region_drain(api: &AdminApi, name: &str, drain: bool) -> Response {
             };
             warnings.extend(drain.then(|| nothing_serves(&snapshot)).flatten());
             Json(Answer {
-                object: region_status(&snapshot, index),
+                object: region_status(&snapshot, index).count_upgrades(api.shared().upgrades()),
                 warnings,
             })
             .into_response()

@@ -133,7 +133,8 @@ async fn require_token(
 }
 
 async fn status(State(api): State<Arc<AdminApi>>) -> Json<StatusBody> {
-    let mut body = status_body(&api.shared().load());
+    let shared = api.shared();
+    let mut body = status_body(&shared.load()).count_upgrades(shared.upgrades());
     body.certificates = api.certificates();
     Json(body)
 }

@@ -4,7 +4,7 @@
 use serde::Serialize;
 
 use crate::health::BackendState;
-use crate::state::{BackendRef, Event, Incident, RegionState, Snapshot};
+use crate::state::{BackendRef, Event, Incident, RegionState, Snapshot, UpgradeCounts};
 
 /// `GET /api/v1/status` body.
 #[derive(Debug, Serialize)]
@@ -20,6 +20,24 @@ pub struct StatusBody {
     pub events: Vec<Event>,
     /// The HTTPS certificates and their expiry (empty without `listen.https`).
     pub certificates: Vec<crate::tls::CertStatus>,
+}
+
+impl StatusBody {
+    /// Fills in every region's open upgraded connections from `upgrades`.
+    pub fn count_upgrades(mut self, upgrades: &UpgradeCounts) -> Self {
+        for region in &mut self.regions {
+            region.upgraded_connections = upgrades.get(&region.name);
+        }
+        self
+    }
+}
+
+impl RegionStatus {
+    /// Fills in the region's open upgraded connections from `upgrades`.
+    pub fn count_upgrades(mut self, upgrades: &UpgradeCounts) -> Self {
+        self.upgraded_connections = upgrades.get(&self.name);
+        self
+    }
 }
 
 /// Drains of names the configuration lacks.
@@ -50,6 +68,8 @@ pub struct RegionStatus {
     pub slow_start_share: f64,
     /// Regions tried when this one cannot serve.
     pub failover: Vec<String>,
+    /// Open upgraded connections (WebSockets) it carries.
+    pub upgraded_connections: usize,
     /// Backends.
     pub backends: Vec<BackendStatus>,
 }
@@ -69,7 +89,9 @@ pub struct BackendStatus {
     pub ejections: u32,
 }
 
-/// The status of region `index` in `snapshot`.
+/// The status of region `index` in `snapshot`; its open upgraded
+/// connections are live counters, not part of a snapshot, and are added by
+/// [`RegionStatus::count_upgrades`].
 pub fn region_status(snapshot: &Snapshot, index: usize) -> RegionStatus {
     let config = &snapshot.config;
     let (r, v) = (&config.regions[index], &snapshot.regions[index]);
@@ -86,6 +108,7 @@ pub fn region_status(snapshot: &Snapshot, index: usize) -> RegionStatus {
             .iter()
             .map(|&i| config.regions[i].name.clone())
             .collect(),
+        upgraded_connections: 0,
         backends: (0..r.backends.len())
             .map(|b| backend_status(snapshot, index, b))
             .collect(),
@@ -105,7 +128,8 @@ pub fn backend_status(snapshot: &Snapshot, region: usize, backend: usize) -> Bac
     }
 }
 
-/// Builds the status body from a snapshot.
+/// Builds the status body from a snapshot; see [`StatusBody::count_upgrades`]
+/// for the open upgraded connections.
 pub fn status_body(snapshot: &Snapshot) -> StatusBody {
     StatusBody {
         regions: (0..snapshot.regions.len())

@@ -169,6 +169,8 @@ pub struct ProxyFile {
     pub hedge: Option<bool>,
     pub hedge_min_delay: Option<Spanned<Dur>>,
     pub hedge_max_delay: Option<Spanned<Dur>>,
+    pub upgrade_idle_timeout: Option<Spanned<Dur>>,
+    pub drain_grace: Option<Spanned<Dur>>,
 }
 
 /// `[limits]`

@@ -311,6 +311,14 @@ pub struct Proxy {
     pub retry_budget: RetryBudget,
     /// Hedging of slow idempotent requests; `None` when `hedge = false`.
     pub hedge: Option<Hedge>,
+    /// Longest an upgraded connection (WebSocket) may carry nothing in
+    /// either direction before it is closed. Default 60 s, as nginx's
+    /// `proxy_read_timeout`, which is what closes WebSockets behind nginx.
+    pub upgrade_idle_timeout: Duration,
+    /// How long upgraded connections on a drained region or backend keep
+    /// going before they are closed, so that clients can finish and
+    /// reconnect elsewhere; 0 closes them at once. Default 30 s.
+    pub drain_grace: Duration,
 }
 
 /// `proxy.retry_budget_*`: retries and hedges may add at most `ratio` of

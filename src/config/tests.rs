@@ -1369,6 +1369,33 @@ hedge_max_delay = "80ms"
 }
 
 #[test]
+fn upgrade_keys_have_defaults_and_a_zero_drain_grace_is_allowed() {
+    let region = "[[region]]\nname = \"us\"\nbackends = [\"http://10.1.0.10:8080\"]\n";
+    let config = accepted(region);
+    assert_eq!(config.proxy.upgrade_idle_timeout, Duration::from_secs(60));
+    assert_eq!(config.proxy.drain_grace, Duration::from_secs(30));
+    let config = accepted(&format!("{region}\n[proxy]\ndrain_grace = \"0s\"\n"));
+    assert_eq!(config.proxy.drain_grace, Duration::ZERO);
+}
+
+#[test]
+fn zero_upgrade_idle_timeout_and_a_drain_grace_over_a_day_are_refused() {
+    let region = "[[region]]\nname = \"us\"\nbackends = [\"http://10.1.0.10:8080\"]\n\n[proxy]\n";
+    assert_only_issue(
+        &format!("{region}upgrade_idle_timeout = \"0s\"\n"),
+        "upgrade_idle_timeout",
+        "proxy.upgrade_idle_timeout",
+        "must be greater than zero",
+    );
+    assert_only_issue(
+        &format!("{region}drain_grace = \"2days\"\n"),
+        "drain_grace",
+        "proxy.drain_grace",
+        "2days is out of range: expected a duration from 0s to 1day",
+    );
+}
+
+#[test]
 fn hedge_false_turns_hedging_off() {
     let config = accepted(
         "[[region]]\nname = \"us\"\nbackends = [\"http://10.1.0.10:8080\"]\n\n[proxy]\nhedge = false\n",
@@ -1911,6 +1938,8 @@ retry_budget_min_per_second = 0
 hedge = true
 hedge_min_delay = "20ms"
 hedge_max_delay = "1s"
+upgrade_idle_timeout = "5m"
+drain_grace = "10s"
 
 [limits]
 max_connections = 500
@@ -2204,6 +2233,8 @@ fn reference_config_is_valid() {
     assert_eq!(shown.replay_buffer, default.replay_buffer);
     assert_eq!(shown.retry_budget, default.retry_budget);
     assert_eq!(shown.hedge, default.hedge);
+    assert_eq!(shown.upgrade_idle_timeout, default.upgrade_idle_timeout);
+    assert_eq!(shown.drain_grace, default.drain_grace);
     assert_eq!(
         config.status_page.intercept, defaults.status_page.intercept,
         "[status_page] shows intercept with its default"

@@ -1516,6 +1516,8 @@ fn check_proxy(issues: &mut Issues, raw: file::ProxyFile) -> Proxy {
         hedge_min_delay,
         hedge_max_delay,
         region_header,
+        upgrade_idle_timeout,
+        drain_grace,
     } = raw;
     let retry_methods = match retry_methods {
         None => vec![http::Method::GET, http::Method::HEAD, http::Method::OPTIONS],
@@ -1643,6 +1645,19 @@ fn check_proxy(issues: &mut Issues, raw: file::ProxyFile) -> Proxy {
         ) as usize,
         retry_budget,
         hedge,
+        upgrade_idle_timeout: duration(
+            issues,
+            "proxy.upgrade_idle_timeout",
+            upgrade_idle_timeout.as_ref(),
+            Duration::from_secs(60),
+        ),
+        drain_grace: duration_within(
+            issues,
+            "proxy.drain_grace",
+            drain_grace.as_ref(),
+            Duration::from_secs(30),
+            (Duration::ZERO, Duration::from_secs(24 * 3600)),
+        ),
     }
 }
 

@@ -39,6 +39,9 @@ type AttemptFuture = Pin<Box<dyn Future<Output = Result<Response<Incoming>, Atte
 pub(super) struct Served {
     pub(super) response: Response<ResponseBody>,
     pub(super) region: usize,
+    /// Goes to the client as it is, never replaced by the status page: a
+    /// backend's answer to an upgrade.
+    pub(super) as_is: bool,
 }
 
 /// An attempt in flight.
@@ -389,6 +392,7 @@ impl<'a> Forward<'a> {
         Served {
             response: response.map(|b| ResponseBody::upstream(b, read_timeout)),
             region: self.plan.candidates[candidate].region,
+            as_is: false,
         }
     }
 
@@ -421,7 +425,7 @@ impl<'a> Forward<'a> {
 /// Why a plan is empty: operators drained every region, or no region can
 /// serve this client. The page says which, so users are not told of an
 /// outage during planned maintenance.
-fn empty_plan(snapshot: &Snapshot) -> Rescue {
+pub(super) fn empty_plan(snapshot: &Snapshot) -> Rescue {
     let drained = !snapshot.regions.is_empty()
         && snapshot
             .regions

@@ -1,11 +1,15 @@
 //! The proxy service: for each request, in phases — find the client address,
 //! plan the candidates, forward along the plan (retrying and hedging where
 //! that is safe), and rescue with the status page when the plan runs out.
-//! Bodies stream in both directions.
+//! Bodies stream in both directions. A WebSocket handshake takes the same
+//! plan, and once a backend switches protocols, the connection becomes a
+//! tunnel (see `upgrade` and `tunnel`).
 
 mod attempt;
 mod forward;
 mod redirect;
+mod tunnel;
+mod upgrade;
 
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
@@ -14,6 +18,8 @@ use std::sync::Arc;
 use http::header::{HeaderValue, HOST};
 use http::{HeaderMap, Method, Request, Response, Uri, Version};
 use hyper::body::Incoming;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::body::ResponseBody;
 use crate::config::{Backend, Config};
@@ -36,6 +42,16 @@ pub struct Proxy {
     shared: Arc<Shared>,
     /// The port the HTTPS listener is bound to, for redirects.
     https_port: Option<u16>,
+    tunnels: Tunnels,
+}
+
+/// Where upgraded connections run, and what stops them.
+#[derive(Debug, Clone, Default)]
+struct Tunnels {
+    /// Tracks their tasks, so that shutdown waits for them.
+    tracker: TaskTracker,
+    /// Closes them: the shutdown grace period is over.
+    hard_stop: CancellationToken,
 }
 
 /// The parts of a request needed to send it again.
@@ -50,7 +66,18 @@ impl Proxy {
     /// A proxy over `shared` state; `https_port` is where the HTTPS
     /// listener is bound, for redirects to it.
     pub fn new(shared: Arc<Shared>, https_port: Option<u16>) -> Self {
-        Proxy { shared, https_port }
+        Proxy {
+            shared,
+            https_port,
+            tunnels: Tunnels::default(),
+        }
+    }
+
+    /// Runs upgraded connections (WebSockets) as tasks of `tracker`, and
+    /// closes them when `hard_stop` is cancelled.
+    pub fn with_tunnels(mut self, tracker: TaskTracker, hard_stop: CancellationToken) -> Self {
+        self.tunnels = Tunnels { tracker, hard_stop };
+        self
     }
 
     /// Serves one request from `peer`, which arrived over TLS when `tls`.
@@ -100,6 +127,8 @@ impl Proxy {
         let client = geo::client_ip(peer, request.headers(), &generation.trusted);
         let location = self.locate(&snapshot, client, request.headers());
         let plan = self.plan(&snapshot, location.region, client);
+        let mut request = request;
+        let handshake = self.handshake(&mut request);
         let (parts, body) = request.into_parts();
         let mut head = Head {
             method: parts.method,
@@ -109,9 +138,18 @@ impl Proxy {
         };
         let proto = if tls { "https" } else { "http" };
         let keep_host = prepare_headers(&mut head, config.proxy.preserve_host, peer, proto);
-        let forward = forward::Forward::new(self, &snapshot, &plan, &head, keep_host, body);
-        let (response, served) = match forward.run().await {
-            Ok(served) if self.intercepted(config, &served.response) => {
+        let forwarded = match handshake {
+            Some(handshake) => {
+                upgrade::forward(self, &snapshot, &plan, &head, keep_host, handshake).await
+            }
+            None => {
+                forward::Forward::new(self, &snapshot, &plan, &head, keep_host, body)
+                    .run()
+                    .await
+            }
+        };
+        let (response, served) = match forwarded {
+            Ok(served) if !served.as_is && self.intercepted(config, &served.response) => {
                 let status = served.response.status();
                 // The backend's own error page is dropped unread: its
                 // connection closes instead of going back to the pool.
@@ -205,6 +243,22 @@ impl Proxy {
             }
         }
         location
+    }
+
+    /// Phase 1c: whether the request is a WebSocket handshake to tunnel,
+    /// taking the client's side of the connection for later if it is. Only
+    /// a bodiless one: the connection switches right after its head.
+    fn handshake(&self, request: &mut Request<Incoming>) -> Option<upgrade::Handshake> {
+        use http_body::Body as _;
+        let protocol =
+            headers::websocket_upgrade(request.method(), request.version(), request.headers())?;
+        if !request.body().is_end_stream() {
+            return None;
+        }
+        Some(upgrade::Handshake {
+            protocol,
+            client: hyper::upgrade::on(request),
+        })
     }
 
     /// Phase 1b: the ordered candidates.

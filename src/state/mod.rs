@@ -6,16 +6,18 @@
 
 pub mod control;
 mod tracker;
+mod upgrades;
 
 pub use control::{BackendRef, Control, Incident};
 pub use tracker::Tracker;
+pub use upgrades::{OpenUpgrade, UpgradeCounts};
 
 use std::collections::VecDeque;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use serde::Serialize;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
@@ -228,6 +230,10 @@ pub struct Shared {
     snapshot: ArcSwap<Snapshot>,
     signals: mpsc::Sender<Signal>,
     geodb: Arc<ArcSwap<GeoDb>>,
+    /// Ticks on every publish, so that long-lived work (upgraded
+    /// connections) learns of drains without polling.
+    published: watch::Sender<()>,
+    upgrades: UpgradeCounts,
 }
 
 impl Shared {
@@ -243,7 +249,19 @@ impl Shared {
             snapshot: ArcSwap::from_pointee(Snapshot::initial(generation, Arc::new(control))),
             signals,
             geodb: Arc::new(ArcSwap::from_pointee(GeoDb::built_in())),
+            published: watch::Sender::new(()),
+            upgrades: UpgradeCounts::default(),
         }
+    }
+
+    /// Marked changed each time a new snapshot is published.
+    pub fn subscribe(&self) -> watch::Receiver<()> {
+        self.published.subscribe()
+    }
+
+    /// Open upgraded connections per region.
+    pub fn upgrades(&self) -> &UpgradeCounts {
+        &self.upgrades
     }
 
     /// The GeoIP database in use.
@@ -313,6 +331,7 @@ impl Shared {
 
     fn publish(&self, snapshot: Snapshot) {
         self.snapshot.store(Arc::new(snapshot));
+        self.published.send_replace(());
     }
 }
 

@@ -1,0 +1,153 @@
+//! Forwarding a WebSocket handshake: the same plan as any request, but one
+//! backend at a time and no hedging, since a tunnel cannot be raced or
+//! replayed. The next candidate is tried only when a backend cannot be
+//! connected to, before anything was sent. A backend's `101` starts a
+//! [`Tunnel`]; any other answer goes to the client as it is.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{HeaderValue, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::upgrade::OnUpgrade;
+
+use super::attempt::{attempt, AttemptError};
+use super::forward::{empty_plan, Served};
+use super::tunnel::{Route, Tunnel};
+use super::{build_upstream, Head, Proxy};
+use crate::body::ResponseBody;
+use crate::headers;
+use crate::health::Failure;
+use crate::request_body::UpstreamBody;
+use crate::routing::Plan;
+use crate::state::Snapshot;
+use crate::status_page::Rescue;
+
+/// The handshake to forward: the protocol asked for, and the client's side
+/// of the connection once it has switched.
+pub(super) struct Handshake {
+    pub(super) protocol: HeaderValue,
+    pub(super) client: OnUpgrade,
+}
+
+/// Phase 2 for a WebSocket handshake: sends it along `plan` until a backend
+/// answers, and starts the tunnel when that answer is a `101`.
+pub(super) async fn forward(
+    proxy: &Proxy,
+    snapshot: &Arc<Snapshot>,
+    plan: &Plan,
+    head: &Head,
+    keep_host: bool,
+    handshake: Handshake,
+) -> Result<Served, Rescue> {
+    if plan.candidates.is_empty() {
+        return Err(empty_plan(snapshot));
+    }
+    let config = &snapshot.config;
+    let generation = &snapshot.generation;
+    let shared = &proxy.shared;
+    let mut last_error = None;
+    for c in plan.candidates.iter() {
+        let region = &config.regions[c.region];
+        let backend = &region.backends[c.backend];
+        let (body, sent) = UpstreamBody::empty();
+        let mut request = build_upstream(head, backend, keep_host, body).map_err(|e| {
+            tracing::warn!(error = %e, "cannot build the upstream request");
+            Rescue::BackendFailed
+        })?;
+        headers::restore_upgrade(request.headers_mut(), handshake.protocol.clone());
+        let first_byte = region
+            .first_byte_timeout
+            .unwrap_or(config.proxy.first_byte_timeout);
+        match attempt(&generation.client, request, sent, first_byte).await {
+            Ok(response) => {
+                let status = response.status().as_u16();
+                if status >= 500 {
+                    shared.passive_failure(
+                        generation,
+                        c.region,
+                        c.backend,
+                        Failure::Status(status),
+                    );
+                } else {
+                    generation.passive.success(c.region, c.backend);
+                }
+                let route = Route {
+                    region: region.name.clone(),
+                    backend: backend.address.clone(),
+                };
+                let response = answer(proxy, snapshot, response, route, handshake.client)?;
+                return Ok(Served {
+                    response,
+                    region: c.region,
+                    as_is: true,
+                });
+            }
+            Err(e) => {
+                if let Some(failure) = e.failure() {
+                    shared.passive_failure(generation, c.region, c.backend, failure);
+                }
+                tracing::debug!(region = %region.name, backend = %backend.address, error = %e, "upgrade attempt failed");
+                // Only a connection never made leaves the handshake unsent.
+                if !matches!(e, AttemptError::Connect(_)) {
+                    tracing::warn!(region = %region.name, backend = %backend.address, error = %e, "upgrade failed");
+                    return Err(e.rescue());
+                }
+                last_error = Some(e);
+            }
+        }
+    }
+    let e = last_error.map_or(Rescue::NoRegion, |e| {
+        tracing::warn!(error = %e, "upgrade failed: no backend could be connected to");
+        e.rescue()
+    });
+    Err(e)
+}
+
+/// The client's answer: a `101` with the tunnel started behind it, or the
+/// backend's refusal as it is.
+fn answer(
+    proxy: &Proxy,
+    snapshot: &Snapshot,
+    mut response: Response<Incoming>,
+    route: Route,
+    client: OnUpgrade,
+) -> Result<Response<ResponseBody>, Rescue> {
+    let version = response.version();
+    if response.status() != StatusCode::SWITCHING_PROTOCOLS {
+        headers::forward_response(response.headers_mut(), version);
+        let read_timeout = snapshot.config.proxy.read_timeout;
+        return Ok(response.map(|b| ResponseBody::upstream(b, read_timeout)));
+    }
+    let Some(protocol) = response
+        .headers()
+        .get(http::header::UPGRADE)
+        .filter(|_| headers::switches_to_websocket(response.headers()))
+        .cloned()
+    else {
+        // The client asked for WebSocket only; anything else is a broken backend.
+        tracing::warn!(region = %route.region, backend = %route.backend, "backend switched to a protocol other than WebSocket");
+        return Err(Rescue::BackendFailed);
+    };
+    let backend = hyper::upgrade::on(&mut response);
+    let (mut parts, _) = response.into_parts();
+    headers::forward_response(&mut parts.headers, version);
+    headers::restore_upgrade(&mut parts.headers, protocol);
+    let tunnel = Tunnel {
+        client,
+        backend,
+        open: proxy.shared.upgrades().open(&route.region),
+        route,
+        shared: Arc::clone(&proxy.shared),
+        hard_stop: proxy.tunnels.hard_stop.clone(),
+    };
+    // The client's side switches only once this answer is written, so the
+    // tunnel waits for it in a task of its own, tracked with the
+    // connections so that shutdown waits for it within its grace.
+    proxy.tunnels.tracker.spawn(tunnel.run());
+    Ok(Response::from_parts(
+        parts,
+        ResponseBody::local(Full::new(Bytes::new())),
+    ))
+}

@@ -55,7 +55,7 @@ pub(crate) async fn accept_loop(
     connections: TaskTracker,
 ) {
     let http2 = endpoint.tls.is_some() || endpoint.h2c;
-    let http = Arc::new(http_builder(&limits, http2));
+    let http = Arc::new(HttpServer::new(&limits, http2));
     let endpoint = Arc::new(endpoint);
     let stop = &stops.graceful;
     loop {
@@ -90,8 +90,34 @@ pub(crate) async fn accept_loop(
     }
 }
 
-/// The HTTP server settings of `[limits]`; HTTP/2 only where it is offered.
-fn http_builder(limits: &Limits, http2: bool) -> auto::Builder<TokioExecutor> {
+/// The HTTP server settings of `[limits]`, for HTTP/1.1 alone or HTTP/1.1
+/// and HTTP/2 where HTTP/2 is offered.
+pub(crate) struct HttpServer {
+    /// HTTP/1.1 only: hyper-util's automatic builder would still accept an
+    /// HTTP/2 preface on a connection served with upgrades.
+    http1: hyper::server::conn::http1::Builder,
+    /// Both versions, told apart by the connection preface.
+    both: Option<auto::Builder<TokioExecutor>>,
+}
+
+impl HttpServer {
+    fn new(limits: &Limits, http2: bool) -> HttpServer {
+        let mut http1 = hyper::server::conn::http1::Builder::new();
+        http1
+            .timer(TokioTimer::new())
+            .keep_alive(true)
+            .header_read_timeout(limits.header_read_timeout)
+            .max_buf_size(limits.max_header_bytes)
+            .max_headers(limits.max_headers);
+        HttpServer {
+            http1,
+            both: http2.then(|| auto_builder(limits)),
+        }
+    }
+}
+
+/// The builder for HTTP/1.1 and HTTP/2 with the limits of `[limits]`.
+fn auto_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -100,9 +126,6 @@ fn http_builder(limits: &Limits, http2: bool) -> auto::Builder<TokioExecutor> {
         .header_read_timeout(limits.header_read_timeout)
         .max_buf_size(limits.max_header_bytes)
         .max_headers(limits.max_headers);
-    if !http2 {
-        return builder.http1_only();
-    }
     builder
         .http2()
         .timer(TokioTimer::new())
@@ -121,7 +144,7 @@ async fn serve_connection(
     stream: TcpStream,
     peer: SocketAddr,
     proxy: Proxy,
-    http: &auto::Builder<TokioExecutor>,
+    http: &HttpServer,
     limits: &Limits,
     endpoint: &Endpoint,
     stops: Stops,
@@ -177,7 +200,7 @@ async fn serve_http<IO>(
     peer: SocketAddr,
     tls: bool,
     proxy: Proxy,
-    http: &auto::Builder<TokioExecutor>,
+    http: &HttpServer,
     limits: &Limits,
     stops: Stops,
 ) where
@@ -201,7 +224,49 @@ async fn serve_http<IO>(
     io.set_write_timeout(Some(limits.send_timeout));
     // With upgrades, a WebSocket's connection leaves hyper after the 101
     // for the proxy's tunnel, which keeps the send timeout set here.
-    let conn = http.serve_connection_with_upgrades(TokioIo::new(Box::pin(io)), service);
+    let io = TokioIo::new(Box::pin(io));
+    match &http.both {
+        Some(both) => {
+            let conn = both.serve_connection_with_upgrades(io, service);
+            drive(
+                conn,
+                |c| c.graceful_shutdown(),
+                peer,
+                &activity,
+                limits,
+                &stops,
+            )
+            .await;
+        }
+        None => {
+            let conn = http.http1.serve_connection(io, service).with_upgrades();
+            drive(
+                conn,
+                |c| c.graceful_shutdown(),
+                peer,
+                &activity,
+                limits,
+                &stops,
+            )
+            .await;
+        }
+    }
+}
+
+/// Runs `conn` until it ends, closing it gracefully (with `shutdown`) on
+/// Meridian's graceful stop or after the keep-alive idle timeout, and at
+/// once on the hard stop.
+async fn drive<C, E>(
+    conn: C,
+    shutdown: impl Fn(std::pin::Pin<&mut C>),
+    peer: SocketAddr,
+    activity: &Activity,
+    limits: &Limits,
+    stops: &Stops,
+) where
+    C: std::future::Future<Output = Result<(), E>>,
+    E: std::fmt::Display,
+{
     tokio::pin!(conn);
     let mut closing = false;
     loop {
@@ -215,11 +280,11 @@ async fn serve_http<IO>(
             _ = stops.hard.cancelled() => return,
             _ = stops.graceful.cancelled(), if !closing => {
                 closing = true;
-                conn.as_mut().graceful_shutdown();
+                shutdown(conn.as_mut());
             }
             _ = activity.idle_for(limits.keepalive_idle_timeout), if !closing => {
                 closing = true;
-                conn.as_mut().graceful_shutdown();
+                shutdown(conn.as_mut());
             }
         }
     }

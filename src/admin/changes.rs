@@ -207,6 +207,33 @@ impl<'a> Unconfigured<'a> {
     }
 }
 
+/// Adds `item` to the drained `set` (`drain`) or takes it out; a 409 naming
+/// `what` when it already was, or was not, there.
+fn toggle<T: Ord>(
+    set: &mut std::collections::BTreeSet<T>,
+    item: T,
+    drain: bool,
+    what: &str,
+) -> Result<(), ApiError> {
+    let changed = if drain {
+        set.insert(item)
+    } else {
+        set.remove(&item)
+    };
+    if changed {
+        return Ok(());
+    }
+    let state = if drain {
+        "already drained"
+    } else {
+        "not drained"
+    };
+    Err(ApiError::new(
+        StatusCode::CONFLICT,
+        &format!("{what} is {state}"),
+    ))
+}
+
 /// The warning a drain earns when nothing can serve any more.
 fn nothing_serves(snapshot: &Snapshot) -> Option<String> {
     (!snapshot.regions.iter().any(|v| v.state.serves())).then(|| {
@@ -222,23 +249,12 @@ async fn region_drain(api: &AdminApi, name: &str, drain: bool) -> Response {
             if drain || !control.drained_regions.contains(name) {
                 find_region(snapshot, name)?;
             }
-            let changed = if drain {
-                control.drained_regions.insert(name.to_owned())
-            } else {
-                control.drained_regions.remove(name)
-            };
-            if !changed {
-                let what = if drain {
-                    "already drained"
-                } else {
-                    "not drained"
-                };
-                return Err(ApiError::new(
-                    StatusCode::CONFLICT,
-                    &format!("region \"{name}\" is {what}"),
-                ));
-            }
-            Ok(())
+            toggle(
+                &mut control.drained_regions,
+                name.to_owned(),
+                drain,
+                &format!("region \"{name}\""),
+            )
         })
         .await;
     match result {
@@ -271,23 +287,12 @@ async fn backend_drain(api: &AdminApi, region: &str, address: &str, drain: bool)
             if drain || !control.drained_backends.contains(&wanted) {
                 find_backend(snapshot, region, address)?;
             }
-            let changed = if drain {
-                control.drained_backends.insert(wanted.clone())
-            } else {
-                control.drained_backends.remove(&wanted)
-            };
-            if !changed {
-                let what = if drain {
-                    "already drained"
-                } else {
-                    "not drained"
-                };
-                return Err(ApiError::new(
-                    StatusCode::CONFLICT,
-                    &format!("backend \"{address}\" of region \"{region}\" is {what}"),
-                ));
-            }
-            Ok(())
+            toggle(
+                &mut control.drained_backends,
+                wanted.clone(),
+                drain,
+                &format!("backend \"{address}\" of region \"{region}\""),
+            )
         })
         .await;
     match result {

@@ -14,7 +14,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::{get, region_state, served_by, start, start_healthy, wait_for, Backend};
+use common::{
+    get, region_state, served_by, start, start_healthy, upload_until_answered, wait_for, Backend,
+};
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
@@ -23,7 +25,6 @@ use hyper_util::rt::TokioIo;
 use meridian::config::Config;
 use meridian::server::Running;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
@@ -559,29 +560,7 @@ async fn a_backend_that_stops_reading_over_tls_is_given_up_on_after_the_send_tim
         region_state(&m, "us").await == "healthy"
     })
     .await;
-    let mut s = tokio::net::TcpStream::connect(m.http_addr).await.unwrap();
-    let len = 64 * 1024 * 1024;
-    s.write_all(
-        format!("POST /deaf HTTP/1.1\r\nhost: x\r\ncontent-length: {len}\r\n\r\n").as_bytes(),
-    )
-    .await
-    .unwrap();
-    let (mut reader, mut writer) = s.into_split();
-    // Upload until the buffers on the way fill; the writer then blocks.
-    tokio::spawn(async move {
-        let chunk = vec![b'x'; 1 << 16];
-        for _ in 0..len / chunk.len() {
-            if writer.write_all(&chunk).await.is_err() {
-                return;
-            }
-        }
-    });
-    let mut answer = vec![0u8; 4096];
-    let n = tokio::time::timeout(Duration::from_secs(10), reader.read(&mut answer))
-        .await
-        .expect("answered, not hung")
-        .unwrap();
-    let answer = String::from_utf8_lossy(&answer[..n]);
+    let answer = upload_until_answered(&m, "/deaf").await;
     assert!(answer.starts_with("HTTP/1.1 502"), "{answer}");
     assert_eq!(us.seen.hits.load(Ordering::SeqCst), 1);
     m.shutdown().await;

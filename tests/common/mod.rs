@@ -668,3 +668,33 @@ pub async fn region_state(m: &Running, name: &str) -> String {
         .map(|r| r["state"].as_str().unwrap().to_owned())
         .unwrap_or_default()
 }
+
+/// Starts a 64 MiB upload to `path` on Meridian whose backend stops
+/// reading, keeps writing until the buffers on the way fill, and returns
+/// the first bytes of Meridian's answer (within 10 s, or panics).
+pub async fn upload_until_answered(m: &Running, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(m.http_addr).await.unwrap();
+    let len = 64 * 1024 * 1024;
+    s.write_all(
+        format!("POST {path} HTTP/1.1\r\nhost: x\r\ncontent-length: {len}\r\n\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
+    let (mut reader, mut writer) = s.into_split();
+    // Upload until the buffers on the way fill; the writer then blocks.
+    tokio::spawn(async move {
+        let chunk = vec![b'x'; 1 << 16];
+        for _ in 0..len / chunk.len() {
+            if writer.write_all(&chunk).await.is_err() {
+                return;
+            }
+        }
+    });
+    let mut answer = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(10), reader.read(&mut answer))
+        .await
+        .expect("answered, not hung")
+        .unwrap();
+    String::from_utf8_lossy(&answer[..n]).into_owned()
+}

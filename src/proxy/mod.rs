@@ -108,7 +108,6 @@ impl Proxy {
         snapshot: &Arc<Snapshot>,
     ) -> Response<ResponseBody> {
         let started = tokio::time::Instant::now();
-        let snapshot = Arc::clone(snapshot);
         if request.uri().path() == status_page::STATUS_PATH {
             // Meridian's own answer, before any routing: the status page
             // polls it during an outage, and it must never reach a backend.

@@ -111,7 +111,7 @@ impl Proxy {
         if request.uri().path() == status_page::STATUS_PATH {
             // Meridian's own answer, before any routing: the status page
             // polls it during an outage, and it must never reach a backend.
-            return self.public_status(&snapshot, request.method());
+            return self.public_status(snapshot, request.method());
         }
         if !tls && snapshot.config.listen.redirect_to_https {
             let port = self.https_port.unwrap_or(443);
@@ -124,8 +124,8 @@ impl Proxy {
         generation.budget.request(started);
         let peer = geo::peer_ip(peer);
         let client = geo::client_ip(peer, request.headers(), &generation.trusted);
-        let location = self.locate(&snapshot, client, request.headers());
-        let plan = self.plan(&snapshot, location.region, client);
+        let location = self.locate(snapshot, client, request.headers());
+        let plan = self.plan(snapshot, location.region, client);
         let mut request = request;
         let handshake = self.handshake(&mut request);
         let (parts, body) = request.into_parts();
@@ -139,10 +139,10 @@ impl Proxy {
         let keep_host = prepare_headers(&mut head, config.proxy.preserve_host, peer, proto);
         let forwarded = match handshake {
             Some(handshake) => {
-                upgrade::forward(self, &snapshot, &plan, &head, keep_host, handshake).await
+                upgrade::forward(self, snapshot, &plan, &head, keep_host, handshake).await
             }
             None => {
-                forward::Forward::new(self, &snapshot, &plan, &head, keep_host, body)
+                forward::Forward::new(self, snapshot, &plan, &head, keep_host, body)
                     .run()
                     .await
             }
@@ -155,7 +155,7 @@ impl Proxy {
                 drop(served.response);
                 let rescue = Rescue::Upstream(status);
                 (
-                    self.rescue(&snapshot, rescue, &head.headers),
+                    self.rescue(snapshot, rescue, &head.headers),
                     Some(served.region),
                 )
             }
@@ -182,7 +182,7 @@ impl Proxy {
                 }
                 (response, Some(served.region))
             }
-            Err(rescue) => (self.rescue(&snapshot, rescue, &head.headers), None),
+            Err(rescue) => (self.rescue(snapshot, rescue, &head.headers), None),
         };
         let why = match served {
             Some(r) if r != location.region && snapshot.regions[location.region].drained => "drain",

@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# The browser test drives a real headless Chromium.
-scripts/ensure-chromium.sh
+# The browser test drives a real headless Chromium; the ACME test runs pebble.
+scripts/ensure-test-tools.sh
 
 cargo test --locked --all-targets

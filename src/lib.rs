@@ -12,8 +12,10 @@
 
 #![warn(missing_docs)]
 
+pub mod acme;
 pub mod activity;
 pub mod admin;
+pub mod atomic_file;
 pub mod body;
 pub mod budget;
 pub mod config;

@@ -177,7 +177,7 @@ impl Reloader {
 }
 
 /// The settings that differ between `old` and `new` but are only read at
-/// start-up: listeners, connection limits, the admin API, the GeoIP file.
+/// start-up: listeners, ACME, connection limits, the admin API, the GeoIP file.
 pub fn read_at_start(old: &Config, new: &Config) -> Vec<&'static str> {
     let mut keys = Vec::new();
     if old.listen.http != new.listen.http {
@@ -185,6 +185,10 @@ pub fn read_at_start(old: &Config, new: &Config) -> Vec<&'static str> {
     }
     if old.listen.https != new.listen.https || old.tls.is_some() != new.tls.is_some() {
         keys.push("listen.https");
+    }
+    let acme = |c: &Config| c.tls.as_ref().and_then(|t| t.acme.clone());
+    if acme(old) != acme(new) {
+        keys.push("tls.acme");
     }
     if old.listen.h2c != new.listen.h2c {
         keys.push("listen.h2c");

@@ -11,6 +11,7 @@ use tokio::sync::{mpsc, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::acme::AcmeHandle;
 use crate::config::Config;
 use crate::connections::{accept_loop, Endpoint, Stops};
 use crate::generation::Generation;
@@ -104,7 +105,13 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
 
     let (http, http_addr) = bind("public http", config.listen.http).await?;
     let terminator = match &config.tls {
-        Some(tls) => Some(Arc::new(Terminator::new(tls.certificates.clone())?)),
+        Some(tls) => {
+            let terminator = Terminator::new(tls.certificates.clone())?;
+            Some(Arc::new(match &tls.acme {
+                Some(acme) => terminator.with_acme(Arc::new(AcmeHandle::new(acme.domains.clone()))),
+                None => terminator,
+            }))
+        }
         None => None,
     };
     let https = match config.listen.https {
@@ -156,13 +163,22 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             tls.reload_interval,
             stop.clone(),
         ));
+        if let (Some(acme), Some(handle)) = (&tls.acme, t.acme()) {
+            background.spawn(crate::acme::run(
+                acme.clone(),
+                Arc::clone(t),
+                Arc::clone(handle),
+                stop.clone(),
+            ));
+        }
     }
 
     let hard_stop = CancellationToken::new();
     // Upgraded connections count as connections for shutdown: they get the
     // same grace period, then are closed.
     let proxy = Proxy::new(Arc::clone(&shared), https_addr.map(|a| a.port()))
-        .with_tunnels(connections.clone(), hard_stop.clone());
+        .with_tunnels(connections.clone(), hard_stop.clone())
+        .with_acme(terminator.as_ref().and_then(|t| t.acme().cloned()));
     let stops = Stops {
         graceful: stop.clone(),
         hard: hard_stop.clone(),

@@ -70,6 +70,11 @@ impl AdminApi {
         &self.shared
     }
 
+    /// The state of automatic certificates, if configured.
+    pub fn acme(&self) -> Option<crate::acme::AcmeStatus> {
+        self.tls.as_ref()?.acme().map(|a| a.status())
+    }
+
     /// The HTTPS certificates in force, with their expiry.
     pub fn certificates(&self) -> Vec<crate::tls::CertStatus> {
         self.tls.as_ref().map(|t| t.status()).unwrap_or_default()

@@ -136,6 +136,7 @@ async fn status(State(api): State<Arc<AdminApi>>) -> Json<StatusBody> {
     let shared = api.shared();
     let mut body = status_body(&shared.load()).count_upgrades(shared.upgrades());
     body.certificates = api.certificates();
+    body.acme = api.acme();
     Json(body)
 }
 

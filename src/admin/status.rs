@@ -20,6 +20,9 @@ pub struct StatusBody {
     pub events: Vec<Event>,
     /// The HTTPS certificates and their expiry (empty without `listen.https`).
     pub certificates: Vec<crate::tls::CertStatus>,
+    /// Automatic certificates, when `[tls.acme]` is set.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub acme: Option<crate::acme::AcmeStatus>,
 }
 
 impl StatusBody {
@@ -139,6 +142,7 @@ pub fn status_body(snapshot: &Snapshot) -> StatusBody {
         unconfigured_drains: unconfigured_drains(snapshot),
         events: snapshot.events.iter().cloned().collect(),
         certificates: Vec::new(),
+        acme: None,
     }
 }
 

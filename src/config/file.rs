@@ -52,6 +52,20 @@ pub struct TlsFile {
     pub reload_interval: Option<Spanned<Dur>>,
     #[serde(default)]
     pub certificate: Vec<CertificateFile>,
+    pub acme: Option<AcmeFile>,
+}
+
+/// `[tls.acme]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AcmeFile {
+    pub directory: Option<Spanned<String>>,
+    pub email: Option<Spanned<String>>,
+    #[serde(default)]
+    pub domains: Vec<Spanned<String>>,
+    pub cache: Option<Spanned<String>>,
+    pub ca_file: Option<Spanned<String>>,
+    pub renew_before: Option<Spanned<Dur>>,
 }
 
 /// `[[tls.certificate]]`

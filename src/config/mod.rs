@@ -75,6 +75,26 @@ pub struct Tls {
     pub hsts: Option<http::HeaderValue>,
     /// How often the files are checked for a change. Default 10 s.
     pub reload_interval: Duration,
+    /// `[tls.acme]`: certificates obtained and renewed automatically.
+    pub acme: Option<Acme>,
+}
+
+/// `[tls.acme]`: an ACME account and the domains it keeps a certificate for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Acme {
+    /// The ACME directory URL.
+    pub directory: String,
+    /// Contact e-mail of the account, if any.
+    pub email: Option<String>,
+    /// The names of the certificate, in order (lower case, no wildcards).
+    pub domains: Vec<String>,
+    /// Where the account key and the certificate are kept across restarts.
+    pub cache: std::path::PathBuf,
+    /// Roots that the ACME server's own HTTPS certificate is checked against,
+    /// instead of the system's (a private or test CA).
+    pub ca_file: Option<std::path::PathBuf>,
+    /// A certificate is renewed this long before it expires. Default 30 days.
+    pub renew_before: Duration,
 }
 
 /// One certificate's PEM files.

@@ -2362,6 +2362,111 @@ fn https_and_tls_and_redirects_need_each_other() {
 }
 
 #[test]
+fn acme_alone_is_enough_for_https() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = accepted(&https_config(
+        dir.path(),
+        "[tls.acme]\ndirectory = \"https://ca.example/dir\"\nemail = \"ops@example.com\"\ndomains = [\"App.Example.com\", \"www.example.com.\"]\ncache = \"DIR/acme\"",
+    ));
+    let tls = config.tls.expect("[tls]");
+    assert!(tls.certificates.is_empty());
+    let acme = tls.acme.expect("[tls.acme]");
+    assert_eq!(acme.directory, "https://ca.example/dir");
+    assert_eq!(acme.email.as_deref(), Some("ops@example.com"));
+    assert_eq!(acme.domains, ["app.example.com", "www.example.com"]);
+    assert_eq!(acme.cache, dir.path().join("acme"));
+    assert_eq!(acme.ca_file, None);
+    assert_eq!(acme.renew_before, Duration::from_secs(30 * 86_400));
+}
+
+#[test]
+fn bad_acme_keys_are_named_with_their_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let good =
+        "directory = \"https://ca.example/dir\"\ndomains = [\"a.example\"]\ncache = \"DIR/acme\"";
+    let with = |line: &str| {
+        let key = line.split(' ').next().unwrap();
+        let kept: Vec<&str> = good.lines().filter(|l| !l.starts_with(key)).collect();
+        format!("[tls.acme]\n{}\n{line}", kept.join("\n"))
+    };
+    let cases = [
+        (
+            with("directory = \"ftp://ca\""),
+            "directory =",
+            "tls.acme.directory",
+            "invalid URL",
+        ),
+        (
+            with("email = \"nobody\""),
+            "email =",
+            "tls.acme.email",
+            "invalid e-mail",
+        ),
+        (
+            with("domains = [\"*.a.example\"]"),
+            "domains =",
+            "tls.acme.domains",
+            "wildcard",
+        ),
+        (
+            with("domains = [\"10.0.0.1\"]"),
+            "domains =",
+            "tls.acme.domains",
+            "IP address",
+        ),
+        (
+            with("domains = [\"a..example\"]"),
+            "domains =",
+            "tls.acme.domains",
+            "not a valid DNS name",
+        ),
+        (
+            with("domains = [\"a.example\", \"A.example\"]"),
+            "domains =",
+            "tls.acme.domains",
+            "listed twice",
+        ),
+        (
+            with("domains = []"),
+            "directory =",
+            "tls.acme.domains",
+            "missing",
+        ),
+        (
+            with("ca_file = \"DIR/none.pem\""),
+            "ca_file =",
+            "tls.acme.ca_file",
+            "none.pem",
+        ),
+        (
+            with("renew_before = \"0s\""),
+            "renew_before =",
+            "tls.acme.renew_before",
+            "greater than zero",
+        ),
+        (
+            "[tls.acme]\ndomains = [\"a.example\"]\ncache = \"DIR/acme\"".to_string(),
+            "domains =",
+            "tls.acme.directory",
+            "missing",
+        ),
+        (
+            "[tls.acme]\ndirectory = \"https://ca.example/dir\"\ndomains = [\"a.example\"]"
+                .to_string(),
+            "directory =",
+            "tls.acme.cache",
+            "missing",
+        ),
+    ];
+    for (tls, at, key, fragment) in cases {
+        let text = https_config(dir.path(), &tls);
+        let issues = rejected(&text);
+        assert_eq!(issues.len(), 1, "{tls}: {issues:#?}");
+        assert_issue(&issues[0], line_of(&text, at), key, fragment);
+    }
+}
+
+#[test]
 fn missing_file_is_a_read_error_without_issues() {
     let err = Config::load("/nonexistent/meridian-test.toml").unwrap_err();
     assert!(matches!(err, ConfigError::Read { .. }), "{err:?}");

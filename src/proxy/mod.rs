@@ -21,6 +21,7 @@ use hyper::body::Incoming;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::acme::AcmeHandle;
 use crate::body::ResponseBody;
 use crate::config::{Backend, Config};
 use crate::geo;
@@ -43,6 +44,8 @@ pub struct Proxy {
     /// The port the HTTPS listener is bound to, for redirects.
     https_port: Option<u16>,
     tunnels: Tunnels,
+    /// HTTP-01 answers, when `[tls.acme]` is set.
+    acme: Option<Arc<AcmeHandle>>,
 }
 
 /// Where upgraded connections run, and what stops them.
@@ -70,6 +73,7 @@ impl Proxy {
             shared,
             https_port,
             tunnels: Tunnels::default(),
+            acme: None,
         }
     }
 
@@ -77,6 +81,12 @@ impl Proxy {
     /// closes them when `hard_stop` is cancelled.
     pub fn with_tunnels(mut self, tracker: TaskTracker, hard_stop: CancellationToken) -> Self {
         self.tunnels = Tunnels { tracker, hard_stop };
+        self
+    }
+
+    /// Answers the ACME CA's HTTP-01 requests from `acme`.
+    pub fn with_acme(mut self, acme: Option<Arc<AcmeHandle>>) -> Self {
+        self.acme = acme;
         self
     }
 
@@ -112,6 +122,13 @@ impl Proxy {
             // Meridian's own answer, before any routing: the status page
             // polls it during an outage, and it must never reach a backend.
             return self.public_status(snapshot, request.method());
+        }
+        if let Some(answer) = self
+            .acme
+            .as_ref()
+            .and_then(|a| a.answer(request.uri().path()))
+        {
+            return acme_answer(answer);
         }
         if !tls && snapshot.config.listen.redirect_to_https {
             let port = self.https_port.unwrap_or(443);
@@ -432,4 +449,15 @@ fn build_upstream(
             .insert(HOST, backend.host_header.clone());
     }
     Ok(request)
+}
+
+/// The key authorization the CA fetches for an HTTP-01 challenge.
+fn acme_answer(key_authorization: String) -> Response<ResponseBody> {
+    let body = http_body_util::Full::new(bytes::Bytes::from(key_authorization));
+    let mut response = Response::new(ResponseBody::local(body));
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/octet-stream"),
+    );
+    response
 }

@@ -45,6 +45,8 @@ pub struct LoadedCert {
     pub certified: Arc<CertifiedKey>,
     /// DNS names of its subject alternative names (lower case, maybe `*.` wildcards).
     pub names: Vec<String>,
+    /// Start of validity of the leaf certificate.
+    pub not_before: SystemTime,
     /// End of validity of the leaf certificate.
     pub not_after: SystemTime,
     /// The certificate file.
@@ -106,7 +108,8 @@ pub fn load(cert: &Path, key: &Path) -> Result<LoadedCert, CertError> {
             "no certificate in it: expected a PEM \"BEGIN CERTIFICATE\" block".into(),
         ));
     };
-    let (names, not_after) = inspect(leaf).map_err(|reason| file_error(cert, reason))?;
+    let (names, not_before, not_after) =
+        inspect(leaf).map_err(|reason| file_error(cert, reason))?;
     let private = PrivateKeyDer::from_pem_file(key).map_err(|e| file_error(key, pem_reason(e)))?;
     let certified =
         CertifiedKey::from_der(chain, private, &provider()).map_err(|e| CertError::Mismatch {
@@ -117,6 +120,7 @@ pub fn load(cert: &Path, key: &Path) -> Result<LoadedCert, CertError> {
     Ok(LoadedCert {
         certified: Arc::new(certified),
         names,
+        not_before,
         not_after,
         cert_file: cert.to_path_buf(),
     })
@@ -131,8 +135,8 @@ fn pem_reason(e: rustls::pki_types::pem::Error) -> String {
     }
 }
 
-/// The DNS names and the end of validity of a leaf certificate.
-fn inspect(leaf: &CertificateDer<'_>) -> Result<(Vec<String>, SystemTime), String> {
+/// The DNS names and the validity of a leaf certificate.
+fn inspect(leaf: &CertificateDer<'_>) -> Result<(Vec<String>, SystemTime, SystemTime), String> {
     use x509_parser::prelude::*;
     let (_, parsed) = X509Certificate::from_der(leaf.as_ref())
         .map_err(|e| format!("not a valid X.509 certificate: {e}"))?;
@@ -152,7 +156,7 @@ fn inspect(leaf: &CertificateDer<'_>) -> Result<(Vec<String>, SystemTime), Strin
             }
         }
     }
-    let secs = parsed.validity().not_after.timestamp();
-    let not_after = UNIX_EPOCH + Duration::from_secs(secs.max(0) as u64);
-    Ok((names, not_after))
+    let time = |t: ASN1Time| UNIX_EPOCH + Duration::from_secs(t.timestamp().max(0) as u64);
+    let validity = parsed.validity();
+    Ok((names, time(validity.not_before), time(validity.not_after)))
 }

@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 pub use certs::{CertError, CertStatus, LoadedCert};
 pub use store::{CertSet, CertStore};
 
+use crate::acme::AcmeHandle;
 use crate::config::CertFiles;
 
 /// Protocols offered by ALPN, most preferred first.
@@ -24,11 +25,11 @@ pub const ALPN: [&[u8]; 2] = [b"h2", b"http/1.1"];
 
 /// Reads every certificate of `files`; any failure refuses the whole set.
 pub fn load_set(files: &[CertFiles]) -> Result<CertSet, CertError> {
-    let certs = files
-        .iter()
-        .map(|f| certs::load(&f.cert, &f.key))
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok(CertSet::new(certs))
+    load_all(files).map(CertSet::new)
+}
+
+fn load_all(files: &[CertFiles]) -> Result<Vec<LoadedCert>, CertError> {
+    files.iter().map(|f| certs::load(&f.cert, &f.key)).collect()
 }
 
 /// The TLS side of the HTTPS listener: the acceptor and the certificates it serves.
@@ -38,6 +39,11 @@ pub struct Terminator {
     files: ArcSwap<Vec<CertFiles>>,
     /// When the files were last seen, to notice a change.
     seen: std::sync::Mutex<Vec<Option<FileStamp>>>,
+    /// Held while a new set is built from the one in force, so that a file
+    /// reload and a new ACME certificate cannot undo each other.
+    replacing: std::sync::Mutex<()>,
+    /// The ACME side, when `[tls.acme]` keeps a certificate.
+    acme: Option<Arc<AcmeHandle>>,
 }
 
 impl std::fmt::Debug for Terminator {
@@ -83,7 +89,20 @@ impl Terminator {
             acceptor: TlsAcceptor::from(Arc::new(config)),
             seen: std::sync::Mutex::new(stamps(&files)),
             files: ArcSwap::from_pointee(files),
+            replacing: std::sync::Mutex::new(()),
+            acme: None,
         })
+    }
+
+    /// The same, with certificates also obtained by ACME through `handle`.
+    pub fn with_acme(mut self, handle: Arc<AcmeHandle>) -> Terminator {
+        self.acme = Some(handle);
+        self
+    }
+
+    /// The ACME side, if any.
+    pub fn acme(&self) -> Option<&Arc<AcmeHandle>> {
+        self.acme.as_ref()
     }
 
     /// The acceptor for new connections.
@@ -108,8 +127,11 @@ impl Terminator {
     pub fn reload(&self, files: Option<Vec<CertFiles>>) -> Result<(), CertError> {
         let files = files.unwrap_or_else(|| self.files.load().as_ref().clone());
         let seen = stamps(&files);
-        match load_set(&files) {
-            Ok(set) => {
+        let _replacing = self.replacing.lock().unwrap_or_else(|e| e.into_inner());
+        match load_all(&files) {
+            Ok(certs) => {
+                let acme = self.store.current().acme().cloned();
+                let set = CertSet::with_acme(certs, acme);
                 warn_expiring(&set);
                 tracing::info!(certificates = set.certs.len(), "TLS certificates loaded");
                 self.store.replace(set);
@@ -125,6 +147,20 @@ impl Terminator {
                 Err(e)
             }
         }
+    }
+
+    /// Serves `cert`, obtained by ACME, for its names from the next
+    /// handshake on, in place of the previous one.
+    pub fn install_acme(&self, cert: LoadedCert) {
+        let _replacing = self.replacing.lock().unwrap_or_else(|e| e.into_inner());
+        let files = self.store.current().files().to_vec();
+        tracing::info!(names = ?cert.names, file = %cert.cert_file.display(), "ACME certificate in force");
+        self.store.replace(CertSet::with_acme(files, Some(cert)));
+    }
+
+    /// The ACME certificate in force, if any.
+    pub fn acme_cert(&self) -> Option<LoadedCert> {
+        self.store.current().acme().cloned()
     }
 
     /// Whether any certificate or key file changed since it was last read.

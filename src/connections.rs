@@ -135,6 +135,8 @@ fn auto_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
         // faster than they are served loses its connection.
         .max_pending_accept_reset_streams(limits.http2_max_pending_resets)
         .max_local_error_reset_streams(Some(1024))
+        // RFC 8441: WebSocket over HTTP/2 arrives as an extended CONNECT.
+        .enable_connect_protocol()
         .keep_alive_interval(None);
     builder
 }

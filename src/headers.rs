@@ -6,7 +6,10 @@
 use std::fmt::Write as _;
 use std::net::IpAddr;
 
-use http::header::{HeaderName, HeaderValue, CONNECTION, HOST, UPGRADE, VIA};
+use http::header::{
+    HeaderName, HeaderValue, CONNECTION, HOST, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_KEY,
+    SEC_WEBSOCKET_VERSION, UPGRADE, VIA,
+};
 use http::{HeaderMap, Method, Version};
 
 /// `X-Forwarded-For`.
@@ -139,6 +142,39 @@ pub fn websocket_upgrade(
     lists(headers, UPGRADE, "websocket")
 }
 
+/// Whether a request is a WebSocket handshake over HTTP/2 (RFC 8441): an
+/// extended CONNECT whose `:protocol` is `websocket`.
+pub fn websocket_connect(
+    method: &Method,
+    version: Version,
+    protocol: Option<&hyper::ext::Protocol>,
+) -> bool {
+    method == Method::CONNECT
+        && version == Version::HTTP_2
+        && protocol.is_some_and(|p| p.as_str().eq_ignore_ascii_case("websocket"))
+}
+
+/// Turns the head of an RFC 8441 handshake into the HTTP/1.1 one a backend
+/// expects (RFC 6455 §4.1): a GET with a fresh `Sec-WebSocket-Key`, which
+/// HTTP/2 clients do not send, and version 13 unless the client named one.
+/// `Connection` and `Upgrade` are added by [`restore_upgrade`].
+pub fn websocket_over_http1(headers: &mut HeaderMap, key: [u8; 16]) {
+    use base64::Engine as _;
+    let key = base64::engine::general_purpose::STANDARD.encode(key);
+    if let Ok(key) = HeaderValue::from_str(&key) {
+        headers.insert(SEC_WEBSOCKET_KEY, key);
+    }
+    headers
+        .entry(SEC_WEBSOCKET_VERSION)
+        .or_insert(HeaderValue::from_static("13"));
+}
+
+/// Turns a backend's `101` into the `200` that accepts an RFC 8441
+/// handshake: no `Sec-WebSocket-Accept`, which has no meaning over HTTP/2.
+pub fn websocket_accepted_over_http2(headers: &mut HeaderMap) {
+    headers.remove(SEC_WEBSOCKET_ACCEPT);
+}
+
 /// Whether a backend's `101` switches to WebSocket, the only protocol
 /// Meridian tunnels.
 pub fn switches_to_websocket(headers: &HeaderMap) -> bool {
@@ -200,6 +236,52 @@ mod tests {
         strip_hop_by_hop(&mut h);
         let names: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
         assert_eq!(names, vec!["x-kept", "cookie"]);
+    }
+
+    #[test]
+    fn only_an_http2_extended_connect_for_websocket_is_an_rfc8441_handshake() {
+        let ws = hyper::ext::Protocol::from_static("WebSocket");
+        let other = hyper::ext::Protocol::from_static("connect-udp");
+        assert!(websocket_connect(
+            &Method::CONNECT,
+            Version::HTTP_2,
+            Some(&ws)
+        ));
+        assert!(!websocket_connect(
+            &Method::CONNECT,
+            Version::HTTP_2,
+            Some(&other)
+        ));
+        assert!(!websocket_connect(&Method::CONNECT, Version::HTTP_2, None));
+        assert!(!websocket_connect(&Method::GET, Version::HTTP_2, Some(&ws)));
+        assert!(!websocket_connect(
+            &Method::CONNECT,
+            Version::HTTP_11,
+            Some(&ws)
+        ));
+    }
+
+    #[test]
+    fn an_rfc8441_handshake_gets_a_fresh_key_and_keeps_a_given_version() {
+        let mut h = map(&[
+            ("sec-websocket-key", "client-sent"),
+            ("sec-websocket-protocol", "chat"),
+        ]);
+        websocket_over_http1(&mut h, [7; 16]);
+        assert_eq!(h["sec-websocket-key"], "BwcHBwcHBwcHBwcHBwcHBw==");
+        assert_eq!(h.get_all("sec-websocket-key").iter().count(), 1);
+        assert_eq!(h["sec-websocket-version"], "13");
+        assert_eq!(h["sec-websocket-protocol"], "chat");
+        let mut h = map(&[("sec-websocket-version", "8")]);
+        websocket_over_http1(&mut h, [0; 16]);
+        assert_eq!(h["sec-websocket-version"], "8");
+        let mut h = map(&[
+            ("sec-websocket-accept", "x"),
+            ("sec-websocket-protocol", "chat"),
+        ]);
+        websocket_accepted_over_http2(&mut h);
+        assert!(h.get("sec-websocket-accept").is_none());
+        assert_eq!(h["sec-websocket-protocol"], "chat");
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! WebSocket pass-through: handshakes follow the same plan as any request,
 //! the tunnel copies both ways, survives a failover of other traffic, is
 //! closed after the drain grace (and not before), and is counted in the
-//! status. Other `Upgrade` protocols are never tunnelled.
+//! status. Other `Upgrade` protocols are never tunnelled. Over HTTP/2, an
+//! RFC 8441 extended CONNECT reaches an HTTP/1.1 backend as a handshake.
 
 mod common;
 
@@ -415,6 +416,148 @@ async fn a_refused_handshake_is_passed_on_as_it_is() {
     let v: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(v["headers"]["upgrade"][0], "websocket", "{body}");
     assert_eq!(v["headers"]["connection"][0], "upgrade", "{body}");
+    assert_eq!(upgraded(&m, "us").await, 0);
+    m.shutdown().await;
+}
+
+/// Meridian on `us`'s echo backend with h2c by prior knowledge on the plain
+/// listener, for WebSocket over HTTP/2 (RFC 8441).
+async fn start_h2c(backend_url: String, proxy: &str) -> Running {
+    let text = config(&[("us", backend_url, "")], proxy).replace(
+        "[listen]\nhttp = \"127.0.0.1:0\"\n",
+        "[listen]\nhttp = \"127.0.0.1:0\"\nh2c = true\n",
+    );
+    common::start_healthy(&text, &["us"]).await
+}
+
+/// An HTTP/2 connection to Meridian's plain listener (prior knowledge).
+async fn h2_connection(m: &Running) -> hyper::client::conn::http2::SendRequest<Full<Bytes>> {
+    let tcp = TcpStream::connect(m.http_addr).await.unwrap();
+    let (sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        TokioIo::new(tcp),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    sender
+}
+
+/// An RFC 8441 extended CONNECT for `path`: the answer's status and headers,
+/// and the WebSocket over the stream when it was accepted.
+async fn h2_websocket(
+    sender: &mut hyper::client::conn::http2::SendRequest<Full<Bytes>>,
+    m: &Running,
+    path: &str,
+) -> (
+    StatusCode,
+    http::HeaderMap,
+    Option<WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>>,
+) {
+    let mut req = Request::builder()
+        .method(http::Method::CONNECT)
+        .uri(format!("http://{}{path}", m.http_addr))
+        .header("sec-websocket-version", "13")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    req.extensions_mut()
+        .insert(hyper::ext::Protocol::from_static("websocket"));
+    // The server must have announced SETTINGS_ENABLE_CONNECT_PROTOCOL.
+    tokio::time::timeout(STEP, sender.ready())
+        .await
+        .expect("connection ready within the step")
+        .unwrap();
+    let mut resp = tokio::time::timeout(STEP, sender.send_request(req))
+        .await
+        .expect("answer within the step")
+        .expect("extended CONNECT is accepted by the server");
+    let (status, headers) = (resp.status(), resp.headers().clone());
+    if status != StatusCode::OK {
+        return (status, headers, None);
+    }
+    let upgraded = hyper::upgrade::on(&mut resp)
+        .await
+        .expect("stream upgraded");
+    let ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Client, None).await;
+    (status, headers, Some(ws))
+}
+
+#[tokio::test]
+async fn websocket_over_http2_is_tunnelled_to_an_http1_backend() {
+    let us = EchoBackend::start().await;
+    let m = start_h2c(us.url(), "").await;
+    let mut sender = h2_connection(&m).await;
+    let (status, headers, ws) = h2_websocket(&mut sender, &m, "/chat").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(headers["x-meridian-region"], "us");
+    assert!(headers.get("sec-websocket-accept").is_none(), "{headers:?}");
+    assert!(headers.get("upgrade").is_none(), "{headers:?}");
+    let mut ws = ws.unwrap();
+    for msg in [
+        Message::text("over http/2"),
+        Message::binary(
+            (0..256 * 1024u32)
+                .map(|i| (i % 251) as u8)
+                .collect::<Vec<u8>>(),
+        ),
+    ] {
+        ws.send(msg.clone()).await.unwrap();
+        let back = tokio::time::timeout(STEP, ws.next())
+            .await
+            .expect("echo within the step")
+            .unwrap()
+            .unwrap();
+        assert_eq!(back, msg);
+    }
+    // A second WebSocket on the same connection, and ordinary requests
+    // beside them: streams of one HTTP/2 connection.
+    let (_, _, second) = h2_websocket(&mut sender, &m, "/other").await;
+    let mut second = second.unwrap();
+    second.send(Message::text("two")).await.unwrap();
+    let back = tokio::time::timeout(STEP, second.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(back, Message::text("two"));
+    assert_eq!(upgraded(&m, "us").await, 2);
+    let resp = sender
+        .send_request(
+            Request::get(format!("http://{}/healthz", m.http_addr))
+                .body(Full::new(Bytes::new()))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+
+    // Shutdown closes it, as over HTTP/1.1.
+    drop(second);
+    m.shutdown().await;
+    assert!(closed_within_h2(&mut ws, STEP).await, "closed at shutdown");
+}
+
+async fn closed_within_h2(
+    ws: &mut WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>,
+    limit: Duration,
+) -> bool {
+    match tokio::time::timeout(limit, ws.next()).await {
+        Err(_) => false,
+        Ok(None | Some(Err(_))) => true,
+        Ok(Some(Ok(msg))) => msg.is_close(),
+    }
+}
+
+#[tokio::test]
+async fn an_http2_websocket_to_a_backend_that_does_not_switch_is_refused() {
+    // A plain backend answers the translated GET with 200: over HTTP/2 a 2xx
+    // would open a tunnel to nothing, so the client gets a 502 instead.
+    let b = Backend::start("b").await;
+    let m = start_h2c(b.url(), "").await;
+    let mut sender = h2_connection(&m).await;
+    let (status, _, ws) = h2_websocket(&mut sender, &m, "/chat").await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY);
+    assert!(ws.is_none());
     assert_eq!(upgraded(&m, "us").await, 0);
     m.shutdown().await;
 }

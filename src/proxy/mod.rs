@@ -266,6 +266,18 @@ impl Proxy {
     /// a bodiless one: the connection switches right after its head.
     fn handshake(&self, request: &mut Request<Incoming>) -> Option<upgrade::Handshake> {
         use http_body::Body as _;
+        if headers::websocket_connect(
+            request.method(),
+            request.version(),
+            request.extensions().get::<hyper::ext::Protocol>(),
+        ) {
+            // The stream itself is the tunnel: its body is the data.
+            return Some(upgrade::Handshake {
+                protocol: HeaderValue::from_static("websocket"),
+                client: hyper::upgrade::on(request),
+                over_http2: true,
+            });
+        }
         let protocol =
             headers::websocket_upgrade(request.method(), request.version(), request.headers())?;
         if !request.body().is_end_stream() {
@@ -274,6 +286,7 @@ impl Proxy {
         Some(upgrade::Handshake {
             protocol,
             client: hyper::upgrade::on(request),
+            over_http2: false,
         })
     }
 

@@ -3,6 +3,10 @@
 //! replayed. The next candidate is tried only when a backend cannot be
 //! connected to, before anything was sent. A backend's `101` starts a
 //! [`Tunnel`]; any other answer goes to the client as it is.
+//!
+//! Over HTTP/2 (RFC 8441) the handshake is an extended CONNECT: it goes to
+//! the backend as the HTTP/1.1 GET of RFC 6455, and the backend's `101`
+//! becomes a `200` that turns the client's stream into the tunnel.
 
 use std::sync::Arc;
 
@@ -29,6 +33,8 @@ use crate::status_page::Rescue;
 pub(super) struct Handshake {
     pub(super) protocol: HeaderValue,
     pub(super) client: OnUpgrade,
+    /// An RFC 8441 extended CONNECT on an HTTP/2 stream.
+    pub(super) over_http2: bool,
 }
 
 /// Phase 2 for a WebSocket handshake: sends it along `plan` until a backend
@@ -48,6 +54,20 @@ pub(super) async fn forward(
     let generation = &snapshot.generation;
     let shared = &proxy.shared;
     let mut last_error = None;
+    let translated;
+    let head = if handshake.over_http2 {
+        let mut headers = head.headers.clone();
+        headers::websocket_over_http1(&mut headers, websocket_key());
+        translated = Head {
+            method: http::Method::GET,
+            uri: head.uri.clone(),
+            version: http::Version::HTTP_11,
+            headers,
+        };
+        &translated
+    } else {
+        head
+    };
     for c in plan.candidates.iter() {
         let region = &config.regions[c.region];
         let backend = &region.backends[c.backend];
@@ -77,7 +97,7 @@ pub(super) async fn forward(
                     region: region.name.clone(),
                     backend: backend.address.clone(),
                 };
-                let response = answer(proxy, snapshot, response, route, handshake.client)?;
+                let response = answer(proxy, snapshot, response, route, handshake)?;
                 return Ok(Served {
                     response,
                     region: c.region,
@@ -112,9 +132,15 @@ fn answer(
     snapshot: &Snapshot,
     mut response: Response<Incoming>,
     route: Route,
-    client: OnUpgrade,
+    handshake: Handshake,
 ) -> Result<Response<ResponseBody>, Rescue> {
     let version = response.version();
+    if handshake.over_http2 && response.status().is_success() {
+        // A 2xx would tell an HTTP/2 client that its stream is a tunnel
+        // while the backend did not switch.
+        tracing::warn!(region = %route.region, backend = %route.backend, status = response.status().as_u16(), "backend answered a WebSocket handshake without switching");
+        return Err(Rescue::BackendFailed);
+    }
     if response.status() != StatusCode::SWITCHING_PROTOCOLS {
         headers::forward_response(response.headers_mut(), version);
         let read_timeout = snapshot.config.proxy.read_timeout;
@@ -133,9 +159,14 @@ fn answer(
     let backend = hyper::upgrade::on(&mut response);
     let (mut parts, _) = response.into_parts();
     headers::forward_response(&mut parts.headers, version);
-    headers::restore_upgrade(&mut parts.headers, protocol);
+    if handshake.over_http2 {
+        parts.status = StatusCode::OK;
+        headers::websocket_accepted_over_http2(&mut parts.headers);
+    } else {
+        headers::restore_upgrade(&mut parts.headers, protocol);
+    }
     let tunnel = Tunnel {
-        client,
+        client: handshake.client,
         backend,
         open: proxy.shared.upgrades().open(&route.region),
         route,
@@ -150,4 +181,19 @@ fn answer(
         parts,
         ResponseBody::local(Full::new(Bytes::new())),
     ))
+}
+
+/// A fresh `Sec-WebSocket-Key` nonce (RFC 6455 §4.1: 16 random bytes).
+fn websocket_key() -> [u8; 16] {
+    let mut key = [0u8; 16];
+    if crate::tls::certs::provider()
+        .secure_random
+        .fill(&mut key)
+        .is_err()
+    {
+        // The key only proves to the client that the backend speaks
+        // WebSocket; Meridian checks nothing with it, so any value works.
+        key = *b"meridian-ws-key!";
+    }
+    key
 }

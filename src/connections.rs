@@ -19,6 +19,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::activity::{Activity, InFlight};
 use crate::config::Limits;
+use crate::metrics::Listener;
 use crate::proxy::Proxy;
 use crate::tls::Terminator;
 
@@ -83,8 +84,16 @@ pub(crate) async fn accept_loop(
             stops.clone(),
             Arc::clone(&endpoint),
         );
+        let listener_kind = if endpoint.tls.is_some() {
+            Listener::Https
+        } else {
+            Listener::Http
+        };
         connections.spawn(async move {
+            let metrics = Arc::clone(proxy.shared().metrics());
+            metrics.connection(listener_kind, 1);
             serve_connection(stream, peer, proxy, &http, &limits, &endpoint, stops).await;
+            metrics.connection(listener_kind, -1);
             drop(permit);
         });
     }

@@ -13,6 +13,7 @@ use crate::config::Config;
 use crate::geo::{Locator, TrustedProxies};
 use crate::health::PassiveCounters;
 use crate::latency::Latency;
+use crate::metrics::{Metrics, RequestMetrics};
 use crate::status_page::{StatusPages, TemplateError};
 use crate::upstream::{self, UpstreamClient};
 
@@ -37,17 +38,24 @@ pub struct Generation {
     pub latency: Latency,
     /// Consecutive live failures per backend.
     pub passive: PassiveCounters,
+    /// The request counters of this configuration's regions.
+    pub metrics: RequestMetrics,
     /// One round-robin counter per preferred region: a shared one would give
     /// each region the same backends whenever traffic alternates regularly.
     rotations: Box<[AtomicUsize]>,
 }
 
 impl Generation {
-    /// Builds generation `number` from `config`; fails only on a status
-    /// page template that does not render.
-    pub fn new(config: Arc<Config>, number: u64) -> Result<Generation, TemplateError> {
+    /// Builds generation `number` from `config`, recording into `metrics`;
+    /// fails only on a status page template that does not render.
+    pub fn new(
+        config: Arc<Config>,
+        number: u64,
+        metrics: &Metrics,
+    ) -> Result<Generation, TemplateError> {
         Ok(Generation {
             number,
+            metrics: metrics.for_config(&config),
             locator: Locator::new(&config),
             trusted: TrustedProxies::new(
                 config.geo.trusted_proxies.clone(),
@@ -79,8 +87,12 @@ mod tests {
     fn each_preferred_region_has_its_own_rotation() {
         let text = "[[region]]\nname = \"us\"\nbackends = [\"http://10.0.0.1:80\"]\n\
                     [[region]]\nname = \"eu\"\nbackends = [\"http://10.1.0.1:80\"]\n";
-        let generation =
-            Generation::new(Arc::new(Config::parse("t.toml", text).unwrap()), 0).unwrap();
+        let generation = Generation::new(
+            Arc::new(Config::parse("t.toml", text).unwrap()),
+            0,
+            &Metrics::default(),
+        )
+        .unwrap();
         // Alternating traffic still walks each region's backends in turn.
         let seen: Vec<(usize, usize)> = (0..3)
             .map(|_| (generation.next_rotation(0), generation.next_rotation(1)))

@@ -27,6 +27,7 @@ pub mod geo;
 pub mod headers;
 pub mod health;
 pub mod latency;
+pub mod metrics;
 pub mod proxy;
 pub mod proxy_protocol;
 pub mod reload;

@@ -111,6 +111,7 @@ impl Reloader {
                     region.health.clone(),
                     self.signals.clone(),
                     token.clone(),
+                    Arc::clone(self.shared.metrics()),
                 ));
             }
         }
@@ -122,9 +123,11 @@ impl Reloader {
     /// without its probers.
     pub async fn reload(self: &Arc<Self>) -> Result<Reloaded, ReloadError> {
         let this = Arc::clone(self);
-        tokio::spawn(async move { this.reload_now().await })
+        let result = tokio::spawn(async move { this.reload_now().await })
             .await
-            .unwrap_or(Err(ReloadError::Stopping))
+            .unwrap_or(Err(ReloadError::Stopping));
+        self.shared.metrics().reload(result.is_ok());
+        result
     }
 
     async fn reload_now(&self) -> Result<Reloaded, ReloadError> {
@@ -150,7 +153,11 @@ impl Reloader {
             }
         }
         let number = current.generation.number + 1;
-        let generation = Arc::new(Generation::new(Arc::new(config), number)?);
+        let generation = Arc::new(Generation::new(
+            Arc::new(config),
+            number,
+            self.shared.metrics(),
+        )?);
         if !self.shared.reload(Arc::clone(&generation)).await {
             return Err(ReloadError::Stopping);
         }

@@ -73,7 +73,8 @@ pub struct Running {
 /// that the addresses in [`Running`] accept connections at once.
 pub async fn start(config: Config) -> Result<Running, StartError> {
     let config = Arc::new(config);
-    let generation = Arc::new(Generation::new(Arc::clone(&config), 0)?);
+    let metrics = Arc::new(crate::metrics::Metrics::default());
+    let generation = Arc::new(Generation::new(Arc::clone(&config), 0, &metrics)?);
     let total: usize = config.regions.iter().map(|r| r.backends.len()).sum();
     // Each prober has at most one report in flight; ejection requests that
     // find the channel full are dropped and asked again by the next run.
@@ -83,6 +84,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         Arc::clone(&generation),
         control,
         signals.clone(),
+        metrics,
     ));
     if let Some(path) = &config.geo.database {
         // Every record is read: not on the runtime's threads.

@@ -39,6 +39,8 @@ pub fn router(
     reloader: Option<Arc<Reloader>>,
     tls: Option<Arc<Terminator>>,
 ) -> Router {
+    let scrape = Arc::clone(&shared);
+    let token = Arc::new(token);
     let api = Arc::new(AdminApi::new(shared, state_file, reloader, tls));
     let api = Router::new()
         .route("/status", get(status))
@@ -62,14 +64,34 @@ pub fn router(
         })
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .layer(middleware::from_fn_with_state(
-            Arc::new(token),
+            Arc::clone(&token),
             require_token,
         ))
         .with_state(api);
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
+        .route(
+            "/metrics",
+            get(move || metrics(Arc::clone(&scrape))).layer(middleware::from_fn_with_state(
+                Arc::clone(&token),
+                require_token,
+            )),
+        )
         .nest("/api/v1", api)
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such endpoint") })
+}
+
+/// `GET /metrics`: every metric in the Prometheus text format.
+async fn metrics(shared: Arc<Shared>) -> Response {
+    let text = shared.metrics().render(shared.load());
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response()
 }
 
 /// A JSON error answer: `{"error": "..."}`.
@@ -153,11 +175,13 @@ mod tests {
         let text = "[[region]]\nname = \"us\"\nbackends = [\"http://10.0.0.1:80\"]\n";
         let (signals, _) = tokio::sync::mpsc::channel(1);
         let config = Arc::new(Config::parse("t.toml", text).unwrap());
-        let generation = Arc::new(crate::generation::Generation::new(config, 0).unwrap());
+        let metrics = Arc::new(crate::metrics::Metrics::default());
+        let generation = Arc::new(crate::generation::Generation::new(config, 0, &metrics).unwrap());
         Arc::new(Shared::new(
             generation,
             crate::state::Control::default(),
             signals,
+            metrics,
         ))
     }
 

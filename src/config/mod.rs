@@ -316,7 +316,10 @@ pub struct Proxy {
     /// so that Meridian, not the backend, closes idle connections and a
     /// request is never written to a connection the backend is closing.
     pub pool_idle_timeout: Duration,
-    /// Idle pooled connections kept per backend. Default 64.
+    /// Idle pooled connections kept per backend. Default 1024: HTTP/2
+    /// clients multiplex many requests, each needing its own HTTP/1.1
+    /// backend connection, and one closed for want of room is one more
+    /// connect per request.
     pub pool_max_idle_per_backend: usize,
     /// Name the serving region in an `X-Meridian-Region` response header. Default true.
     pub region_header: bool,

@@ -1821,7 +1821,7 @@ backends = ["http://10.2.0.10"]
     assert!(p.preserve_host);
     assert_eq!(p.max_attempts, 3);
     assert_eq!(p.pool_idle_timeout, Duration::from_secs(4));
-    assert_eq!(p.pool_max_idle_per_backend, 64);
+    assert_eq!(p.pool_max_idle_per_backend, 1024);
     assert_eq!(
         p.retry_methods,
         [http::Method::GET, http::Method::HEAD, http::Method::OPTIONS]

@@ -1630,7 +1630,7 @@ fn check_proxy(issues: &mut Issues, raw: file::ProxyFile) -> Proxy {
             issues,
             "proxy.pool_max_idle_per_backend",
             pool_max_idle_per_backend.as_ref(),
-            64,
+            1024,
             100_000,
         ),
         region_header: region_header.unwrap_or(true),

@@ -15,7 +15,10 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tower_service::Service;
 
+use std::sync::Arc;
+
 use crate::config::{Backend, BackendTls, Health};
+use crate::metrics::Metrics;
 use crate::telemetry::error_chain;
 
 /// Most of a check's response body read to look for `expect_body`.
@@ -262,7 +265,8 @@ pub struct ProbeTarget {
 }
 
 /// Checks one backend every `interval` (with jitter) until `stop` is
-/// cancelled or the state owner is gone. The first check runs at once.
+/// cancelled or the state owner is gone, timing each check into `metrics`.
+/// The first check runs at once.
 pub async fn probe_loop<P: Probe, T: From<Report>>(
     probe: P,
     target: ProbeTarget,
@@ -270,6 +274,7 @@ pub async fn probe_loop<P: Probe, T: From<Report>>(
     health: Health,
     reports: mpsc::Sender<T>,
     stop: CancellationToken,
+    metrics: Arc<Metrics>,
 ) {
     let mut spread = Spread::new();
     let mut next = tokio::time::Instant::now();
@@ -289,6 +294,7 @@ pub async fn probe_loop<P: Probe, T: From<Report>>(
                 r.unwrap_or(Err(ProbeError::Timeout(health.timeout)))
             }
         };
+        metrics.health_check(started.elapsed());
         let report = Report {
             generation: target.generation,
             region: target.region,
@@ -384,6 +390,7 @@ mod tests {
             health,
             tx,
             stop.clone(),
+            std::sync::Arc::new(crate::metrics::Metrics::default()),
         ));
         let mut results = Vec::new();
         for _ in 0..4 {

@@ -213,7 +213,11 @@ impl<'a> Forward<'a> {
         }
         if (502..=504).contains(&status) && self.retry_method {
             self.collect(&mut running.returned);
-            if !self.running.is_empty() || self.start(None, true).unwrap_or(false) {
+            let retried = self.running.is_empty() && self.start(None, true).unwrap_or(false);
+            if retried {
+                self.proxy.shared.metrics().retry();
+            }
+            if !self.running.is_empty() || retried {
                 tracing::debug!(region = %self.region_name(running.candidate), status, "retrying a gateway error");
                 self.fallback = Some((response, running.candidate));
                 return None;
@@ -261,9 +265,11 @@ impl<'a> Forward<'a> {
             // Not counted against the budget: this is the everyday race of a
             // keep-alive connection closed by the backend as it was reused.
             self.retried_same = true;
-            self.start(Some(candidate), false)?;
-        } else {
-            self.start(None, reached)?;
+            if self.start(Some(candidate), false)? {
+                self.proxy.shared.metrics().retry();
+            }
+        } else if self.start(None, reached)? {
+            self.proxy.shared.metrics().retry();
         }
         Ok(())
     }
@@ -286,6 +292,7 @@ impl<'a> Forward<'a> {
         }
         let started = self.start(None, true).unwrap_or(false);
         if started {
+            self.proxy.shared.metrics().hedge();
             let c = self.running.last().map(|r| r.candidate).unwrap_or_default();
             tracing::debug!(region = %self.region_name(c), backend = %self.backend_address(c), "hedged a slow request");
         }

@@ -84,6 +84,11 @@ impl Proxy {
         self
     }
 
+    /// The shared state this proxy serves from.
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
     /// Answers the ACME CA's HTTP-01 requests from `acme`.
     pub fn with_acme(mut self, acme: Option<Arc<AcmeHandle>>) -> Self {
         self.acme = acme;
@@ -99,7 +104,14 @@ impl Proxy {
         tls: bool,
     ) -> Result<Response<ResponseBody>, Infallible> {
         let snapshot = self.shared.load();
-        let mut response = self.serve(request, peer, tls, &snapshot).await;
+        let started = tokio::time::Instant::now();
+        let (mut response, preferred, served) = self.serve(request, peer, tls, &snapshot).await;
+        snapshot.generation.metrics.request(
+            preferred,
+            served,
+            response.status().as_u16(),
+            started.elapsed(),
+        );
         if tls {
             if let Some(hsts) = snapshot.config.tls.as_ref().and_then(|t| t.hsts.as_ref()) {
                 response
@@ -110,30 +122,32 @@ impl Proxy {
         Ok(response)
     }
 
+    /// The answer, the client's preferred region and the region that
+    /// served it (none for Meridian's own answers).
     async fn serve(
         &self,
         request: Request<Incoming>,
         peer: SocketAddr,
         tls: bool,
         snapshot: &Arc<Snapshot>,
-    ) -> Response<ResponseBody> {
+    ) -> (Response<ResponseBody>, usize, Option<usize>) {
         let started = tokio::time::Instant::now();
         if request.uri().path() == status_page::STATUS_PATH {
             // Meridian's own answer, before any routing: the status page
             // polls it during an outage, and it must never reach a backend.
-            return self.public_status(snapshot, request.method());
+            return (self.public_status(snapshot, request.method()), 0, None);
         }
         if let Some(answer) = self
             .acme
             .as_ref()
             .and_then(|a| a.answer(request.uri().path()))
         {
-            return acme_answer(answer);
+            return (acme_answer(answer), 0, None);
         }
         if !tls && snapshot.config.listen.redirect_to_https {
             let port = self.https_port.unwrap_or(443);
             if let Some(redirect) = redirect::to_https(port, &request) {
-                return redirect;
+                return (redirect, 0, None);
             }
         }
         let config = &snapshot.config;
@@ -219,7 +233,7 @@ impl Proxy {
             status = response.status().as_u16(),
             ms = started.elapsed().as_millis() as u64,
         );
-        response
+        (response, location.region, served)
     }
 
     /// Whether `ip` is one of `geo.trusted_proxies`.
@@ -321,6 +335,7 @@ impl Proxy {
         rescue: Rescue,
         request_headers: &HeaderMap,
     ) -> Response<ResponseBody> {
+        self.shared.metrics().status_page(rescue);
         let regions: Vec<PublicRegion> = snapshot
             .config
             .regions

@@ -24,6 +24,7 @@ use crate::config::Config;
 use crate::generation::Generation;
 use crate::geo::GeoDb;
 use crate::health::{BackendState, Failure, Report};
+use crate::metrics::Metrics;
 
 /// Most recent transitions kept for `/api/v1/status`.
 pub const MAX_EVENTS: usize = 100;
@@ -234,16 +235,19 @@ pub struct Shared {
     /// connections) learns of drains without polling.
     published: watch::Sender<()>,
     upgrades: UpgradeCounts,
+    metrics: Arc<Metrics>,
 }
 
 impl Shared {
     /// Shared state holding the initial snapshot of `generation` with the
     /// drains and incident of `control`; what the request path and the
-    /// admin API ask of the state owner goes to `signals`.
+    /// admin API ask of the state owner goes to `signals`. `generation`
+    /// records into `metrics`.
     pub fn new(
         generation: Arc<Generation>,
         control: Control,
         signals: mpsc::Sender<Signal>,
+        metrics: Arc<Metrics>,
     ) -> Shared {
         Shared {
             snapshot: ArcSwap::from_pointee(Snapshot::initial(generation, Arc::new(control))),
@@ -251,7 +255,13 @@ impl Shared {
             geodb: Arc::new(ArcSwap::from_pointee(GeoDb::built_in())),
             published: watch::Sender::new(()),
             upgrades: UpgradeCounts::default(),
+            metrics,
         }
+    }
+
+    /// What Meridian counts, for `/metrics`.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
     }
 
     /// Marked changed each time a new snapshot is published.

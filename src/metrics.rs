@@ -1,0 +1,512 @@
+//! Prometheus metrics: the request path bumps plain atomics it already
+//! holds (one `fetch_add` each, no lock, no allocation); a
+//! `prometheus-client` collector reads them, and the state snapshot, when
+//! `/metrics` is scraped.
+//!
+//! Counters keyed by region live in [`Metrics`] by region *name*, so that
+//! they keep counting across reloads; each configuration generation holds
+//! [`RequestMetrics`], the same counters indexed by its own region numbers.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
+
+use crate::config::Config;
+use crate::state::Snapshot;
+use crate::status_page::Rescue;
+
+/// Upper bounds of the request duration buckets, in seconds.
+const REQUEST_BUCKETS: [f64; 12] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
+];
+
+/// Upper bounds of the health check duration buckets, in seconds.
+const CHECK_BUCKETS: [f64; 8] = [0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0];
+
+/// Status classes, by the first digit of the status.
+const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+/// Why the status page was served, as [`Rescue::as_str`] names it.
+const RESCUES: [&str; 6] = [
+    "no_region",
+    "drained",
+    "backend_failed",
+    "backend_timeout",
+    "client_timeout",
+    "upstream_error",
+];
+
+/// The public listeners, as `connections_open` labels them.
+#[derive(Debug, Clone, Copy)]
+pub enum Listener {
+    /// `listen.http`.
+    Http = 0,
+    /// `listen.https`.
+    Https = 1,
+}
+
+/// A histogram over fixed buckets, recorded with atomics.
+#[derive(Debug)]
+pub struct Histogram<const N: usize> {
+    bounds: &'static [f64; N],
+    /// Observations per bucket (not cumulative); the last is above every bound.
+    buckets: Box<[AtomicU64]>,
+    sum_micros: AtomicU64,
+}
+
+impl<const N: usize> Histogram<N> {
+    fn new(bounds: &'static [f64; N]) -> Self {
+        Histogram {
+            bounds,
+            buckets: (0..=N).map(|_| AtomicU64::new(0)).collect(),
+            sum_micros: AtomicU64::new(0),
+        }
+    }
+
+    /// Records one observation.
+    pub fn observe(&self, d: Duration) {
+        let secs = d.as_secs_f64();
+        let i = self.bounds.partition_point(|&b| b < secs);
+        self.buckets[i].fetch_add(1, Ordering::Relaxed);
+        self.sum_micros
+            .fetch_add(d.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    /// Sum, count and the count of each bucket (the encoder makes them
+    /// cumulative).
+    fn read(&self) -> (f64, u64, Vec<(f64, u64)>) {
+        let mut total = 0;
+        let mut buckets = Vec::with_capacity(N + 1);
+        for (i, b) in self.buckets.iter().enumerate() {
+            let n = b.load(Ordering::Relaxed);
+            total += n;
+            // prometheus-client writes `f64::MAX` as `+Inf`.
+            buckets.push((self.bounds.get(i).copied().unwrap_or(f64::MAX), n));
+        }
+        let sum = self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
+        (sum, total, buckets)
+    }
+}
+
+/// The counters of one region, by name.
+#[derive(Debug)]
+pub struct RegionMetrics {
+    requests: [AtomicU64; 5],
+    duration: Histogram<12>,
+}
+
+impl RegionMetrics {
+    fn new() -> Self {
+        RegionMetrics {
+            requests: Default::default(),
+            duration: Histogram::new(&REQUEST_BUCKETS),
+        }
+    }
+}
+
+/// Every metric Meridian records, shared by all generations.
+#[derive(Debug)]
+pub struct Metrics {
+    /// Region counters by name; locked only when a generation is built
+    /// and when `/metrics` is scraped.
+    regions: Mutex<HashMap<String, Arc<RegionMetrics>>>,
+    /// Answers no region served (the status page, redirects, Meridian's own).
+    unrouted: Arc<RegionMetrics>,
+    /// Failovers by (preferred, served) region name.
+    failovers: Mutex<HashMap<(String, String), Arc<AtomicU64>>>,
+    retries: AtomicU64,
+    hedges: AtomicU64,
+    status_pages: [AtomicU64; 6],
+    connections: [AtomicI64; 2],
+    reloads: [AtomicU64; 2],
+    health_checks: Histogram<8>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics {
+            regions: Mutex::default(),
+            unrouted: Arc::new(RegionMetrics::new()),
+            failovers: Mutex::default(),
+            retries: AtomicU64::new(0),
+            hedges: AtomicU64::new(0),
+            status_pages: Default::default(),
+            connections: Default::default(),
+            reloads: Default::default(),
+            health_checks: Histogram::new(&CHECK_BUCKETS),
+        }
+    }
+}
+
+impl Metrics {
+    /// The counters `config`'s request path records into.
+    pub fn for_config(&self, config: &Config) -> RequestMetrics {
+        let mut regions = self.regions.lock().unwrap_or_else(|e| e.into_inner());
+        let by_index: Vec<Arc<RegionMetrics>> = config
+            .regions
+            .iter()
+            .map(|r| {
+                Arc::clone(
+                    regions
+                        .entry(r.name.clone())
+                        .or_insert_with(|| Arc::new(RegionMetrics::new())),
+                )
+            })
+            .collect();
+        drop(regions);
+        let mut failovers = self.failovers.lock().unwrap_or_else(|e| e.into_inner());
+        let n = config.regions.len();
+        let mut matrix = Vec::with_capacity(n * n);
+        for from in &config.regions {
+            for to in &config.regions {
+                matrix.push(Arc::clone(
+                    failovers
+                        .entry((from.name.clone(), to.name.clone()))
+                        .or_default(),
+                ));
+            }
+        }
+        RequestMetrics {
+            regions: by_index,
+            unrouted: Arc::clone(&self.unrouted),
+            failovers: matrix,
+            width: n,
+        }
+    }
+
+    /// A request sent again to another backend after a failure.
+    pub fn retry(&self) {
+        self.retries.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A request raced on a second backend because the first was slow.
+    pub fn hedge(&self) {
+        self.hedges.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The status page served for `why`.
+    pub fn status_page(&self, why: Rescue) {
+        if let Some(i) = RESCUES.iter().position(|r| *r == why.as_str()) {
+            self.status_pages[i].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// A client connection opened (`+1`) or closed (`-1`) on `listener`.
+    pub fn connection(&self, listener: Listener, delta: i64) {
+        self.connections[listener as usize].fetch_add(delta, Ordering::Relaxed);
+    }
+
+    /// A configuration reload, applied or refused.
+    pub fn reload(&self, applied: bool) {
+        self.reloads[usize::from(!applied)].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// One active health check took `d`.
+    pub fn health_check(&self, d: Duration) {
+        self.health_checks.observe(d);
+    }
+
+    /// A registry holding every metric, read from these counters and
+    /// `snapshot` at scrape time.
+    pub fn registry(self: &Arc<Self>, snapshot: Arc<Snapshot>) -> Registry {
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(Scrape {
+            metrics: Arc::clone(self),
+            snapshot,
+        }));
+        registry
+    }
+
+    /// `/metrics` in the Prometheus text format.
+    pub fn render(self: &Arc<Self>, snapshot: Arc<Snapshot>) -> String {
+        let mut text = String::new();
+        // Writing to a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut text, &self.registry(snapshot));
+        text
+    }
+}
+
+/// What one configuration's request path records into.
+#[derive(Debug)]
+pub struct RequestMetrics {
+    regions: Vec<Arc<RegionMetrics>>,
+    unrouted: Arc<RegionMetrics>,
+    /// `failovers[from * width + to]`.
+    failovers: Vec<Arc<AtomicU64>>,
+    width: usize,
+}
+
+impl RequestMetrics {
+    /// A request answered with `status` after `elapsed`, served by region
+    /// `served` (none for Meridian's own answers) for a client preferring
+    /// `preferred`.
+    pub fn request(&self, preferred: usize, served: Option<usize>, status: u16, elapsed: Duration) {
+        let region = served
+            .and_then(|r| self.regions.get(r))
+            .unwrap_or(&self.unrouted);
+        let class = usize::from(status / 100).clamp(1, 5) - 1;
+        region.requests[class].fetch_add(1, Ordering::Relaxed);
+        region.duration.observe(elapsed);
+        if let Some(to) = served.filter(|&to| to != preferred) {
+            if let Some(c) = self.failovers.get(preferred * self.width + to) {
+                c.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+/// The collector behind `/metrics`.
+#[derive(Debug)]
+struct Scrape {
+    metrics: Arc<Metrics>,
+    snapshot: Arc<Snapshot>,
+}
+
+fn counter(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    values: &[(&[(&str, &str)], u64)],
+) -> Result<(), std::fmt::Error> {
+    let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+    for (labels, value) in values {
+        ConstCounter::new(*value).encode(family.encode_family(labels)?)?;
+    }
+    Ok(())
+}
+
+fn gauge(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    values: &[(&[(&str, &str)], i64)],
+) -> Result<(), std::fmt::Error> {
+    let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+    for (labels, value) in values {
+        ConstGauge::new(*value).encode(family.encode_family(labels)?)?;
+    }
+    Ok(())
+}
+
+impl prometheus_client::collector::Collector for Scrape {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let m = &self.metrics;
+        let snapshot = &self.snapshot;
+        let config = &snapshot.config;
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+
+        let regions: Vec<(String, Arc<RegionMetrics>)> = {
+            let map = m.regions.lock().unwrap_or_else(|e| e.into_inner());
+            let mut v: Vec<_> = map
+                .iter()
+                .map(|(k, r)| (k.clone(), Arc::clone(r)))
+                .collect();
+            v.sort_by(|a, b| a.0.cmp(&b.0));
+            v.push(("none".into(), Arc::clone(&m.unrouted)));
+            v
+        };
+        {
+            let mut values: Vec<(Vec<(&str, &str)>, u64)> = Vec::new();
+            for (name, r) in &regions {
+                for (class, count) in CLASSES.iter().zip(&r.requests) {
+                    values.push((
+                        vec![("region", name.as_str()), ("class", class)],
+                        load(count),
+                    ));
+                }
+            }
+            let values: Vec<(&[(&str, &str)], u64)> =
+                values.iter().map(|(l, v)| (l.as_slice(), *v)).collect();
+            counter(&mut encoder, "meridian_requests", "Requests answered, by serving region (none: Meridian's own answer) and status class.", &values)?;
+        }
+        {
+            let mut family = encoder.encode_descriptor(
+                "meridian_request_duration_seconds",
+                "Time from request head to response head, by serving region.",
+                None,
+                MetricType::Histogram,
+            )?;
+            for (name, r) in &regions {
+                let (sum, count, buckets) = r.duration.read();
+                family
+                    .encode_family(&[("region", name.as_str())])?
+                    .encode_histogram::<prometheus_client::encoding::NoLabelSet>(
+                    sum, count, &buckets, None,
+                )?;
+            }
+        }
+        {
+            let mut up = Vec::new();
+            for (rc, rv) in config.regions.iter().zip(&snapshot.regions) {
+                for (bc, bv) in rc.backends.iter().zip(&rv.backends) {
+                    up.push((
+                        [
+                            ("region", rc.name.as_str()),
+                            ("backend", bc.address.as_str()),
+                        ],
+                        i64::from(bv.takes_traffic()),
+                    ));
+                }
+            }
+            let up: Vec<(&[(&str, &str)], i64)> = up.iter().map(|(l, v)| (&l[..], *v)).collect();
+            gauge(
+                &mut encoder,
+                "meridian_backend_up",
+                "1 when the backend takes traffic (healthy, not ejected, not drained).",
+                &up,
+            )?;
+        }
+        {
+            const STATES: [&str; 5] = ["healthy", "degraded", "down", "drained", "unknown"];
+            let mut states = Vec::new();
+            for (rc, rv) in config.regions.iter().zip(&snapshot.regions) {
+                let current = rv.state.as_str();
+                for s in STATES {
+                    states.push((
+                        [("region", rc.name.as_str()), ("state", s)],
+                        i64::from(s == current),
+                    ));
+                }
+            }
+            let states: Vec<(&[(&str, &str)], i64)> =
+                states.iter().map(|(l, v)| (&l[..], *v)).collect();
+            gauge(
+                &mut encoder,
+                "meridian_region_state",
+                "1 for each region's current state.",
+                &states,
+            )?;
+        }
+        {
+            let map = m.failovers.lock().unwrap_or_else(|e| e.into_inner());
+            let mut v: Vec<_> = map
+                .iter()
+                .filter(|((from, to), _)| from != to)
+                .map(|((from, to), c)| ([("from", from.clone()), ("to", to.clone())], load(c)))
+                .collect();
+            drop(map);
+            v.sort_by(|a, b| a.0.cmp(&b.0));
+            let labels: Vec<[(&str, &str); 2]> = v
+                .iter()
+                .map(|(l, _)| [(l[0].0, l[0].1.as_str()), (l[1].0, l[1].1.as_str())])
+                .collect();
+            let values: Vec<(&[(&str, &str)], u64)> = labels
+                .iter()
+                .zip(&v)
+                .map(|(l, (_, c))| (&l[..], *c))
+                .collect();
+            counter(
+                &mut encoder,
+                "meridian_failovers",
+                "Requests served by another region than the client's preferred one.",
+                &values,
+            )?;
+        }
+        counter(
+            &mut encoder,
+            "meridian_retries",
+            "Requests sent again to another backend after a failure.",
+            &[(&[], load(&m.retries))],
+        )?;
+        counter(
+            &mut encoder,
+            "meridian_hedges",
+            "Requests raced on a second backend because the first was slow.",
+            &[(&[], load(&m.hedges))],
+        )?;
+        {
+            let labels: Vec<[(&str, &str); 1]> = RESCUES.iter().map(|r| [("reason", *r)]).collect();
+            let values: Vec<(&[(&str, &str)], u64)> = labels
+                .iter()
+                .zip(&m.status_pages)
+                .map(|(l, c)| (&l[..], load(c)))
+                .collect();
+            counter(
+                &mut encoder,
+                "meridian_status_pages",
+                "Status pages served, by reason.",
+                &values,
+            )?;
+        }
+        {
+            let (sum, count, buckets) = m.health_checks.read();
+            encoder
+                .encode_descriptor(
+                    "meridian_health_check_duration_seconds",
+                    "Time an active health check took, whatever its result.",
+                    None,
+                    MetricType::Histogram,
+                )?
+                .encode_histogram::<prometheus_client::encoding::NoLabelSet>(
+                    sum, count, &buckets, None,
+                )?;
+        }
+        gauge(
+            &mut encoder,
+            "meridian_connections_open",
+            "Client connections open, by listener.",
+            &[
+                (
+                    &[("listener", "http")],
+                    m.connections[0].load(Ordering::Relaxed),
+                ),
+                (
+                    &[("listener", "https")],
+                    m.connections[1].load(Ordering::Relaxed),
+                ),
+            ],
+        )?;
+        counter(
+            &mut encoder,
+            "meridian_config_reloads",
+            "Configuration reloads, by result.",
+            &[
+                (&[("result", "applied")], load(&m.reloads[0])),
+                (&[("result", "refused")], load(&m.reloads[1])),
+            ],
+        )?;
+        gauge(
+            &mut encoder,
+            "meridian_build_info",
+            "Always 1, labelled with the running version.",
+            &[(&[("version", env!("CARGO_PKG_VERSION"))], 1)],
+        )?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_counts_each_bucket_with_an_unbounded_last_one() {
+        let h = Histogram::new(&CHECK_BUCKETS);
+        h.observe(Duration::from_micros(500));
+        h.observe(Duration::from_millis(3));
+        h.observe(Duration::from_secs(60));
+        let (sum, count, buckets) = h.read();
+        assert_eq!(count, 3);
+        assert!((sum - 60.0035).abs() < 1e-9, "{sum}");
+        assert_eq!(buckets[0], (0.001, 1));
+        assert_eq!(buckets[1], (0.005, 1));
+        assert_eq!(buckets[7], (5.0, 0));
+        assert_eq!(buckets[8], (f64::MAX, 1));
+    }
+
+    #[test]
+    fn an_observation_on_a_bound_counts_in_that_bucket() {
+        let h = Histogram::new(&CHECK_BUCKETS);
+        h.observe(Duration::from_millis(10));
+        let (_, _, buckets) = h.read();
+        assert_eq!(buckets[1], (0.005, 0));
+        assert_eq!(buckets[2], (0.01, 1));
+    }
+}

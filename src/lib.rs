@@ -15,6 +15,7 @@
 pub mod acme;
 pub mod activity;
 pub mod admin;
+pub mod alerts;
 pub mod atomic_file;
 pub mod body;
 pub mod budget;

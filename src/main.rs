@@ -119,6 +119,15 @@ enum CtlCommand {
     Incident(IncidentCommand),
     /// Re-read the configuration file, as SIGHUP does.
     Reload,
+    /// Alert webhooks.
+    #[command(subcommand)]
+    Alerts(AlertsCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum AlertsCommand {
+    /// Send a test alert to every webhook of [alerts] now.
+    Test,
 }
 
 #[derive(Debug, Subcommand)]
@@ -156,6 +165,7 @@ impl From<CtlCommand> for ctl::Command {
             }),
             CtlCommand::Incident(IncidentCommand::Clear) => ctl::Command::IncidentClear,
             CtlCommand::Reload => ctl::Command::Reload,
+            CtlCommand::Alerts(AlertsCommand::Test) => ctl::Command::AlertsTest,
         }
     }
 }

@@ -52,6 +52,17 @@ pub enum Listener {
     Https = 1,
 }
 
+/// What became of an alert, as `alerts_total` labels it.
+#[derive(Debug, Clone, Copy)]
+pub enum AlertResult {
+    /// A webhook accepted it.
+    Sent = 0,
+    /// A webhook refused it or was unreachable after every retry.
+    Failed = 1,
+    /// The queue was full and it was dropped unsent.
+    Dropped = 2,
+}
+
 /// A histogram over fixed buckets, recorded with atomics.
 #[derive(Debug)]
 pub struct Histogram<const N: usize> {
@@ -126,6 +137,7 @@ pub struct Metrics {
     status_pages: [AtomicU64; 6],
     connections: [AtomicI64; 2],
     reloads: [AtomicU64; 2],
+    alerts: [AtomicU64; 3],
     health_checks: Histogram<8>,
 }
 
@@ -140,6 +152,7 @@ impl Default for Metrics {
             status_pages: Default::default(),
             connections: Default::default(),
             reloads: Default::default(),
+            alerts: Default::default(),
             health_checks: Histogram::new(&CHECK_BUCKETS),
         }
     }
@@ -206,6 +219,11 @@ impl Metrics {
     /// A configuration reload, applied or refused.
     pub fn reload(&self, applied: bool) {
         self.reloads[usize::from(!applied)].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// An alert delivery (or drop) with its `result`.
+    pub fn alert(&self, result: AlertResult) {
+        self.alerts[result as usize].fetch_add(1, Ordering::Relaxed);
     }
 
     /// One active health check took `d`.
@@ -470,6 +488,16 @@ impl prometheus_client::collector::Collector for Scrape {
             &[
                 (&[("result", "applied")], load(&m.reloads[0])),
                 (&[("result", "refused")], load(&m.reloads[1])),
+            ],
+        )?;
+        counter(
+            &mut encoder,
+            "meridian_alerts",
+            "Alert deliveries to webhooks, by result (sent, failed after retries, dropped from a full queue).",
+            &[
+                (&[("result", "sent")], load(&m.alerts[0])),
+                (&[("result", "failed")], load(&m.alerts[1])),
+                (&[("result", "dropped")], load(&m.alerts[2])),
             ],
         )?;
         gauge(

@@ -197,6 +197,9 @@ pub fn read_at_start(old: &Config, new: &Config) -> Vec<&'static str> {
     if acme(old) != acme(new) {
         keys.push("tls.acme");
     }
+    if old.alerts != new.alerts {
+        keys.push("alerts");
+    }
     if old.listen.h2c != new.listen.h2c {
         keys.push("listen.h2c");
     }

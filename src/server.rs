@@ -137,6 +137,16 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     };
     let admin_addr = admin.as_ref().and_then(|(l, _, _)| l.local_addr().ok());
 
+    if let Some(alerts) = &config.alerts {
+        let queue = Arc::new(crate::alerts::AlertQueue::new(alerts.queue));
+        shared.send_alerts_to(Arc::clone(&queue));
+        background.spawn(crate::alerts::run(
+            queue,
+            alerts.clone(),
+            Arc::clone(shared.metrics()),
+            stop.clone(),
+        ));
+    }
     background.spawn(state::run_owner(
         Arc::clone(&shared),
         signals_rx,

@@ -482,6 +482,47 @@ pub(super) async fn reload(State(api): State<Arc<AdminApi>>) -> Response {
     }
 }
 
+/// `POST /api/v1/alerts/test`: sends a test alert to every webhook now, once
+/// each within `[alerts] timeout`; 200 when all took it, 502 naming those
+/// that did not, 409 without `[alerts]`.
+pub(super) async fn test_alert(State(api): State<Arc<AdminApi>>) -> Response {
+    let Some(config) = api.shared.load().config.alerts.clone() else {
+        return ApiError::new(
+            StatusCode::CONFLICT,
+            "no alert webhooks: add [alerts] webhooks to the configuration",
+        )
+        .into_response();
+    };
+    let client = crate::alerts::client(config.timeout);
+    let message = crate::alerts::test_message();
+    let mut results = Vec::new();
+    let mut failures = Vec::new();
+    for url in &config.webhooks {
+        let webhook = crate::alerts::redacted(url);
+        match crate::alerts::deliver_once(&client, url, &message, config.timeout).await {
+            Ok(()) => results.push(serde_json::json!({ "webhook": webhook, "ok": true })),
+            Err(e) => {
+                failures.push(format!("{webhook}: {e}"));
+                results.push(
+                    serde_json::json!({ "webhook": webhook, "ok": false, "error": e.to_string() }),
+                );
+            }
+        }
+    }
+    if failures.is_empty() {
+        Json(serde_json::json!({ "delivered": results.len(), "webhooks": results })).into_response()
+    } else {
+        (
+            StatusCode::BAD_GATEWAY,
+            Json(serde_json::json!({
+                "error": format!("test alert not delivered to {} of {} webhooks: {}", failures.len(), results.len(), failures.join("; ")),
+                "webhooks": results,
+            })),
+        )
+            .into_response()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

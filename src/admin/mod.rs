@@ -59,6 +59,7 @@ pub fn router(
             axum::routing::put(changes::set_incident).delete(changes::clear_incident),
         )
         .route("/reload", post(changes::reload))
+        .route("/alerts/test", post(changes::test_alert))
         .method_not_allowed_fallback(|| async {
             error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed here")
         })

@@ -29,6 +29,19 @@ pub struct FileConfig {
     pub limits: LimitsFile,
     #[serde(default)]
     pub status_page: StatusPageFile,
+    #[serde(default)]
+    pub alerts: Option<AlertsFile>,
+}
+
+/// `[alerts]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlertsFile {
+    pub webhooks: Option<Spanned<Vec<Spanned<String>>>>,
+    pub group_window: Option<Spanned<Dur>>,
+    pub timeout: Option<Spanned<Dur>>,
+    pub retries: Option<Spanned<i64>>,
+    pub queue: Option<Spanned<i64>>,
 }
 
 /// `[listen]`

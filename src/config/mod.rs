@@ -6,6 +6,7 @@
 //! are resolved against the current working directory, as the process sees
 //! it at start-up.
 
+mod alerts;
 mod backend_tls;
 mod error;
 mod file;
@@ -47,6 +48,23 @@ pub struct Config {
     pub limits: Limits,
     /// Branding of the status page served when no region can serve.
     pub status_page: StatusPage,
+    /// `[alerts]`: where region transitions are pushed. None without the table.
+    pub alerts: Option<Alerts>,
+}
+
+/// `[alerts]`: webhooks told of every region transition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Alerts {
+    /// URLs each alert is POSTed to (Slack-compatible JSON).
+    pub webhooks: Vec<http::Uri>,
+    /// Transitions within this window of the first go out as one message. Default 2 s.
+    pub group_window: Duration,
+    /// Longest one delivery may take. Default 5 s.
+    pub timeout: Duration,
+    /// Deliveries tried again after a failure, 1 s, 2 s, 4 s … apart. Default 3.
+    pub retries: u32,
+    /// Alerts waiting to be sent; beyond it the oldest is dropped. Default 100.
+    pub queue: usize,
 }
 
 /// `[listen]`: where clients connect.

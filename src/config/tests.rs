@@ -2467,6 +2467,61 @@ fn bad_acme_keys_are_named_with_their_line() {
 }
 
 #[test]
+fn alerts_take_webhooks_and_bounded_delivery_settings() {
+    let c = accepted(&format!(
+        "[alerts]\nwebhooks = [\"https://hooks.example.com/T/B/X\", \"http://127.0.0.1:9/hook\"]\n{ONE_REGION}"
+    ));
+    let a = c.alerts.expect("[alerts]");
+    assert_eq!(a.webhooks.len(), 2);
+    assert_eq!(a.webhooks[1], "http://127.0.0.1:9/hook");
+    assert_eq!(a.group_window, Duration::from_secs(2));
+    assert_eq!(a.timeout, Duration::from_secs(5));
+    assert_eq!((a.retries, a.queue), (3, 100));
+    let c = accepted(&format!(
+        "[alerts]\nwebhooks = [\"http://h/\"]\ngroup_window = \"0s\"\ntimeout = \"1s\"\nretries = 0\nqueue = 5\n{ONE_REGION}"
+    ));
+    let a = c.alerts.unwrap();
+    assert_eq!(
+        (a.group_window, a.timeout, a.retries, a.queue),
+        (Duration::ZERO, Duration::from_secs(1), 0, 5)
+    );
+    for (keys, at, key, fragment) in [
+        ("webhooks = []", "webhooks", "alerts.webhooks", "missing"),
+        (
+            "webhooks = [\"ftp://h/\"]",
+            "webhooks",
+            "alerts.webhooks",
+            "invalid URL",
+        ),
+        (
+            "webhooks = [\"http://h/\"]\ngroup_window = \"2m\"",
+            "group_window",
+            "alerts.group_window",
+            "out of range",
+        ),
+        (
+            "webhooks = [\"http://h/\"]\nretries = 11",
+            "retries",
+            "alerts.retries",
+            "out of range",
+        ),
+        (
+            "webhooks = [\"http://h/\"]\nqueue = 0",
+            "queue",
+            "alerts.queue",
+            "out of range",
+        ),
+    ] {
+        assert_only_issue(
+            &format!("[alerts]\n{keys}\n{ONE_REGION}"),
+            at,
+            key,
+            fragment,
+        );
+    }
+}
+
+#[test]
 fn missing_file_is_a_read_error_without_issues() {
     let err = Config::load("/nonexistent/meridian-test.toml").unwrap_err();
     assert!(matches!(err, ConfigError::Read { .. }), "{err:?}");
@@ -2477,7 +2532,6 @@ fn missing_file_is_a_read_error_without_issues() {
 #[test]
 fn contract_keys_not_implemented_yet_are_refused_with_what_to_do_instead() {
     let cases = [
-        ("[alerts]\nwebhooks = []\n", 1, "alerts", "webhooks"),
         ("[dns]\nmin_ttl = \"1s\"\n", 1, "dns", "system resolver"),
         (
             "[[region]]\nname = \"us\"\nbackends = [\"http://10.0.0.1:80\"]\n[region.health]\nfailure_domain_header = \"X-Node\"\n",
@@ -2540,10 +2594,10 @@ fn every_unknown_key_and_every_other_problem_are_reported_in_one_run() {
 
 #[test]
 fn an_unknown_table_stops_reading_there() {
-    let text = "[alerts]\nwebhooks = []\n[listen]\nhtp = \"x\"\n";
+    let text = "[dns]\nmin_ttl = \"1s\"\n[listen]\nhtp = \"x\"\n";
     let err = Config::parse("test.toml", text).unwrap_err();
     assert_eq!(err.issues().len(), 1, "{err}");
-    assert_eq!(err.issues()[0].key, "alerts");
+    assert_eq!(err.issues()[0].key, "dns");
 }
 
 // ---------------------------------------------------------------------------

@@ -178,7 +178,6 @@ fn not_yet_supported(key: &str, serde_message: &str) -> Option<&'static str> {
         "region.backends" if serde_message.contains("map") => {
             "a backend is a URL string; backend tables are not available yet"
         }
-        "alerts" => "alert webhooks are not available yet",
         "dns" => "DNS discovery is not available yet; a backend host name is resolved by the system resolver on each new connection",
         _ => return None,
     })
@@ -208,6 +207,7 @@ fn check(file_name: &str, raw: FileConfig, issues: &mut Issues) -> Config {
         proxy,
         limits,
         status_page,
+        alerts,
     } = raw;
 
     let listen_file = listen;
@@ -248,6 +248,7 @@ fn check(file_name: &str, raw: FileConfig, issues: &mut Issues) -> Config {
     let proxy = check_proxy(issues, proxy);
     let limits = check_limits(issues, limits);
     let status_page = check_status_page(issues, status_page);
+    let alerts = alerts.and_then(|a| super::alerts::check_alerts(issues, a));
 
     Config {
         source: file_name.to_owned(),
@@ -260,6 +261,7 @@ fn check(file_name: &str, raw: FileConfig, issues: &mut Issues) -> Config {
         proxy,
         limits,
         status_page,
+        alerts,
     }
 }
 
@@ -1180,7 +1182,7 @@ fn duration_or_zero(value: Option<&Spanned<Dur>>, default: Duration) -> Duration
 }
 
 /// A duration from `min` to `max`.
-fn duration_within(
+pub(super) fn duration_within(
     issues: &mut Issues,
     key: &str,
     value: Option<&Spanned<Dur>>,
@@ -1208,7 +1210,7 @@ fn duration_within(
 }
 
 /// A whole number from `min` to `max`; `what` names it in messages ("a whole number").
-fn ranged(
+pub(super) fn ranged(
     issues: &mut Issues,
     key: &str,
     value: Option<&Spanned<i64>>,

@@ -68,6 +68,8 @@ pub enum Command {
     IncidentClear,
     /// Re-read the configuration file, as SIGHUP does.
     Reload,
+    /// Send a test alert to every webhook.
+    AlertsTest,
 }
 
 /// The incident as `PUT /api/v1/incident` takes it.
@@ -87,7 +89,10 @@ impl Command {
     pub fn method(&self) -> Method {
         match self {
             Command::Status => Method::GET,
-            Command::Drain { .. } | Command::Undrain { .. } | Command::Reload => Method::POST,
+            Command::Drain { .. }
+            | Command::Undrain { .. }
+            | Command::Reload
+            | Command::AlertsTest => Method::POST,
             Command::IncidentSet(_) => Method::PUT,
             Command::IncidentClear => Method::DELETE,
         }
@@ -109,6 +114,7 @@ impl Command {
             Command::Undrain { region, backend } => drain(region, backend, "undrain"),
             Command::IncidentSet(_) | Command::IncidentClear => "/api/v1/incident".to_owned(),
             Command::Reload => "/api/v1/reload".to_owned(),
+            Command::AlertsTest => "/api/v1/alerts/test".to_owned(),
         }
     }
 
@@ -375,6 +381,8 @@ mod tests {
         );
         assert_eq!(encode_segment("é"), "%C3%A9");
         assert_eq!(Command::Reload.path(), "/api/v1/reload");
+        assert_eq!(Command::AlertsTest.path(), "/api/v1/alerts/test");
+        assert_eq!(Command::AlertsTest.method(), Method::POST);
         assert_eq!(Command::IncidentClear.method(), Method::DELETE);
     }
 

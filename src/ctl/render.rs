@@ -237,6 +237,10 @@ pub fn confirmation(command: &Command, answer: &Value) -> String {
             None => format!("incident set: {}", text(answer, "title")),
         },
         Command::IncidentClear => "incident cleared".to_owned(),
+        Command::AlertsTest => format!(
+            "test alert delivered to {} webhook(s)",
+            answer.get("delivered").and_then(Value::as_u64).unwrap_or(0)
+        ),
         Command::Reload => {
             let restart: Vec<&str> = answer
                 .get("restart_needed")

@@ -20,6 +20,7 @@ use serde::Serialize;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
+use crate::alerts::AlertQueue;
 use crate::config::Config;
 use crate::generation::Generation;
 use crate::geo::GeoDb;
@@ -236,6 +237,8 @@ pub struct Shared {
     published: watch::Sender<()>,
     upgrades: UpgradeCounts,
     metrics: Arc<Metrics>,
+    /// Where region transitions go, when `[alerts]` is set.
+    alerts: std::sync::OnceLock<Arc<AlertQueue>>,
 }
 
 impl Shared {
@@ -256,6 +259,7 @@ impl Shared {
             published: watch::Sender::new(()),
             upgrades: UpgradeCounts::default(),
             metrics,
+            alerts: std::sync::OnceLock::new(),
         }
     }
 
@@ -340,8 +344,19 @@ impl Shared {
     }
 
     fn publish(&self, snapshot: Snapshot) {
-        self.snapshot.store(Arc::new(snapshot));
+        let snapshot = Arc::new(snapshot);
+        let before = self.snapshot.swap(Arc::clone(&snapshot));
         self.published.send_replace(());
+        if let Some(alerts) = self.alerts.get() {
+            for t in crate::alerts::transitions(&before, &snapshot) {
+                alerts.push(t);
+            }
+        }
+    }
+
+    /// Region transitions are queued to `alerts` from now on.
+    pub fn send_alerts_to(&self, alerts: Arc<AlertQueue>) {
+        let _ = self.alerts.set(alerts);
     }
 }
 

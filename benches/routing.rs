@@ -1,6 +1,6 @@
 //! Micro-benchmarks of the request path's pure parts: the client address,
 //! the GeoIP lookup and mapping, the routing plan, the whole routing
-//! decision, header rewriting, and status page rendering.
+//! decision, header rewriting, status page rendering, and metrics.
 //!
 //! Run with `cargo bench --bench routing`.
 
@@ -202,5 +202,59 @@ const INCIDENT_MESSAGE: &str = "A database failover in our US region is taking l
 expected. Orders placed before 14:05 UTC are safe. We will post the next update within 30 \
 minutes; this page reloads by itself as soon as service returns.";
 
-criterion_group!(benches, bench_routing, bench_headers, bench_status_page);
+/// `/metrics` of a configuration with 10 regions of 10 backends each, after
+/// some traffic in every region.
+fn bench_metrics(c: &mut Criterion) {
+    use std::sync::Arc;
+    let mut text = String::new();
+    for r in 0..10 {
+        let backends: Vec<String> = (0..10)
+            .map(|b| format!("\"http://10.{r}.0.{b}:80\""))
+            .collect();
+        text.push_str(&format!(
+            "[[region]]\nname = \"r{r}\"\nbackends = [{}]\n",
+            backends.join(", ")
+        ));
+    }
+    let config = Arc::new(Config::parse("bench.toml", &text).unwrap());
+    let metrics = Arc::new(meridian::metrics::Metrics::default());
+    let generation = Arc::new(meridian::generation::Generation::new(config, 0, &metrics).unwrap());
+    for r in 0..10 {
+        for status in [200, 404, 503] {
+            generation.metrics.request(
+                r,
+                Some((r + 1) % 10),
+                status,
+                std::time::Duration::from_millis(3),
+            );
+        }
+    }
+    let snapshot = Arc::new(meridian::state::Snapshot::initial(
+        Arc::clone(&generation),
+        Arc::default(),
+    ));
+    let scraped = metrics.render(Arc::clone(&snapshot));
+    assert!(scraped.contains("meridian_backend_up{region=\"r9\",backend=\"10.9.0.9:80\"} 0"));
+    c.bench_function("metrics: /metrics text, 10 regions x 10 backends", |b| {
+        b.iter(|| black_box(metrics.render(Arc::clone(&snapshot))).len())
+    });
+    c.bench_function("metrics: record one request", |b| {
+        b.iter(|| {
+            generation.metrics.request(
+                black_box(1),
+                black_box(Some(2)),
+                black_box(200),
+                black_box(std::time::Duration::from_micros(800)),
+            )
+        })
+    });
+}
+
+criterion_group!(
+    benches,
+    bench_routing,
+    bench_headers,
+    bench_status_page,
+    bench_metrics
+);
 criterion_main!(benches);

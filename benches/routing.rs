@@ -233,10 +233,10 @@ fn bench_metrics(c: &mut Criterion) {
         Arc::clone(&generation),
         Arc::default(),
     ));
-    let scraped = metrics.render(Arc::clone(&snapshot));
+    let scraped = metrics.render(Arc::clone(&snapshot), Vec::new());
     assert!(scraped.contains("meridian_backend_up{region=\"r9\",backend=\"10.9.0.9:80\"} 0"));
     c.bench_function("metrics: /metrics text, 10 regions x 10 backends", |b| {
-        b.iter(|| black_box(metrics.render(Arc::clone(&snapshot))).len())
+        b.iter(|| black_box(metrics.render(Arc::clone(&snapshot), Vec::new())).len())
     });
     c.bench_function("metrics: record one request", |b| {
         b.iter(|| {

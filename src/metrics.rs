@@ -231,22 +231,34 @@ impl Metrics {
         self.health_checks.observe(d);
     }
 
-    /// A registry holding every metric, read from these counters and
-    /// `snapshot` at scrape time.
-    pub fn registry(self: &Arc<Self>, snapshot: Arc<Snapshot>) -> Registry {
+    /// A registry holding every metric, read from these counters,
+    /// `snapshot` and the TLS `certificates` in force at scrape time.
+    pub fn registry(
+        self: &Arc<Self>,
+        snapshot: Arc<Snapshot>,
+        certificates: Vec<CertExpiry>,
+    ) -> Registry {
         let mut registry = Registry::default();
         registry.register_collector(Box::new(Scrape {
             metrics: Arc::clone(self),
             snapshot,
+            certificates,
         }));
         registry
     }
 
     /// `/metrics` in the Prometheus text format.
-    pub fn render(self: &Arc<Self>, snapshot: Arc<Snapshot>) -> String {
+    pub fn render(
+        self: &Arc<Self>,
+        snapshot: Arc<Snapshot>,
+        certificates: Vec<CertExpiry>,
+    ) -> String {
         let mut text = String::new();
         // Writing to a String cannot fail.
-        let _ = prometheus_client::encoding::text::encode(&mut text, &self.registry(snapshot));
+        let _ = prometheus_client::encoding::text::encode(
+            &mut text,
+            &self.registry(snapshot, certificates),
+        );
         text
     }
 }
@@ -280,11 +292,23 @@ impl RequestMetrics {
     }
 }
 
+/// A TLS certificate in force and when it expires.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertExpiry {
+    /// Its file.
+    pub file: String,
+    /// Its names, comma-separated.
+    pub names: String,
+    /// End of validity, in seconds since the Unix epoch.
+    pub not_after: i64,
+}
+
 /// The collector behind `/metrics`.
 #[derive(Debug)]
 struct Scrape {
     metrics: Arc<Metrics>,
     snapshot: Arc<Snapshot>,
+    certificates: Vec<CertExpiry>,
 }
 
 fn counter(
@@ -500,6 +524,24 @@ impl prometheus_client::collector::Collector for Scrape {
                 (&[("result", "dropped")], load(&m.alerts[2])),
             ],
         )?;
+        {
+            let labels: Vec<[(&str, &str); 2]> = self
+                .certificates
+                .iter()
+                .map(|c| [("file", c.file.as_str()), ("names", c.names.as_str())])
+                .collect();
+            let values: Vec<(&[(&str, &str)], i64)> = labels
+                .iter()
+                .zip(&self.certificates)
+                .map(|(l, c)| (&l[..], c.not_after))
+                .collect();
+            gauge(
+                &mut encoder,
+                "meridian_certificate_expiry_timestamp_seconds",
+                "End of validity of each TLS certificate in force (Unix time).",
+                &values,
+            )?;
+        }
         gauge(
             &mut encoder,
             "meridian_build_info",

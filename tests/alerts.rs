@@ -261,7 +261,7 @@ async fn a_hanging_or_failing_webhook_never_slows_requests_and_is_retried_within
         .await;
         tokio::time::sleep(Duration::from_millis(1500)).await;
         assert_eq!(receiver.messages().len(), 3, "mode {mode}");
-        let metrics = m.shared.metrics().render(m.shared.load());
+        let metrics = m.shared.metrics().render(m.shared.load(), Vec::new());
         assert!(
             metrics.contains("meridian_alerts_total{result=\"failed\"} 1"),
             "{metrics}"

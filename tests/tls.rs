@@ -386,6 +386,32 @@ async fn a_certificate_close_to_expiry_is_flagged_in_the_status() {
         "{}",
         certs[1]
     );
+    // The same expiry in /metrics, for alert rules.
+    let req = empty(http::Method::GET, format!("http://{admin}/metrics"));
+    let resp = client().request(req).await.unwrap();
+    let text = String::from_utf8(
+        resp.into_body()
+            .collect()
+            .await
+            .unwrap()
+            .to_bytes()
+            .to_vec(),
+    )
+    .unwrap();
+    let line = text
+        .lines()
+        .find(|l| {
+            l.starts_with("meridian_certificate_expiry_timestamp_seconds{")
+                && l.contains(r#"names="b.example""#)
+        })
+        .unwrap_or_else(|| panic!("no expiry of b.example in:\n{text}"));
+    let not_after: i64 = line.rsplit_once(' ').unwrap().1.parse().unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let days = (not_after - now) / 86_400;
+    assert!(matches!(days, 4 | 5), "{line}");
     m.shutdown().await;
 }
 

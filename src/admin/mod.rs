@@ -39,7 +39,7 @@ pub fn router(
     reloader: Option<Arc<Reloader>>,
     tls: Option<Arc<Terminator>>,
 ) -> Router {
-    let scrape = Arc::clone(&shared);
+    let scrape = (Arc::clone(&shared), tls.clone());
     let token = Arc::new(token);
     let api = Arc::new(AdminApi::new(shared, state_file, reloader, tls));
     let api = Router::new()
@@ -73,18 +73,18 @@ pub fn router(
         .route("/healthz", get(|| async { "ok\n" }))
         .route(
             "/metrics",
-            get(move || metrics(Arc::clone(&scrape))).layer(middleware::from_fn_with_state(
-                Arc::clone(&token),
-                require_token,
-            )),
+            get(move || metrics(Arc::clone(&scrape.0), scrape.1.clone())).layer(
+                middleware::from_fn_with_state(Arc::clone(&token), require_token),
+            ),
         )
         .nest("/api/v1", api)
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such endpoint") })
 }
 
 /// `GET /metrics`: every metric in the Prometheus text format.
-async fn metrics(shared: Arc<Shared>) -> Response {
-    let text = shared.metrics().render(shared.load());
+async fn metrics(shared: Arc<Shared>, tls: Option<Arc<Terminator>>) -> Response {
+    let certificates = tls.map(|t| t.expiries()).unwrap_or_default();
+    let text = shared.metrics().render(shared.load(), certificates);
     (
         [(
             axum::http::header::CONTENT_TYPE,

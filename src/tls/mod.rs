@@ -110,6 +110,23 @@ impl Terminator {
         &self.acceptor
     }
 
+    /// The certificates in force and when they expire, for `/metrics`.
+    pub fn expiries(&self) -> Vec<crate::metrics::CertExpiry> {
+        self.store
+            .current()
+            .certs
+            .iter()
+            .map(|c| crate::metrics::CertExpiry {
+                file: c.cert_file.display().to_string(),
+                names: c.names.join(","),
+                not_after: c
+                    .not_after
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs() as i64),
+            })
+            .collect()
+    }
+
     /// The certificates in force, as `/api/v1/status` shows them.
     pub fn status(&self) -> Vec<CertStatus> {
         let now = SystemTime::now();

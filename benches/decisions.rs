@@ -93,9 +93,11 @@ fn main() {
                     last_error: None,
                     ejections: 0,
                     drained: false,
+                    domain: None,
                 };
                 r.backends.len()
             ],
+            single_domain: None,
         })
         .collect();
     // Clients spread over the whole IPv4 space, each behind a trusted proxy.

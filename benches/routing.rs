@@ -52,9 +52,11 @@ fn views(us: BackendState) -> Vec<RegionView> {
                 last_error: None,
                 ejections: 0,
                 drained: false,
+                domain: None,
             };
             n
         ],
+        single_domain: None,
     };
     vec![view(4, us), view(2, BackendState::Up)]
 }

@@ -44,6 +44,9 @@ pub struct Evidence {
     pub ejections: u32,
     /// Drained by an operator.
     pub drained: bool,
+    /// Its failure domain (node, zone), when known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub domain: Option<String>,
 }
 
 /// A region changed state (or, for [`ALL_REGIONS`], every region stopped or
@@ -92,25 +95,45 @@ pub fn transitions(before: &Snapshot, after: &Snapshot) -> Vec<Transition> {
             .find(|e| e.subject == rc.name)
             .map(|e| e.reason.clone())
             .unwrap_or_default();
-        let evidence = rc
-            .backends
-            .iter()
-            .zip(&rv.backends)
-            .map(|(bc, bv)| Evidence {
-                backend: bc.address.clone(),
-                state: bv.state.as_str(),
-                last_error: bv.last_error.clone(),
-                ejections: bv.ejections,
-                drained: bv.drained,
-            })
-            .collect();
         out.push(Transition {
             region: rc.name.clone(),
             from: old.as_str().to_owned(),
             to: rv.state.as_str().to_owned(),
             reason,
             time: time.clone(),
-            evidence,
+            evidence: evidence(rc, rv),
+        });
+    }
+    for (rc, rv) in after.config.regions.iter().zip(&after.regions) {
+        let old = before
+            .config
+            .regions
+            .iter()
+            .position(|r| r.name == rc.name)
+            .map(|i| before.regions[i].single_domain.clone());
+        let Some(old) = old.filter(|o| *o != rv.single_domain) else {
+            continue;
+        };
+        let (from, to, reason) = match (&old, &rv.single_domain) {
+            (_, Some(domain)) => (
+                "spread",
+                "one_failure_domain",
+                format!("every backend taking traffic is in failure domain {domain}: one failure there takes the region down"),
+            ),
+            (Some(domain), None) => (
+                "one_failure_domain",
+                "spread",
+                format!("backends are no longer all in failure domain {domain}"),
+            ),
+            (None, None) => continue,
+        };
+        out.push(Transition {
+            region: rc.name.clone(),
+            from: from.into(),
+            to: to.into(),
+            reason,
+            time: time.clone(),
+            evidence: evidence(rc, rv),
         });
     }
     let serving = |s: &Snapshot| s.regions.iter().any(|r| r.state.serves());
@@ -135,6 +158,22 @@ pub fn transitions(before: &Snapshot, after: &Snapshot) -> Vec<Transition> {
         });
     }
     out
+}
+
+/// Each backend of a region as an alert shows it.
+fn evidence(rc: &crate::config::Region, rv: &crate::state::RegionView) -> Vec<Evidence> {
+    rc.backends
+        .iter()
+        .zip(&rv.backends)
+        .map(|(bc, bv)| Evidence {
+            backend: bc.address.clone(),
+            state: bv.state.as_str(),
+            last_error: bv.last_error.clone(),
+            ejections: bv.ejections,
+            drained: bv.drained,
+            domain: bv.domain.clone(),
+        })
+        .collect()
 }
 
 /// A region's transitions within one window, as one entry of a message.
@@ -210,7 +249,11 @@ fn line(g: &Grouped) -> String {
     } else {
         format!("Region {}", g.region)
     };
-    let mut line = format!("Meridian: {subject} is {} (was {})", g.to, g.from);
+    let mut line = match g.to.as_str() {
+        "one_failure_domain" => format!("Meridian: {subject} has a single point of failure"),
+        "spread" => format!("Meridian: {subject} is spread over failure domains again"),
+        to => format!("Meridian: {subject} is {to} (was {})", g.from),
+    };
     if g.transitions > 1 {
         line.push_str(&format!(
             ", after {} changes: it is flapping",
@@ -481,6 +524,7 @@ mod tests {
                 last_error: (to == "down").then(|| "connection refused".into()),
                 ejections: 0,
                 drained: false,
+                domain: None,
             }],
         }
     }

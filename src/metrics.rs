@@ -427,6 +427,21 @@ impl prometheus_client::collector::Collector for Scrape {
             )?;
         }
         {
+            let warned: Vec<[(&str, &str); 2]> = config
+                .regions
+                .iter()
+                .zip(&snapshot.regions)
+                .filter_map(|(rc, rv)| {
+                    Some([
+                        ("region", rc.name.as_str()),
+                        ("domain", rv.single_domain.as_deref()?),
+                    ])
+                })
+                .collect();
+            let values: Vec<(&[(&str, &str)], i64)> = warned.iter().map(|l| (&l[..], 1)).collect();
+            gauge(&mut encoder, "meridian_region_single_failure_domain", "1 for a region whose backends taking traffic (two or more) all share one failure domain.", &values)?;
+        }
+        {
             let map = m.failovers.lock().unwrap_or_else(|e| e.into_inner());
             let mut v: Vec<_> = map
                 .iter()

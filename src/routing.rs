@@ -231,8 +231,10 @@ mod tests {
                             last_error: None,
                             ejections: 0,
                             drained: false,
+                            domain: None,
                         })
                         .collect(),
+                    single_domain: None,
                 }
             })
             .collect()

@@ -73,6 +73,10 @@ pub struct RegionStatus {
     pub failover: Vec<String>,
     /// Open upgraded connections (WebSockets) it carries.
     pub upgraded_connections: usize,
+    /// The one failure domain every backend taking traffic shares (two or
+    /// more of them): a single point of failure. Absent when spread.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failure_domain_warning: Option<String>,
     /// Backends.
     pub backends: Vec<BackendStatus>,
 }
@@ -90,6 +94,9 @@ pub struct BackendStatus {
     pub last_error: Option<String>,
     /// Ejections in a row by passive checks.
     pub ejections: u32,
+    /// Its failure domain (node, zone), reported by its health check or configured.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub domain: Option<String>,
 }
 
 /// The status of region `index` in `snapshot`; its open upgraded
@@ -112,6 +119,7 @@ pub fn region_status(snapshot: &Snapshot, index: usize) -> RegionStatus {
             .map(|&i| config.regions[i].name.clone())
             .collect(),
         upgraded_connections: 0,
+        failure_domain_warning: v.single_domain.clone(),
         backends: (0..r.backends.len())
             .map(|b| backend_status(snapshot, index, b))
             .collect(),
@@ -128,6 +136,7 @@ pub fn backend_status(snapshot: &Snapshot, region: usize, backend: usize) -> Bac
         drained: v.drained,
         last_error: v.last_error.clone(),
         ejections: v.ejections,
+        domain: v.domain.clone(),
     }
 }
 

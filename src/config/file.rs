@@ -135,7 +135,7 @@ pub struct RegionFile {
     pub continents: Vec<Spanned<String>>,
     #[serde(default)]
     pub failover: Vec<Spanned<String>>,
-    pub backends: Option<Spanned<Vec<Spanned<String>>>>,
+    pub backends: Option<Spanned<Vec<Spanned<BackendEntry>>>>,
     #[serde(default)]
     pub health: HealthFile,
     pub min_healthy: Option<Spanned<i64>>,
@@ -145,6 +145,42 @@ pub struct RegionFile {
     pub ca_file: Option<Spanned<String>>,
     #[serde(default)]
     pub outlier: OutlierFile,
+}
+
+/// One of a region's `backends`: a URL, or a table with its failure domain.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum BackendEntry {
+    /// `"http://host:port"`
+    Url(String),
+    /// `{ url = "http://host:port", domain = "node-a" }`
+    Table(BackendTable),
+}
+
+/// A backend written as a table.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackendTable {
+    pub url: String,
+    pub domain: Option<String>,
+}
+
+impl BackendEntry {
+    /// Its URL.
+    pub fn url(&self) -> &String {
+        match self {
+            BackendEntry::Url(u) => u,
+            BackendEntry::Table(t) => &t.url,
+        }
+    }
+
+    /// Its failure domain, when written.
+    pub fn domain(&self) -> Option<&String> {
+        match self {
+            BackendEntry::Url(_) => None,
+            BackendEntry::Table(t) => t.domain.as_ref(),
+        }
+    }
 }
 
 /// `[region.health]`
@@ -162,6 +198,7 @@ pub struct HealthFile {
     pub expect_body: Option<Spanned<String>>,
     pub jitter: Option<Spanned<Num>>,
     pub initial_state: Option<Spanned<String>>,
+    pub failure_domain_header: Option<Spanned<String>>,
 }
 
 /// `[region.outlier]`

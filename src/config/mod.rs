@@ -235,6 +235,8 @@ pub struct Backend {
     pub host_header: http::HeaderValue,
     /// How an `https://` backend is reached over TLS; `None` for `http://`.
     pub tls: Option<BackendTls>,
+    /// The failure domain (node, zone) it runs in, as the configuration says.
+    pub domain: Option<String>,
 }
 
 /// `[region.health]`: the active health check.
@@ -250,6 +252,9 @@ pub struct Health {
     pub expect_status: Vec<(u16, u16)>,
     /// Text the response body must contain, when set (the body is read up to 64 KiB).
     pub expect_body: Option<String>,
+    /// A response header of the check naming the backend's failure domain
+    /// (its node or zone), overriding the configured one.
+    pub failure_domain_header: Option<http::HeaderName>,
     /// Time between checks. Default 1 s.
     pub interval: Duration,
     /// Time a check may take. Default 800 ms.

@@ -1789,6 +1789,7 @@ backends = ["http://10.2.0.10"]
                 fall: 2,
                 jitter: 0.1,
                 initial_state: InitialState::Unknown,
+                failure_domain_header: None,
             }
         );
         assert_eq!(r.min_healthy, None, "all backends");
@@ -1983,6 +1984,7 @@ retry_after = "1m"
             fall: 5,
             jitter: 0.25,
             initial_state: InitialState::Up,
+            failure_domain_header: None,
         }
     );
     assert_eq!(us.min_healthy, Some(1));
@@ -2531,21 +2533,7 @@ fn missing_file_is_a_read_error_without_issues() {
 
 #[test]
 fn contract_keys_not_implemented_yet_are_refused_with_what_to_do_instead() {
-    let cases = [
-        ("[dns]\nmin_ttl = \"1s\"\n", 1, "dns", "system resolver"),
-        (
-            "[[region]]\nname = \"us\"\nbackends = [\"http://10.0.0.1:80\"]\n[region.health]\nfailure_domain_header = \"X-Node\"\n",
-            5,
-            "region[0].health.failure_domain_header",
-            "failure-domain",
-        ),
-        (
-            "[[region]]\nname = \"us\"\nbackends = [{ url = \"http://10.0.0.1:80\" }]\n",
-            3,
-            "region[0].backends[0]",
-            "backend tables",
-        ),
-    ];
+    let cases = [("[dns]\nmin_ttl = \"1s\"\n", 1, "dns", "system resolver")];
     for (text, line, key, why) in cases {
         let err = Config::parse("test.toml", text).unwrap_err();
         let issue = &err.issues()[0];
@@ -2558,10 +2546,63 @@ fn contract_keys_not_implemented_yet_are_refused_with_what_to_do_instead() {
         );
         assert!(issue.message.contains(why), "{issue}");
     }
-    // A backend of the wrong type is still just a wrong type.
-    let err =
-        Config::parse("test.toml", "[[region]]\nname = \"us\"\nbackends = [5]\n").unwrap_err();
-    assert!(err.issues()[0].message.contains("invalid type"), "{err}");
+}
+
+#[test]
+fn backends_may_be_tables_with_a_failure_domain_and_checks_may_report_one() {
+    let c = accepted(
+        "[[region]]\nname = \"us\"\nbackends = [\"http://10.0.0.1:80\", { url = \"http://10.0.0.2:80\", domain = \" node-a \" }, { url = \"http://10.0.0.3:80\" }]\n[region.health]\nfailure_domain_header = \"X-Node-Name\"\n",
+    );
+    let r = &c.regions[0];
+    let domains: Vec<Option<&str>> = r.backends.iter().map(|b| b.domain.as_deref()).collect();
+    assert_eq!(domains, [None, Some("node-a"), None]);
+    assert_eq!(r.backends[1].address, "10.0.0.2:80");
+    assert_eq!(
+        r.health.failure_domain_header.as_ref().unwrap(),
+        "x-node-name"
+    );
+    for (text, line, key, fragment) in [
+        (
+            "backends = [5]",
+            3,
+            "region[0].backends[0]",
+            "expected a URL string",
+        ),
+        (
+            "backends = [{ url = \"http://h:1\", zone = \"a\" }]",
+            3,
+            "region[0].backends[0]",
+            "expected a URL string",
+        ),
+        (
+            "backends = [{ url = \"http://h:1\", domain = \" \" }]",
+            3,
+            "region[0].backends[0].domain",
+            "node or zone",
+        ),
+        (
+            "backends = [{ url = \"ftp://h:1\" }]",
+            3,
+            "region[0].backends[0]",
+            "invalid backend URL",
+        ),
+        (
+            "backends = [\"http://h:1\"]\n[region.health]\nfailure_domain_header = \"X Node\"",
+            5,
+            "region[0].health.failure_domain_header",
+            "invalid header name",
+        ),
+    ] {
+        let err = Config::parse("test.toml", &format!("[[region]]\nname = \"us\"\n{text}\n"))
+            .unwrap_err();
+        let issue = &err.issues()[0];
+        assert_eq!(
+            (issue.line, issue.key.as_str()),
+            (line, key),
+            "{text}: {issue}"
+        );
+        assert!(issue.message.contains(fragment), "{text}: {issue}");
+    }
 }
 
 #[test]

@@ -101,8 +101,12 @@ fn shape_issue(
     let key = key.replace(".$__serde_spanned_private_value", "");
     let key = if key == "." { String::new() } else { key };
     let unknown_at = start.filter(|_| inner.message().starts_with("unknown field"));
-    let message = match not_yet_supported(&key, inner.message()) {
+    let message = match not_yet_supported(&key) {
         Some(why) => format!("not supported by this version of Meridian: {why}"),
+        // serde names its own enum; users wrote a backend.
+        None if key.contains("backends[") && inner.message().contains("untagged") => {
+            "invalid backend: expected a URL string such as \"http://10.0.0.1:8080\", or a table { url = \"http://10.0.0.1:8080\", domain = \"node-a\" }".to_owned()
+        }
         None => tidy_serde_message(inner.message()),
     };
     let issue = ConfigIssue {
@@ -161,7 +165,7 @@ fn blank_key_value(text: &str, key_start: usize) -> Option<String> {
 /// implement yet, with what to do instead. Refusing them, rather than
 /// accepting and ignoring them, means nobody believes a feature is on when
 /// it is not.
-fn not_yet_supported(key: &str, serde_message: &str) -> Option<&'static str> {
+fn not_yet_supported(key: &str) -> Option<&'static str> {
     // `region[3].health.x` and `region[3].backends[1]` are looked up without their indices.
     let mut plain = String::with_capacity(key.len());
     let mut in_index = false;
@@ -174,10 +178,6 @@ fn not_yet_supported(key: &str, serde_message: &str) -> Option<&'static str> {
         }
     }
     Some(match plain.as_str() {
-        "region.health.failure_domain_header" => "failure-domain warnings are not available yet",
-        "region.backends" if serde_message.contains("map") => {
-            "a backend is a URL string; backend tables are not available yet"
-        }
         "dns" => "DNS discovery is not available yet; a backend host name is resolved by the system resolver on each new connection",
         _ => return None,
     })
@@ -650,9 +650,24 @@ fn check_backends(
         return Vec::new();
     };
     let mut out: Vec<Backend> = Vec::new();
-    for (j, b) in list.get_ref().iter().enumerate() {
+    for (j, entry) in list.get_ref().iter().enumerate() {
         let key = format!("region[{i}].backends[{j}]");
-        match backend_url(b.get_ref()) {
+        // Spans cover the whole entry: a URL string or a table.
+        let b = entry;
+        let url = entry.get_ref().url();
+        let domain = match entry.get_ref().domain() {
+            Some(d) if d.trim().is_empty() || d.len() > 253 => {
+                issues.at(
+                    span(entry),
+                    format!("{key}.domain"),
+                    "expected the name of the backend's node or zone (1 to 253 characters)",
+                );
+                None
+            }
+            Some(d) => Some(d.trim().to_owned()),
+            None => None,
+        };
+        match backend_url(url) {
             // The admin API names a backend by its address alone, so an
             // http and an https backend on one address would be one name.
             Ok(parsed) if out.iter().any(|o| o.address == parsed.backend.address) => {
@@ -701,10 +716,11 @@ fn check_backends(
                         settings,
                     });
                 }
+                backend.backend.domain = domain;
                 out.push(backend.backend);
             }
             // The line and column point at it; echoing it would put a password in logs.
-            Err(why) if b.get_ref().contains('@') => issues.at(
+            Err(why) if url.contains('@') => issues.at(
                 span(b),
                 key,
                 format!("invalid backend URL (not shown: it may hold a password): {why}"),
@@ -712,7 +728,7 @@ fn check_backends(
             Err(why) => issues.at(
                 span(b),
                 key,
-                format!("invalid backend URL \"{}\": {why}", b.get_ref()),
+                format!("invalid backend URL \"{url}\": {why}"),
             ),
         }
     }
@@ -776,6 +792,7 @@ pub(crate) fn backend_url(text: &str) -> Result<ParsedBackend, String> {
             address,
             host_header,
             tls: None,
+            domain: None,
         },
         https_name,
     })
@@ -794,6 +811,7 @@ fn check_health(issues: &mut Issues, i: usize, raw: &file::HealthFile) -> Health
         fall,
         jitter,
         initial_state,
+        failure_domain_header,
     } = raw;
     let key = |k: &str| format!("region[{i}].health.{k}");
     let method = match method {
@@ -877,12 +895,29 @@ fn check_health(issues: &mut Issues, i: usize, raw: &file::HealthFile) -> Health
             }
         },
     };
+    let failure_domain_header = failure_domain_header.as_ref().and_then(|h| {
+        match http::HeaderName::from_bytes(h.get_ref().trim().as_bytes()) {
+            Ok(name) => Some(name),
+            Err(_) => {
+                issues.at(
+                    span(h),
+                    key("failure_domain_header"),
+                    format!(
+                        "invalid header name \"{}\": expected a name such as \"X-Node-Name\"",
+                        h.get_ref()
+                    ),
+                );
+                None
+            }
+        }
+    });
     Health {
         method,
         path,
         host,
         expect_status,
         expect_body,
+        failure_domain_header,
         interval: duration(
             issues,
             &key("interval"),

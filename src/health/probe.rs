@@ -43,12 +43,13 @@ pub enum ProbeError {
 
 /// One kind of health check: a single job, so that tests can script their own.
 pub trait Probe: Send + Sync + 'static {
-    /// Checks `backend` once; the caller applies the timeout.
+    /// Checks `backend` once; the caller applies the timeout. A passing
+    /// check returns the failure domain the backend reported, if any.
     fn check(
         &self,
         backend: &Backend,
         health: &Health,
-    ) -> impl Future<Output = Result<(), ProbeError>> + Send;
+    ) -> impl Future<Output = Result<Option<String>, ProbeError>> + Send;
 }
 
 /// The configured request (`GET /healthz` by default) over a fresh
@@ -141,7 +142,11 @@ impl Drop for AbortOnDrop {
 }
 
 impl Probe for HttpProbe {
-    async fn check(&self, backend: &Backend, health: &Health) -> Result<(), ProbeError> {
+    async fn check(
+        &self,
+        backend: &Backend,
+        health: &Health,
+    ) -> Result<Option<String>, ProbeError> {
         let uri = format!(
             "{}{}",
             backend.url.to_string().trim_end_matches('/'),
@@ -183,8 +188,16 @@ impl Probe for HttpProbe {
         {
             return Err(ProbeError::Status(status));
         }
+        let domain = health
+            .failure_domain_header
+            .as_ref()
+            .and_then(|h| response.headers().get(h))
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+            .filter(|v| !v.is_empty() && v.len() <= 253)
+            .map(str::to_owned);
         let Some(expected) = &health.expect_body else {
-            return Ok(());
+            return Ok(domain);
         };
         let body = Limited::new(response.into_body(), MAX_CHECK_BODY);
         // A body longer than the limit is searched in its first part.
@@ -202,7 +215,7 @@ impl Probe for HttpProbe {
             }
         }
         if contains(&seen, expected.as_bytes()) {
-            Ok(())
+            Ok(domain)
         } else {
             Err(ProbeError::Body(expected.clone()))
         }
@@ -251,6 +264,9 @@ pub struct Report {
     pub backend: usize,
     /// The result.
     pub result: Result<(), ProbeError>,
+    /// The failure domain a passing check reported
+    /// (`[region.health] failure_domain_header`).
+    pub domain: Option<String>,
 }
 
 /// Which backend a prober checks, in which configuration generation.
@@ -295,11 +311,16 @@ pub async fn probe_loop<P: Probe, T: From<Report>>(
             }
         };
         metrics.health_check(started.elapsed());
+        let (result, domain) = match result {
+            Ok(domain) => (Ok(()), domain),
+            Err(e) => (Err(e), None),
+        };
         let report = Report {
             generation: target.generation,
             region: target.region,
             backend: target.backend,
             result,
+            domain,
         };
         if reports.send(report.into()).await.is_err() {
             return;
@@ -318,11 +339,11 @@ mod tests {
     }
 
     impl Probe for std::sync::Arc<Scripted> {
-        async fn check(&self, _: &Backend, _: &Health) -> Result<(), ProbeError> {
+        async fn check(&self, _: &Backend, _: &Health) -> Result<Option<String>, ProbeError> {
             self.calls.lock().unwrap().push(tokio::time::Instant::now());
             let next = self.script.lock().unwrap().pop_front().flatten();
             match next {
-                Some(result) => result,
+                Some(result) => result.map(|()| None),
                 None => std::future::pending().await,
             }
         }

@@ -94,6 +94,8 @@ pub struct BackendView {
     pub ejections: u32,
     /// An operator drained it: it takes no new requests whatever its health.
     pub drained: bool,
+    /// Its failure domain (node, zone): reported by its health check, or configured.
+    pub domain: Option<String>,
 }
 
 impl BackendView {
@@ -118,6 +120,9 @@ pub struct RegionView {
     pub drained: bool,
     /// Backends, in configuration order.
     pub backends: Vec<BackendView>,
+    /// Set when every backend taking traffic (two or more) is in this one
+    /// failure domain.
+    pub single_domain: Option<String>,
 }
 
 impl RegionView {
@@ -384,7 +389,11 @@ pub async fn run_owner(
                 // Reports and ejections about an older configuration's
                 // indices may still be queued after a reload.
                 Some(Signal::Check(r)) if r.generation == generation.number => {
-                    tracker.check(r.region, r.backend, r.result, now())
+                    let passed = r.result.is_ok();
+                    let changed = tracker.check(r.region, r.backend, r.result, now());
+                    let domain = passed
+                        && tracker.report_domain(r.region, r.backend, r.domain, now());
+                    changed || domain
                 }
                 Some(Signal::Eject { generation: g, region, backend, failure }) if g == generation.number => {
                     tracker.eject(region, backend, failure, now())

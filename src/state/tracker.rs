@@ -102,11 +102,13 @@ impl Tracker {
             .map(|(r, tracks)| {
                 let backends: Vec<BackendView> = tracks
                     .iter()
-                    .map(|t| BackendView {
+                    .zip(&r.backends)
+                    .map(|(t, b)| BackendView {
                         state: t.state(),
                         last_error: None,
                         ejections: 0,
                         drained: false,
+                        domain: b.domain.clone(),
                     })
                     .collect();
                 let up = backends
@@ -120,6 +122,7 @@ impl Tracker {
                     ramp_permille: 1000,
                     drained: false,
                     backends,
+                    single_domain: None,
                 }
             })
             .collect();
@@ -383,7 +386,65 @@ impl Tracker {
             .min()
     }
 
+    /// Records the failure domain a passing check of `backend` reported
+    /// (or the configured one when it reported none); true when the view
+    /// changed.
+    pub fn report_domain(
+        &mut self,
+        region: usize,
+        backend: usize,
+        reported: Option<String>,
+        now: Instant,
+    ) -> bool {
+        let Some(cfg) = self
+            .config
+            .regions
+            .get(region)
+            .and_then(|r| r.backends.get(backend))
+        else {
+            return false;
+        };
+        let domain = reported.or_else(|| cfg.domain.clone());
+        let view = &mut self.views[region].backends[backend];
+        if view.domain == domain {
+            return false;
+        }
+        view.domain = domain;
+        self.refresh_region(region, now);
+        true
+    }
+
+    /// Warns when every backend taking traffic in `region` shares one
+    /// failure domain: the single point of failure of the post-mortem.
+    fn refresh_domain_warning(&mut self, region: usize) {
+        let view = &self.views[region];
+        let single = single_failure_domain(view);
+        if single == view.single_domain {
+            return;
+        }
+        let name = self.config.regions[region].name.clone();
+        let (from, to, reason) = match &single {
+            Some(domain) => {
+                let reason = format!(
+                    "all {} backends taking traffic are in failure domain {domain}: one failure there takes the region down",
+                    view.healthy_backends()
+                );
+                tracing::warn!(region = %name, %domain, "{reason}");
+                ("spread", "one_failure_domain", reason)
+            }
+            None => {
+                let reason =
+                    "backends taking traffic are spread over failure domains again".to_owned();
+                tracing::info!(region = %name, "{reason}");
+                ("one_failure_domain", "spread", reason)
+            }
+        };
+        self.views[region].single_domain = single;
+        self.push_event(&name, from, to, &reason);
+    }
+
     fn refresh_region(&mut self, region: usize, now: Instant) {
+        self.refresh_domain_warning(region);
         let cfg = &self.config.regions[region];
         let view = &mut self.views[region];
         let up = view.healthy_backends();
@@ -483,6 +544,21 @@ impl Tracker {
         push_event(&mut self.events, subject, from, to, reason);
         self.events_shared = Arc::new(self.events.clone());
     }
+}
+
+/// The one failure domain of a region's backends taking traffic, when
+/// there are at least two of them and they all report the same one.
+pub fn single_failure_domain(view: &RegionView) -> Option<String> {
+    let mut serving = view.backends.iter().filter(|b| b.takes_traffic());
+    let first = serving.next()?.domain.clone()?;
+    let mut count = 1;
+    for b in serving {
+        if b.domain.as_deref() != Some(first.as_str()) {
+            return None;
+        }
+        count += 1;
+    }
+    (count >= 2).then_some(first)
 }
 
 fn permille(elapsed: Duration, total: Duration) -> u16 {
@@ -971,6 +1047,54 @@ mod tests {
         assert_eq!(r.views[1].backends[0].state, Down, "rise is now 5");
         r.check(1, 0, PASS, t0);
         assert_eq!(r.views[1].backends[0].state, Up);
+    }
+
+    #[test]
+    fn one_failure_domain_needs_two_serving_backends_all_in_it() {
+        let b = |state, domain: Option<&str>| BackendView {
+            state,
+            last_error: None,
+            ejections: 0,
+            drained: false,
+            domain: domain.map(str::to_owned),
+        };
+        let region = |backends| RegionView {
+            state: RegionState::Healthy,
+            held: false,
+            ramp_permille: 1000,
+            drained: false,
+            backends,
+            single_domain: None,
+        };
+        let one = |v: Vec<BackendView>| single_failure_domain(&region(v));
+        assert_eq!(
+            one(vec![b(Up, Some("n1")), b(Up, Some("n1"))]).as_deref(),
+            Some("n1")
+        );
+        assert_eq!(one(vec![b(Up, Some("n1")), b(Up, Some("n2"))]), None);
+        assert_eq!(
+            one(vec![b(Up, Some("n1")), b(Up, None)]),
+            None,
+            "unknown is not the same"
+        );
+        assert_eq!(one(vec![b(Up, Some("n1"))]), None, "one backend alone");
+        assert_eq!(
+            one(vec![
+                b(Up, Some("n1")),
+                b(Up, Some("n1")),
+                b(Down, Some("n2"))
+            ])
+            .as_deref(),
+            Some("n1"),
+            "only backends taking traffic count"
+        );
+        let mut drained = b(Up, Some("n2"));
+        drained.drained = true;
+        assert_eq!(
+            one(vec![b(Up, Some("n1")), b(Up, Some("n1")), drained]).as_deref(),
+            Some("n1")
+        );
+        assert_eq!(one(vec![b(Ejected, Some("n1")), b(Up, Some("n1"))]), None);
     }
 
     #[test]

@@ -245,7 +245,6 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 }
 
 fn run(path: PathBuf) -> anyhow::Result<()> {
-    telemetry::init();
     let config = match Config::load(&path) {
         Ok(c) => c,
         Err(e) => {
@@ -253,6 +252,7 @@ fn run(path: PathBuf) -> anyhow::Result<()> {
             anyhow::bail!("invalid configuration {}", path.display());
         }
     };
+    telemetry::init_with(&config.log);
     for warning in config.warnings() {
         tracing::warn!("{warning}");
     }

@@ -283,3 +283,69 @@ async fn sighup_reloads_the_configuration_file() {
     child.kill().unwrap();
     let _ = child.wait();
 }
+
+#[tokio::test]
+async fn the_access_log_is_one_json_object_per_request_with_the_decision() {
+    use common::*;
+    let us1 = Backend::start("us-1").await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let text = config_text(&[R("us", &[&us1], &[])], "[log]\nformat = \"json\"\n").replace(
+        "127.0.0.1:0\"\n\n[admin]",
+        &format!("127.0.0.1:{port}\"\n\n[admin]"),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("m.toml");
+    std::fs::write(&path, text).unwrap();
+    let log_path = dir.path().join("stderr.log");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_meridian"))
+        .args(["run", "-c", path.to_str().unwrap()])
+        .env_remove("RUST_LOG")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log_path).unwrap())
+        .spawn()
+        .expect("starts");
+    let url = format!("http://127.0.0.1:{port}/hello?x=1");
+    wait_for(
+        std::time::Duration::from_secs(10),
+        "a 200 through the binary",
+        || {
+            let url = url.clone();
+            async move {
+                match client().request(empty(http::Method::GET, url)).await {
+                    Ok(resp) => resp.status() == 200,
+                    Err(_) => false,
+                }
+            }
+        },
+    )
+    .await;
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let _ = child.wait();
+    let log = std::fs::read_to_string(&log_path).unwrap();
+    let mut access = Vec::new();
+    for line in log.lines() {
+        let v: serde_json::Value = serde_json::from_str(line)
+            .unwrap_or_else(|e| panic!("not one JSON object per line ({e}): {line}"));
+        if v["target"] == "meridian::access" {
+            access.push(v);
+        }
+    }
+    let served = access
+        .iter()
+        .find(|v| v["status"] == 200)
+        .unwrap_or_else(|| panic!("no access event for the 200:\n{log}"));
+    assert_eq!(served["client"], "127.0.0.1");
+    assert_eq!(served["preferred"], "us");
+    assert_eq!(served["served"], "us");
+    assert_eq!(served["retries"], 0);
+    assert_eq!(served["method"], "GET");
+    assert_eq!(served["path"], "/hello");
+    assert!(served["ms"].is_u64(), "{served}");
+    assert!(served["why"].is_string(), "{served}");
+}

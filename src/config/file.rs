@@ -31,6 +31,17 @@ pub struct FileConfig {
     pub status_page: StatusPageFile,
     #[serde(default)]
     pub alerts: Option<AlertsFile>,
+    #[serde(default)]
+    pub log: LogFile,
+}
+
+/// `[log]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogFile {
+    pub level: Option<Spanned<String>>,
+    pub format: Option<Spanned<String>>,
+    pub access: Option<bool>,
 }
 
 /// `[alerts]`

@@ -50,6 +50,39 @@ pub struct Config {
     pub status_page: StatusPage,
     /// `[alerts]`: where region transitions are pushed. None without the table.
     pub alerts: Option<Alerts>,
+    /// `[log]`: the log's format and level, and the access log.
+    pub log: Log,
+}
+
+/// `[log]`: how Meridian logs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Log {
+    /// A `tracing` filter such as `info` or `info,meridian::access=off`;
+    /// `RUST_LOG` wins when set. Default `info`.
+    pub level: String,
+    /// One line per event (`plain`, the default) or one JSON object (`json`).
+    pub format: LogFormat,
+    /// One event per request, with the routing decision. Default true.
+    pub access: bool,
+}
+
+impl Default for Log {
+    fn default() -> Self {
+        Log {
+            level: "info".into(),
+            format: LogFormat::Plain,
+            access: true,
+        }
+    }
+}
+
+/// How log events are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Plain,
+    /// One JSON object per line, for log pipelines.
+    Json,
 }
 
 /// `[alerts]`: webhooks told of every region transition.

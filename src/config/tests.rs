@@ -2524,6 +2524,31 @@ fn alerts_take_webhooks_and_bounded_delivery_settings() {
 }
 
 #[test]
+fn log_format_level_and_access_log() {
+    let c = accepted(ONE_REGION);
+    assert_eq!(c.log, crate::config::Log::default());
+    assert_eq!(c.log.format, crate::config::LogFormat::Plain);
+    let c = accepted(&format!(
+        "[log]\nlevel = \"warn,meridian::access=info\"\nformat = \"json\"\naccess = false\n{ONE_REGION}"
+    ));
+    assert_eq!(c.log.level, "warn,meridian::access=info");
+    assert_eq!(c.log.format, crate::config::LogFormat::Json);
+    assert!(!c.log.access);
+    assert_only_issue(
+        &format!("[log]\nformat = \"xml\"\n{ONE_REGION}"),
+        "format",
+        "log.format",
+        "expected \"plain\" or \"json\"",
+    );
+    assert_only_issue(
+        &format!("[log]\nlevel = \"info,=x=y\"\n{ONE_REGION}"),
+        "level",
+        "log.level",
+        "invalid filter",
+    );
+}
+
+#[test]
 fn missing_file_is_a_read_error_without_issues() {
     let err = Config::load("/nonexistent/meridian-test.toml").unwrap_err();
     assert!(matches!(err, ConfigError::Read { .. }), "{err:?}");

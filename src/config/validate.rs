@@ -208,6 +208,7 @@ fn check(file_name: &str, raw: FileConfig, issues: &mut Issues) -> Config {
         limits,
         status_page,
         alerts,
+        log,
     } = raw;
 
     let listen_file = listen;
@@ -249,6 +250,7 @@ fn check(file_name: &str, raw: FileConfig, issues: &mut Issues) -> Config {
     let limits = check_limits(issues, limits);
     let status_page = check_status_page(issues, status_page);
     let alerts = alerts.and_then(|a| super::alerts::check_alerts(issues, a));
+    let log = check_log(issues, log);
 
     Config {
         source: file_name.to_owned(),
@@ -262,7 +264,38 @@ fn check(file_name: &str, raw: FileConfig, issues: &mut Issues) -> Config {
         limits,
         status_page,
         alerts,
+        log,
     }
+}
+
+fn check_log(issues: &mut Issues, raw: file::LogFile) -> super::Log {
+    let mut log = super::Log::default();
+    if let Some(level) = raw.level {
+        match tracing_subscriber::EnvFilter::try_new(level.get_ref()) {
+            Ok(_) => log.level = level.get_ref().clone(),
+            Err(e) => issues.at(
+                span(&level),
+                "log.level",
+                format!(
+                    "invalid filter \"{}\" ({e}): expected a level such as \"info\" or \"warn\", or directives such as \"info,meridian::access=off\"",
+                    level.get_ref()
+                ),
+            ),
+        }
+    }
+    if let Some(format) = raw.format {
+        match format.get_ref().as_str() {
+            "plain" => log.format = super::LogFormat::Plain,
+            "json" => log.format = super::LogFormat::Json,
+            other => issues.at(
+                span(&format),
+                "log.format",
+                format!("invalid format \"{other}\": expected \"plain\" or \"json\""),
+            ),
+        }
+    }
+    log.access = raw.access.unwrap_or(true);
+    log
 }
 
 fn socket_addr(

@@ -104,6 +104,8 @@ pub(super) struct Forward<'a> {
     /// The next candidate not tried yet.
     next: usize,
     retried_same: bool,
+    /// Attempts started: the first, retries and hedges.
+    attempts: u32,
     hedging: bool,
     running: Vec<Running>,
     last_error: Option<(AttemptError, usize)>,
@@ -134,6 +136,7 @@ impl<'a> Forward<'a> {
             pending: has_body.then(|| Replay::unread(body)),
             next: 0,
             retried_same: false,
+            attempts: 0,
             hedging: retry_method && snapshot.config.proxy.hedge.is_some(),
             running: Vec::new(),
             last_error: None,
@@ -142,7 +145,13 @@ impl<'a> Forward<'a> {
     }
 
     /// Forwards until a backend answers; otherwise says which page to serve.
-    pub(super) async fn run(mut self) -> Result<Served, Rescue> {
+    /// The answer, and how many attempts were made for it.
+    pub(super) async fn run(mut self) -> (Result<Served, Rescue>, u32) {
+        let outcome = self.walk().await;
+        (outcome, self.attempts)
+    }
+
+    async fn walk(&mut self) -> Result<Served, Rescue> {
         if self.plan.candidates.is_empty() {
             return Err(empty_plan(self.snapshot));
         }
@@ -351,6 +360,7 @@ impl<'a> Forward<'a> {
         if same.is_none() {
             self.next += 1;
         }
+        self.attempts += 1;
         let config = &self.snapshot.config;
         let c = self.plan.candidates[candidate];
         let region = &config.regions[c.region];

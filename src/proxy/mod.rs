@@ -168,10 +168,11 @@ impl Proxy {
         };
         let proto = if tls { "https" } else { "http" };
         let keep_host = prepare_headers(&mut head, config.proxy.preserve_host, peer, proto);
-        let forwarded = match handshake {
-            Some(handshake) => {
-                upgrade::forward(self, snapshot, &plan, &head, keep_host, handshake).await
-            }
+        let (forwarded, attempts) = match handshake {
+            Some(handshake) => (
+                upgrade::forward(self, snapshot, &plan, &head, keep_host, handshake).await,
+                1,
+            ),
             None => {
                 forward::Forward::new(self, snapshot, &plan, &head, keep_host, body)
                     .run()
@@ -220,19 +221,22 @@ impl Proxy {
             Some(r) if r != location.region => "failover",
             _ => location.why.as_str(),
         };
-        tracing::info!(
-            target: "meridian::access",
-            client = %client,
-            country = %geo::Code(location.place.country),
-            continent = %geo::Code(location.place.continent),
-            preferred = %config.regions[location.region].name,
-            served = %served.map_or("-", |r| config.regions[r].name.as_str()),
-            why = %why,
-            method = %head.method,
-            path = %head.uri.path(),
-            status = response.status().as_u16(),
-            ms = started.elapsed().as_millis() as u64,
-        );
+        if config.log.access {
+            tracing::info!(
+                target: crate::telemetry::ACCESS,
+                client = %client,
+                country = %geo::Code(location.place.country),
+                continent = %geo::Code(location.place.continent),
+                preferred = %config.regions[location.region].name,
+                served = %served.map_or("-", |r| config.regions[r].name.as_str()),
+                why = %why,
+                retries = attempts.saturating_sub(1),
+                method = %head.method,
+                path = %head.uri.path(),
+                status = response.status().as_u16(),
+                ms = started.elapsed().as_millis() as u64,
+            );
+        }
         (response, location.region, served)
     }
 

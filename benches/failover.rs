@@ -10,6 +10,11 @@
 //! and "eu" (failing over to "us"). A client sends `GET /` at 200 requests/s
 //! for 2 s, then the us backend fails for 6 s, then it recovers and the load
 //! goes on until traffic is back on us (or 15 s passed).
+//!
+//! Meridian alerts a webhook receiver of the runner's own; the table says
+//! how long after the fault the first alert about us arrived. Health checks
+//! run every 500 ms; `--interval=MS` changes that (the alert figure of the
+//! README uses `--interval=1000`).
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -224,15 +229,26 @@ impl Scenario {
     }
 }
 
-fn config_text(us: SocketAddr, eu: SocketAddr, passive: bool) -> String {
+fn config_text(
+    us: SocketAddr,
+    eu: SocketAddr,
+    passive: bool,
+    webhook: SocketAddr,
+    interval: Duration,
+) -> String {
     let outlier = if passive {
         ""
     } else {
         "[region.outlier]\nconsecutive_failures = 0\n"
     };
+    let interval = interval.as_millis();
+    let timeout = (interval * 4 / 5).max(1);
     format!(
         r#"[listen]
 http = "127.0.0.1:0"
+
+[alerts]
+webhooks = ["http://{webhook}/hook"]
 
 [geo]
 default_region = "us"
@@ -243,8 +259,8 @@ failover = ["eu"]
 backends = ["http://{us}"]
 
 [region.health]
-interval = "500ms"
-timeout = "400ms"
+interval = "{interval}ms"
+timeout = "{timeout}ms"
 {outlier}
 [[region]]
 name = "eu"
@@ -252,10 +268,42 @@ failover = ["us"]
 backends = ["http://{eu}"]
 
 [region.health]
-interval = "500ms"
-timeout = "400ms"
+interval = "{interval}ms"
+timeout = "{timeout}ms"
 "#
     )
+}
+
+/// A webhook on loopback: when each alert message arrived, and its JSON.
+async fn webhook() -> (SocketAddr, Arc<Mutex<Vec<(Instant, serde_json::Value)>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("address");
+    let received = Arc::new(Mutex::new(Vec::new()));
+    let log = Arc::clone(&received);
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let log = Arc::clone(&log);
+            tokio::spawn(async move {
+                let service = service_fn(move |req: Request<Incoming>| {
+                    let log = Arc::clone(&log);
+                    async move {
+                        let at = Instant::now();
+                        let body = req.into_body().collect().await.map(|b| b.to_bytes());
+                        if let Ok(body) = body {
+                            if let Ok(json) = serde_json::from_slice(&body) {
+                                log.lock().expect("webhook lock").push((at, json));
+                            }
+                        }
+                        Ok::<_, Infallible>(Response::new(Full::new(Bytes::new())))
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    (addr, received)
 }
 
 /// One request of the load, as the client saw it.
@@ -320,6 +368,8 @@ struct Outcome {
     records: Vec<Record>,
     states: Vec<StateSample>,
     settled: bool,
+    /// When the first alert about us reached the webhook.
+    alert_at: Option<Instant>,
 }
 
 type LoadClient = Client<HttpConnector, Empty<Bytes>>;
@@ -407,10 +457,17 @@ fn back_on_us(records: &[Record], since: Instant) -> bool {
     }
 }
 
-async fn run(scenario: Scenario) -> Result<(Outcome, Config), String> {
+async fn run(scenario: Scenario, interval: Duration) -> Result<(Outcome, Config), String> {
     let us = Backend::start("us-1").await;
     let eu = Backend::start("eu-1").await;
-    let text = config_text(us.addr, eu.addr, scenario != Scenario::HangActiveOnly);
+    let (hook, alerts) = webhook().await;
+    let text = config_text(
+        us.addr,
+        eu.addr,
+        scenario != Scenario::HangActiveOnly,
+        hook,
+        interval,
+    );
     let config =
         Config::parse("failover.toml", &text).map_err(|e| format!("config invalid: {e}"))?;
     let running: Running = server::start(config.clone())
@@ -561,6 +618,18 @@ async fn run(scenario: Scenario) -> Result<(Outcome, Config), String> {
     let mut records = std::mem::take(&mut *records.lock().expect("records lock"));
     records.sort_by_key(|r| r.sent);
     let states = std::mem::take(&mut *states.lock().expect("states lock"));
+    // The first alert about us after the fault.
+    let alert_at = alerts
+        .lock()
+        .expect("webhook lock")
+        .iter()
+        .filter(|(at, _)| *at >= t_fault)
+        .find(|(_, m)| {
+            m["alerts"]
+                .as_array()
+                .is_some_and(|a| a.iter().any(|a| a["region"] == "us"))
+        })
+        .map(|(at, _)| *at);
     Ok((
         Outcome {
             scenario,
@@ -570,6 +639,7 @@ async fn run(scenario: Scenario) -> Result<(Outcome, Config), String> {
             records,
             states,
             settled,
+            alert_at,
         },
         config,
     ))
@@ -669,6 +739,7 @@ fn row(o: &Outcome) -> Row {
             millis(p99),
             secs(to_eu),
             secs(us_down),
+            secs(o.alert_at.map(|a| a.duration_since(o.t_fault))),
             secs(first_us),
             secs(all_us),
             switches(r, "us", o.t_fault, o.t_recover).to_string(),
@@ -676,7 +747,7 @@ fn row(o: &Outcome) -> Row {
     }
 }
 
-const HEADERS: [&str; 11] = [
+const HEADERS: [&str; 12] = [
     "scenario",
     "requests",
     "failed",
@@ -685,6 +756,7 @@ const HEADERS: [&str; 11] = [
     "p99 after fault",
     "fault → all on eu",
     "fault → us not serving",
+    "fault → alert delivered",
     "recovery → first on us",
     "recovery → all on us",
     "switches in fault window",
@@ -802,6 +874,12 @@ fn main() {
         return;
     }
     let filter = args.iter().find(|a| !a.starts_with('-')).cloned();
+    let interval = args
+        .iter()
+        .find_map(|a| a.strip_prefix("--interval="))
+        .map_or(Duration::from_millis(500), |ms| {
+            Duration::from_millis(ms.parse().expect("--interval=MILLISECONDS"))
+        });
     let scenarios: Vec<Scenario> = Scenario::ALL
         .into_iter()
         .filter(|s| filter.as_deref().is_none_or(|f| s.name().contains(f)))
@@ -823,7 +901,7 @@ fn main() {
         let mut config = None;
         for scenario in scenarios {
             eprintln!("running {} ...", scenario.name());
-            match run(scenario).await {
+            match run(scenario, interval).await {
                 Ok((outcome, c)) => {
                     outcomes.push(outcome);
                     config = Some(c);

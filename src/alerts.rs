@@ -74,47 +74,37 @@ pub fn transitions(before: &Snapshot, after: &Snapshot) -> Vec<Transition> {
         humantime_serde::re::humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
     let mut out = Vec::new();
     for (rc, rv) in after.config.regions.iter().zip(&after.regions) {
-        let old = before
+        let Some(old) = before
             .config
             .regions
             .iter()
             .position(|r| r.name == rc.name)
-            .map(|i| before.regions[i].state);
-        let Some(old) = old.filter(|&o| o != rv.state) else {
+            .map(|i| &before.regions[i])
+        else {
             continue;
         };
         // The first checks after a start or a reload find a region
         // healthy: news only when it is not.
-        if old == RegionState::Unknown && rv.state == RegionState::Healthy {
-            continue;
+        let first_checks = old.state == RegionState::Unknown && rv.state == RegionState::Healthy;
+        if old.state != rv.state && !first_checks {
+            let reason = after
+                .events
+                .iter()
+                .rev()
+                .find(|e| e.subject == rc.name && e.to == rv.state.as_str())
+                .map(|e| e.reason.clone())
+                .unwrap_or_default();
+            out.push(Transition {
+                region: rc.name.clone(),
+                from: old.state.as_str().to_owned(),
+                to: rv.state.as_str().to_owned(),
+                reason,
+                time: time.clone(),
+                evidence: evidence(rc, rv),
+            });
         }
-        let reason = after
-            .events
-            .iter()
-            .rev()
-            .find(|e| e.subject == rc.name)
-            .map(|e| e.reason.clone())
-            .unwrap_or_default();
-        out.push(Transition {
-            region: rc.name.clone(),
-            from: old.as_str().to_owned(),
-            to: rv.state.as_str().to_owned(),
-            reason,
-            time: time.clone(),
-            evidence: evidence(rc, rv),
-        });
-    }
-    for (rc, rv) in after.config.regions.iter().zip(&after.regions) {
-        let old = before
-            .config
-            .regions
-            .iter()
-            .position(|r| r.name == rc.name)
-            .map(|i| before.regions[i].single_domain.clone());
-        let Some(old) = old.filter(|o| *o != rv.single_domain) else {
-            continue;
-        };
-        let (from, to, reason) = match (&old, &rv.single_domain) {
+        let (from, to, reason) = match (&old.single_domain, &rv.single_domain) {
+            (a, b) if a == b => continue,
             (_, Some(domain)) => (
                 "spread",
                 "one_failure_domain",

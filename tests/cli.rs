@@ -142,22 +142,34 @@ async fn spawn_meridian(config: &std::path::Path, port: u16) -> std::process::Ch
 
 mod common;
 
-#[tokio::test]
-async fn sigterm_lets_a_request_in_flight_finish_then_exits_zero() {
+/// A configuration file for one region on `backend`, its public listener on
+/// a port free at the time of asking, and `extra` more TOML; the directory
+/// holding it, its path and the port.
+fn config_on_a_free_port(
+    backend: &common::Backend,
+    extra: &str,
+) -> (tempfile::TempDir, std::path::PathBuf, u16) {
     use common::*;
-    let us1 = Backend::start("us-1").await;
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap()
         .port();
-    let text = config_text(&[R("us", &[&us1], &[])], "").replace(
+    let text = config_text(&[R("us", &[backend], &[])], extra).replace(
         "127.0.0.1:0\"\n\n[admin]",
         &format!("127.0.0.1:{port}\"\n\n[admin]"),
     );
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("m.toml");
     std::fs::write(&path, text).unwrap();
+    (dir, path, port)
+}
+
+#[tokio::test]
+async fn sigterm_lets_a_request_in_flight_finish_then_exits_zero() {
+    use common::*;
+    let us1 = Backend::start("us-1").await;
+    let (_dir, path, port) = config_on_a_free_port(&us1, "");
     let mut child = spawn_meridian(&path, port).await;
 
     let base = format!("http://127.0.0.1:{port}");
@@ -288,18 +300,7 @@ async fn sighup_reloads_the_configuration_file() {
 async fn the_access_log_is_one_json_object_per_request_with_the_decision() {
     use common::*;
     let us1 = Backend::start("us-1").await;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let text = config_text(&[R("us", &[&us1], &[])], "[log]\nformat = \"json\"\n").replace(
-        "127.0.0.1:0\"\n\n[admin]",
-        &format!("127.0.0.1:{port}\"\n\n[admin]"),
-    );
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("m.toml");
-    std::fs::write(&path, text).unwrap();
+    let (dir, path, port) = config_on_a_free_port(&us1, "[log]\nformat = \"json\"\n");
     let log_path = dir.path().join("stderr.log");
     let mut child = Command::new(env!("CARGO_BIN_EXE_meridian"))
         .args(["run", "-c", path.to_str().unwrap()])

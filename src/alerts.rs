@@ -126,28 +126,44 @@ pub fn transitions(before: &Snapshot, after: &Snapshot) -> Vec<Transition> {
             evidence: evidence(rc, rv),
         });
     }
-    let serving = |s: &Snapshot| s.regions.iter().any(|r| r.state.serves());
-    let checked = |s: &Snapshot| s.regions.iter().all(|r| r.state != RegionState::Unknown);
-    if checked(after) && checked(before) && serving(before) != serving(after) {
-        let (from, to, reason) = if serving(after) {
-            ("status_page", "serving", "a region can serve again")
-        } else {
-            (
-                "serving",
-                "status_page",
-                "no region can serve: every client gets the status page",
-            )
-        };
-        out.push(Transition {
-            region: ALL_REGIONS.into(),
-            from: from.into(),
-            to: to.into(),
-            reason: reason.into(),
-            time,
-            evidence: Vec::new(),
-        });
-    }
     out
+}
+
+/// Whether some region can serve, once every region has been checked.
+fn serving(s: &Snapshot) -> Option<bool> {
+    s.regions
+        .iter()
+        .all(|r| r.state != RegionState::Unknown)
+        .then(|| s.regions.iter().any(|r| r.state.serves()))
+}
+
+/// The `*` transition `snapshot` makes against `last`, the serving state
+/// last seen with every region checked (so that an outage found by the
+/// first checks is told too); updates `last`.
+pub fn serving_transition(last: &mut Option<bool>, snapshot: &Snapshot) -> Option<Transition> {
+    let now = serving(snapshot)?;
+    let before = last.replace(now);
+    // At start, a service that serves is not news; one that cannot is.
+    if before.unwrap_or(true) == now {
+        return None;
+    }
+    let (from, to, reason) = if now {
+        ("status_page", "serving", "a region can serve again")
+    } else {
+        (
+            "serving",
+            "status_page",
+            "no region can serve: every client gets the status page",
+        )
+    };
+    Some(Transition {
+        region: ALL_REGIONS.into(),
+        from: from.into(),
+        to: to.into(),
+        reason: reason.into(),
+        time: humantime_serde::re::humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
+        evidence: Vec::new(),
+    })
 }
 
 /// Each backend of a region as an alert shows it.
@@ -272,6 +288,8 @@ fn line(g: &Grouped) -> String {
 #[derive(Debug)]
 pub struct AlertQueue {
     queue: Mutex<VecDeque<Transition>>,
+    /// Whether some region could serve, as last alerted.
+    serving: Mutex<Option<bool>>,
     capacity: usize,
     dropped: std::sync::atomic::AtomicU64,
     ready: Notify,
@@ -282,6 +300,7 @@ impl AlertQueue {
     pub fn new(capacity: usize) -> AlertQueue {
         AlertQueue {
             queue: Mutex::new(VecDeque::with_capacity(capacity.min(1024))),
+            serving: Mutex::new(None),
             capacity: capacity.max(1),
             dropped: Default::default(),
             ready: Notify::new(),
@@ -302,6 +321,17 @@ impl AlertQueue {
         drop(q);
         self.ready.notify_one();
         dropped
+    }
+
+    /// Queues the transitions from `before` to `after`.
+    pub fn publish(&self, before: &Snapshot, after: &Snapshot) {
+        let star = {
+            let mut last = self.serving.lock().unwrap_or_else(|e| e.into_inner());
+            serving_transition(&mut last, after)
+        };
+        for t in transitions(before, after).into_iter().chain(star) {
+            self.push(t);
+        }
     }
 
     fn take(&self) -> (Vec<Transition>, u64) {
@@ -427,10 +457,11 @@ pub async fn deliver(
 /// A webhook URL for the log: scheme and host only, since the path of a
 /// Slack-style webhook is its secret.
 pub fn redacted(url: &http::Uri) -> String {
+    let port = url.port().map(|p| format!(":{p}")).unwrap_or_default();
     format!(
-        "{}://{}/…",
+        "{}://{}{port}/…",
         url.scheme_str().unwrap_or("http"),
-        url.authority().map_or("", |a| a.as_str())
+        url.host().unwrap_or("")
     )
 }
 
@@ -591,5 +622,7 @@ mod tests {
             .parse()
             .unwrap();
         assert_eq!(redacted(&url), "https://hooks.slack.com/…");
+        let url: http::Uri = "http://user:secret@10.0.0.1:8080/hook".parse().unwrap();
+        assert_eq!(redacted(&url), "http://10.0.0.1:8080/…");
     }
 }

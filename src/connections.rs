@@ -90,10 +90,8 @@ pub(crate) async fn accept_loop(
             Listener::Http
         };
         connections.spawn(async move {
-            let metrics = Arc::clone(proxy.shared().metrics());
-            metrics.connection(listener_kind, 1);
+            let _open = proxy.shared().metrics().open_connection(listener_kind);
             serve_connection(stream, peer, proxy, &http, &limits, &endpoint, stops).await;
-            metrics.connection(listener_kind, -1);
             drop(permit);
         });
     }

@@ -63,6 +63,19 @@ pub enum AlertResult {
     Dropped = 2,
 }
 
+/// One open client connection, counted until dropped.
+#[derive(Debug)]
+pub struct OpenConnection {
+    metrics: Arc<Metrics>,
+    listener: Listener,
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.metrics.connections[self.listener as usize].fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// A histogram over fixed buckets, recorded with atomics.
 #[derive(Debug)]
 pub struct Histogram<const N: usize> {
@@ -211,9 +224,14 @@ impl Metrics {
         }
     }
 
-    /// A client connection opened (`+1`) or closed (`-1`) on `listener`.
-    pub fn connection(&self, listener: Listener, delta: i64) {
-        self.connections[listener as usize].fetch_add(delta, Ordering::Relaxed);
+    /// Counts a client connection open on `listener` until the guard is
+    /// dropped, however its task ends.
+    pub fn open_connection(self: &Arc<Self>, listener: Listener) -> OpenConnection {
+        self.connections[listener as usize].fetch_add(1, Ordering::Relaxed);
+        OpenConnection {
+            metrics: Arc::clone(self),
+            listener,
+        }
     }
 
     /// A configuration reload, applied or refused.

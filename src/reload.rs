@@ -123,11 +123,14 @@ impl Reloader {
     /// without its probers.
     pub async fn reload(self: &Arc<Self>) -> Result<Reloaded, ReloadError> {
         let this = Arc::clone(self);
-        let result = tokio::spawn(async move { this.reload_now().await })
-            .await
-            .unwrap_or(Err(ReloadError::Stopping));
-        self.shared.metrics().reload(result.is_ok());
-        result
+        tokio::spawn(async move {
+            let result = this.reload_now().await;
+            // Counted here, not by the caller, who may have gone away.
+            this.shared.metrics().reload(result.is_ok());
+            result
+        })
+        .await
+        .unwrap_or(Err(ReloadError::Stopping))
     }
 
     async fn reload_now(&self) -> Result<Reloaded, ReloadError> {

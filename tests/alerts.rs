@@ -252,3 +252,23 @@ async fn a_test_alert_reaches_every_webhook_through_the_api_and_ctl() {
     assert_eq!(resp.status(), StatusCode::CONFLICT);
     m.shutdown().await;
 }
+
+#[tokio::test]
+async fn an_outage_found_by_the_first_checks_is_alerted() {
+    let us = Backend::start("us-1").await;
+    let eu = Backend::start("eu-1").await;
+    us.set_up(false);
+    eu.set_up(false);
+    let receiver = Receiver::start(ACCEPT).await;
+    let text = config_text(
+        &[R("us", &[&us], &["eu"]), R("eu", &[&eu], &["us"])],
+        &format!(
+            "[alerts]\nwebhooks = [\"{}\"]\ngroup_window = \"100ms\"\n",
+            receiver.url()
+        ),
+    );
+    let m = start(&text).await;
+    let (_, all) = wait_for_alert(&receiver, "*", "status_page").await;
+    assert_eq!(all["from"], "serving");
+    m.shutdown().await;
+}

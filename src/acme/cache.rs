@@ -66,8 +66,16 @@ pub fn account(dir: &Path, directory: &str) -> Option<AccountCredentials> {
     }
 }
 
-/// Stores the account's credentials.
-pub fn save_account(dir: &Path, credentials: &AccountCredentials) -> Result<(), AcmeError> {
+/// Stores the account's credentials. A failure is logged, not returned: the
+/// account works from memory, and ordering again for want of a file would
+/// only create accounts the CA limits.
+pub fn save_account(dir: &Path, credentials: &AccountCredentials) {
+    if let Err(e) = write_account(dir, credentials) {
+        tracing::warn!(error = %e, "the ACME account cannot be stored; it will not survive a restart");
+    }
+}
+
+fn write_account(dir: &Path, credentials: &AccountCredentials) -> Result<(), AcmeError> {
     let path = dir.join(ACCOUNT);
     let mut bytes = serde_json::to_vec_pretty(credentials)
         .map_err(|e| io_error(&path)(std::io::Error::other(e)))?;
@@ -90,19 +98,28 @@ pub fn certificate(dir: &Path) -> Option<LoadedCert> {
     }
 }
 
-/// Stores a new certificate and its key, then reads them back as the server
-/// will (which also checks that they belong together).
+/// Checks a new certificate and its key (that they load and belong
+/// together), then stores them. A store that fails is logged: the
+/// certificate serves from memory, and is ordered again after a restart.
 pub fn save_certificate(
     dir: &Path,
     chain_pem: &str,
     key_pem: &str,
 ) -> Result<LoadedCert, AcmeError> {
     let (cert, key) = paths(dir);
+    let loaded = certs::from_pem(chain_pem.as_bytes(), key_pem.as_bytes(), &cert, &key)
+        .map_err(AcmeError::Certificate)?;
     // The key first: a crash between the two writes leaves a pair that
     // does not match, which is refused and ordered again, never served.
-    crate::atomic_file::write(&key, key_pem.as_bytes()).map_err(io_error(&key))?;
-    crate::atomic_file::write(&cert, chain_pem.as_bytes()).map_err(io_error(&cert))?;
-    certs::load(&cert, &key).map_err(AcmeError::Certificate)
+    let stored = crate::atomic_file::write(&key, key_pem.as_bytes())
+        .map_err(io_error(&key))
+        .and_then(|()| {
+            crate::atomic_file::write(&cert, chain_pem.as_bytes()).map_err(io_error(&cert))
+        });
+    if let Err(e) = stored {
+        tracing::warn!(error = %e, "the ACME certificate cannot be stored; it serves from memory and is ordered again after a restart");
+    }
+    Ok(loaded)
 }
 
 fn paths(dir: &Path) -> (PathBuf, PathBuf) {
@@ -189,7 +206,20 @@ mod tests {
         assert_eq!(certificate(dir.path()).unwrap().names, ["a.example"]);
         let other = rcgen::KeyPair::generate().unwrap();
         assert!(save_certificate(dir.path(), &pem, &other.serialize_pem()).is_err());
-        assert!(certificate(dir.path()).is_none());
+        assert_eq!(
+            certificate(dir.path()).unwrap().names,
+            ["a.example"],
+            "a refused pair is not stored"
+        );
+        // A directory that cannot be written: the certificate still serves.
+        let gone = dir.path().join("missing");
+        assert_eq!(
+            save_certificate(&gone, &pem, &key.serialize_pem())
+                .unwrap()
+                .names,
+            ["a.example"]
+        );
+        assert!(certificate(&gone).is_none());
     }
 
     #[test]

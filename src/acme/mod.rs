@@ -203,7 +203,18 @@ pub async fn run(
         match attempt {
             Ok(cert) => {
                 failures = 0;
+                let due = cache::renewal_due(&cert, &acme.domains, acme.renew_before);
                 terminator.install_acme(cert);
+                if due <= SystemTime::now() {
+                    // A clock ahead of the CA's, or a certificate without a
+                    // configured name: never order back to back.
+                    let delay = retry_delay(1);
+                    tracing::warn!(retry_in = ?delay, "the new ACME certificate is already due for renewal (check the clock and the domains)");
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        _ = tokio::time::sleep(delay) => {}
+                    }
+                }
             }
             Err(e) => {
                 failures += 1;
@@ -300,7 +311,7 @@ async fn account(acme: &Acme) -> Result<Account, AcmeError> {
             None,
         )
         .await?;
-    cache::save_account(&acme.cache, &credentials)?;
+    cache::save_account(&acme.cache, &credentials);
     tracing::info!(directory = %acme.directory, account = account.id(), "ACME account created");
     Ok(account)
 }

@@ -132,7 +132,10 @@ impl Proxy {
         snapshot: &Arc<Snapshot>,
     ) -> (Response<ResponseBody>, usize, Option<usize>) {
         let started = tokio::time::Instant::now();
-        if request.uri().path() == status_page::STATUS_PATH {
+        // Meridian's own answers are never the 2xx that would open an
+        // HTTP/2 extended CONNECT tunnel.
+        let own = request.method() != Method::CONNECT;
+        if own && request.uri().path() == status_page::STATUS_PATH {
             // Meridian's own answer, before any routing: the status page
             // polls it during an outage, and it must never reach a backend.
             return (self.public_status(snapshot, request.method()), 0, None);
@@ -140,6 +143,7 @@ impl Proxy {
         if let Some(answer) = self
             .acme
             .as_ref()
+            .filter(|_| own)
             .and_then(|a| a.answer(request.uri().path()))
         {
             return (acme_answer(answer), 0, None);

@@ -90,7 +90,8 @@ pub(super) async fn forward(
                         c.backend,
                         Failure::Status(status),
                     );
-                } else {
+                } else if !(handshake.over_http2 && response.status().is_success()) {
+                    // A 2xx to an HTTP/2 handshake is refused below: not a success.
                     generation.passive.success(c.region, c.backend);
                 }
                 let route = Route {

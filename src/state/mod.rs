@@ -353,9 +353,7 @@ impl Shared {
         let before = self.snapshot.swap(Arc::clone(&snapshot));
         self.published.send_replace(());
         if let Some(alerts) = self.alerts.get() {
-            for t in crate::alerts::transitions(&before, &snapshot) {
-                alerts.push(t);
-            }
+            alerts.publish(&before, &snapshot);
         }
     }
 

@@ -206,6 +206,7 @@ impl Tracker {
             view.held = old_view.held;
             view.ramp_permille = old_view.ramp_permille;
             view.drained = old_view.drained;
+            view.single_domain = old_view.single_domain.clone();
             for (bi, backend) in region.backends.iter().enumerate() {
                 let Some(ob) = old
                     .backends

@@ -94,12 +94,28 @@ pub fn provider() -> Arc<CryptoProvider> {
 /// Reads `cert` (a PEM chain, leaf first) and `key` (PKCS#8, PKCS#1 RSA or
 /// SEC1 EC), and checks that they belong together.
 pub fn load(cert: &Path, key: &Path) -> Result<LoadedCert, CertError> {
+    let read = |file: &Path| {
+        std::fs::read(file).map_err(|e| CertError::File {
+            file: file.display().to_string(),
+            reason: format!("cannot read it: {e}"),
+        })
+    };
+    from_pem(&read(cert)?, &read(key)?, cert, key)
+}
+
+/// The same from PEM text already read; `cert` and `key` name where it
+/// came from (or where it should have been stored) in messages.
+pub fn from_pem(
+    cert_pem: &[u8],
+    key_pem: &[u8],
+    cert: &Path,
+    key: &Path,
+) -> Result<LoadedCert, CertError> {
     let file_error = |file: &Path, reason: String| CertError::File {
         file: file.display().to_string(),
         reason,
     };
-    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
-        .map_err(|e| file_error(cert, pem_reason(e)))?
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert_pem)
         .collect::<Result<_, _>>()
         .map_err(|e| file_error(cert, pem_reason(e)))?;
     let Some(leaf) = chain.first() else {
@@ -110,7 +126,8 @@ pub fn load(cert: &Path, key: &Path) -> Result<LoadedCert, CertError> {
     };
     let (names, not_before, not_after) =
         inspect(leaf).map_err(|reason| file_error(cert, reason))?;
-    let private = PrivateKeyDer::from_pem_file(key).map_err(|e| file_error(key, pem_reason(e)))?;
+    let private =
+        PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| file_error(key, pem_reason(e)))?;
     let certified =
         CertifiedKey::from_der(chain, private, &provider()).map_err(|e| CertError::Mismatch {
             cert: cert.display().to_string(),

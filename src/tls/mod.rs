@@ -142,9 +142,11 @@ impl Terminator {
     /// named new ones). A set that does not load is refused and the one in
     /// force keeps serving.
     pub fn reload(&self, files: Option<Vec<CertFiles>>) -> Result<(), CertError> {
+        // The files in force are read under the lock, so that a poll cannot
+        // put back the files a configuration reload just replaced.
+        let _replacing = self.replacing.lock().unwrap_or_else(|e| e.into_inner());
         let files = files.unwrap_or_else(|| self.files.load().as_ref().clone());
         let seen = stamps(&files);
-        let _replacing = self.replacing.lock().unwrap_or_else(|e| e.into_inner());
         match load_all(&files) {
             Ok(certs) => {
                 let acme = self.store.current().acme().cloned();

@@ -423,26 +423,27 @@ pub async fn deliver_once(
         .unwrap_or(Err(DeliveryError::Timeout(timeout)))
 }
 
-/// Delivers `message` to `url`, retrying with backoff; records the result.
+/// Delivers `message` to `url`, retrying with backoff; records and logs
+/// the result.
 pub async fn deliver(
     client: &WebhookClient,
     url: &http::Uri,
     message: &Message,
     config: &AlertsConfig,
     metrics: &Metrics,
-) -> Result<(), DeliveryError> {
+) {
     let mut delay = Duration::from_secs(1);
     let mut tries = 0;
     loop {
         match deliver_once(client, url, message, config.timeout).await {
             Ok(()) => {
                 metrics.alert(AlertResult::Sent);
-                return Ok(());
+                return;
             }
             Err(e) if tries >= config.retries => {
                 metrics.alert(AlertResult::Failed);
                 tracing::error!(webhook = %redacted(url), error = %e, tries = tries + 1, "alert not delivered");
-                return Err(e);
+                return;
             }
             Err(e) => {
                 tracing::warn!(webhook = %redacted(url), error = %e, retry_in = ?delay, "alert delivery failed; retrying");
@@ -502,7 +503,7 @@ pub async fn run(
                 Arc::clone(&metrics),
             );
             deliveries.spawn(async move {
-                let _ = deliver(&client, &url, &message, &config, &metrics).await;
+                deliver(&client, &url, &message, &config, &metrics).await;
             });
         }
         tokio::select! {

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric, NoLabelSet};
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::MetricType;
@@ -329,28 +329,59 @@ struct Scrape {
     certificates: Vec<CertExpiry>,
 }
 
-fn counter(
+fn counter<L: EncodeLabelSet>(
     encoder: &mut DescriptorEncoder,
     name: &str,
     help: &str,
-    values: &[(&[(&str, &str)], u64)],
+    values: impl IntoIterator<Item = (L, u64)>,
 ) -> Result<(), std::fmt::Error> {
     let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
     for (labels, value) in values {
-        ConstCounter::new(*value).encode(family.encode_family(labels)?)?;
+        ConstCounter::new(value).encode(family.encode_family(&labels)?)?;
     }
     Ok(())
 }
 
-fn gauge(
+/// A counter without labels.
+fn single_counter(
     encoder: &mut DescriptorEncoder,
     name: &str,
     help: &str,
-    values: &[(&[(&str, &str)], i64)],
+    value: u64,
+) -> Result<(), std::fmt::Error> {
+    ConstCounter::new(value).encode(encoder.encode_descriptor(
+        name,
+        help,
+        None,
+        MetricType::Counter,
+    )?)
+}
+
+fn gauge<L: EncodeLabelSet>(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    values: impl IntoIterator<Item = (L, i64)>,
 ) -> Result<(), std::fmt::Error> {
     let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
     for (labels, value) in values {
-        ConstGauge::new(*value).encode(family.encode_family(labels)?)?;
+        ConstGauge::new(value).encode(family.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
+fn histogram<'a, L: EncodeLabelSet, const N: usize>(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    values: impl IntoIterator<Item = (L, &'a Histogram<N>)>,
+) -> Result<(), std::fmt::Error> {
+    let mut family = encoder.encode_descriptor(name, help, None, MetricType::Histogram)?;
+    for (labels, h) in values {
+        let (sum, count, buckets) = h.read();
+        family
+            .encode_family(&labels)?
+            .encode_histogram::<NoLabelSet>(sum, count, &buckets, None)?;
     }
     Ok(())
 }
@@ -359,9 +390,7 @@ impl prometheus_client::collector::Collector for Scrape {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let m = &self.metrics;
         let snapshot = &self.snapshot;
-        let config = &snapshot.config;
         let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
-
         let regions: Vec<(String, Arc<RegionMetrics>)> = {
             let map = m.regions.lock().unwrap_or_else(|e| e.into_inner());
             let mut v: Vec<_> = map
@@ -372,144 +401,105 @@ impl prometheus_client::collector::Collector for Scrape {
             v.push(("none".into(), Arc::clone(&m.unrouted)));
             v
         };
-        {
-            let mut values: Vec<(Vec<(&str, &str)>, u64)> = Vec::new();
-            for (name, r) in &regions {
-                for (class, count) in CLASSES.iter().zip(&r.requests) {
-                    values.push((
-                        vec![("region", name.as_str()), ("class", class)],
-                        load(count),
-                    ));
-                }
-            }
-            let values: Vec<(&[(&str, &str)], u64)> =
-                values.iter().map(|(l, v)| (l.as_slice(), *v)).collect();
-            counter(&mut encoder, "meridian_requests", "Requests answered, by serving region (none: Meridian's own answer) and status class.", &values)?;
-        }
-        {
-            let mut family = encoder.encode_descriptor(
-                "meridian_request_duration_seconds",
-                "Time from request head to response head, by serving region.",
-                None,
-                MetricType::Histogram,
-            )?;
-            for (name, r) in &regions {
-                let (sum, count, buckets) = r.duration.read();
-                family
-                    .encode_family(&[("region", name.as_str())])?
-                    .encode_histogram::<prometheus_client::encoding::NoLabelSet>(
-                    sum, count, &buckets, None,
-                )?;
-            }
-        }
-        {
-            let mut up = Vec::new();
-            for (rc, rv) in config.regions.iter().zip(&snapshot.regions) {
-                for (bc, bv) in rc.backends.iter().zip(&rv.backends) {
-                    up.push((
+        let failovers: Vec<(String, String, u64)> = {
+            let map = m.failovers.lock().unwrap_or_else(|e| e.into_inner());
+            let mut v: Vec<_> = map
+                .iter()
+                .filter(|((from, to), _)| from != to)
+                .map(|((from, to), c)| (from.clone(), to.clone(), load(c)))
+                .collect();
+            v.sort();
+            v
+        };
+        // Each configured region with its view.
+        let views = || snapshot.config.regions.iter().zip(&snapshot.regions);
+
+        counter(
+            &mut encoder,
+            "meridian_requests",
+            "Requests answered, by serving region (none: Meridian's own answer) and status class.",
+            regions.iter().flat_map(|(name, r)| {
+                CLASSES.iter().zip(&r.requests).map(move |(class, c)| {
+                    ([("region", name.as_str()), ("class", *class)], load(c))
+                })
+            }),
+        )?;
+        histogram(
+            &mut encoder,
+            "meridian_request_duration_seconds",
+            "Time from request head to response head, by serving region.",
+            regions
+                .iter()
+                .map(|(name, r)| ([("region", name.as_str())], &r.duration)),
+        )?;
+        gauge(
+            &mut encoder,
+            "meridian_backend_up",
+            "1 when the backend takes traffic (healthy, not ejected, not drained).",
+            views().flat_map(|(rc, rv)| {
+                rc.backends.iter().zip(&rv.backends).map(|(bc, bv)| {
+                    (
                         [
                             ("region", rc.name.as_str()),
                             ("backend", bc.address.as_str()),
                         ],
                         i64::from(bv.takes_traffic()),
-                    ));
-                }
-            }
-            let up: Vec<(&[(&str, &str)], i64)> = up.iter().map(|(l, v)| (&l[..], *v)).collect();
-            gauge(
-                &mut encoder,
-                "meridian_backend_up",
-                "1 when the backend takes traffic (healthy, not ejected, not drained).",
-                &up,
-            )?;
-        }
-        {
-            const STATES: [&str; 5] = ["healthy", "degraded", "down", "drained", "unknown"];
-            let mut states = Vec::new();
-            for (rc, rv) in config.regions.iter().zip(&snapshot.regions) {
-                let current = rv.state.as_str();
-                for s in STATES {
-                    states.push((
-                        [("region", rc.name.as_str()), ("state", s)],
-                        i64::from(s == current),
-                    ));
-                }
-            }
-            let states: Vec<(&[(&str, &str)], i64)> =
-                states.iter().map(|(l, v)| (&l[..], *v)).collect();
-            gauge(
-                &mut encoder,
-                "meridian_region_state",
-                "1 for each region's current state.",
-                &states,
-            )?;
-        }
-        {
-            let warned: Vec<[(&str, &str); 2]> = config
-                .regions
-                .iter()
-                .zip(&snapshot.regions)
-                .filter_map(|(rc, rv)| {
-                    Some([
-                        ("region", rc.name.as_str()),
-                        ("domain", rv.single_domain.as_deref()?),
-                    ])
+                    )
                 })
-                .collect();
-            let values: Vec<(&[(&str, &str)], i64)> = warned.iter().map(|l| (&l[..], 1)).collect();
-            gauge(&mut encoder, "meridian_region_single_failure_domain", "1 for a region whose backends taking traffic (two or more) all share one failure domain.", &values)?;
-        }
-        {
-            let map = m.failovers.lock().unwrap_or_else(|e| e.into_inner());
-            let mut v: Vec<_> = map
-                .iter()
-                .filter(|((from, to), _)| from != to)
-                .map(|((from, to), c)| ([("from", from.clone()), ("to", to.clone())], load(c)))
-                .collect();
-            drop(map);
-            v.sort_by(|a, b| a.0.cmp(&b.0));
-            let labels: Vec<[(&str, &str); 2]> = v
-                .iter()
-                .map(|(l, _)| [(l[0].0, l[0].1.as_str()), (l[1].0, l[1].1.as_str())])
-                .collect();
-            let values: Vec<(&[(&str, &str)], u64)> = labels
-                .iter()
-                .zip(&v)
-                .map(|(l, (_, c))| (&l[..], *c))
-                .collect();
-            counter(
-                &mut encoder,
-                "meridian_failovers",
-                "Requests served by another region than the client's preferred one.",
-                &values,
-            )?;
-        }
+            }),
+        )?;
+        const STATES: [&str; 5] = ["healthy", "degraded", "down", "drained", "unknown"];
+        gauge(
+            &mut encoder,
+            "meridian_region_state",
+            "1 for each region's current state.",
+            views().flat_map(|(rc, rv)| {
+                STATES.iter().map(|s| {
+                    (
+                        [("region", rc.name.as_str()), ("state", *s)],
+                        i64::from(*s == rv.state.as_str()),
+                    )
+                })
+            }),
+        )?;
+        gauge(
+            &mut encoder,
+            "meridian_region_single_failure_domain",
+            "1 for a region whose backends taking traffic (two or more) all share one failure domain.",
+            views().filter_map(|(rc, rv)| {
+                let domain = rv.single_domain.as_deref()?;
+                Some(([("region", rc.name.as_str()), ("domain", domain)], 1))
+            }),
+        )?;
         counter(
+            &mut encoder,
+            "meridian_failovers",
+            "Requests served by another region than the client's preferred one.",
+            failovers
+                .iter()
+                .map(|(from, to, c)| ([("from", from.as_str()), ("to", to.as_str())], *c)),
+        )?;
+        single_counter(
             &mut encoder,
             "meridian_retries",
             "Requests sent again to another backend after a failure.",
-            &[(&[], load(&m.retries))],
+            load(&m.retries),
         )?;
-        counter(
+        single_counter(
             &mut encoder,
             "meridian_hedges",
             "Requests raced on a second backend because the first was slow.",
-            &[(&[], load(&m.hedges))],
+            load(&m.hedges),
         )?;
-        {
-            let labels: Vec<[(&str, &str); 1]> = RESCUES.iter().map(|r| [("reason", *r)]).collect();
-            let values: Vec<(&[(&str, &str)], u64)> = labels
+        counter(
+            &mut encoder,
+            "meridian_status_pages",
+            "Status pages served, by reason.",
+            RESCUES
                 .iter()
                 .zip(&m.status_pages)
-                .map(|(l, c)| (&l[..], load(c)))
-                .collect();
-            counter(
-                &mut encoder,
-                "meridian_status_pages",
-                "Status pages served, by reason.",
-                &values,
-            )?;
-        }
+                .map(|(r, c)| ([("reason", *r)], load(c))),
+        )?;
         {
             let (sum, count, buckets) = m.health_checks.read();
             encoder
@@ -519,67 +509,51 @@ impl prometheus_client::collector::Collector for Scrape {
                     None,
                     MetricType::Histogram,
                 )?
-                .encode_histogram::<prometheus_client::encoding::NoLabelSet>(
-                    sum, count, &buckets, None,
-                )?;
+                .encode_histogram::<NoLabelSet>(sum, count, &buckets, None)?;
         }
         gauge(
             &mut encoder,
             "meridian_connections_open",
             "Client connections open, by listener.",
-            &[
-                (
-                    &[("listener", "http")],
-                    m.connections[0].load(Ordering::Relaxed),
-                ),
-                (
-                    &[("listener", "https")],
-                    m.connections[1].load(Ordering::Relaxed),
-                ),
-            ],
+            ["http", "https"]
+                .iter()
+                .zip(&m.connections)
+                .map(|(l, c)| ([("listener", *l)], c.load(Ordering::Relaxed))),
         )?;
         counter(
             &mut encoder,
             "meridian_config_reloads",
             "Configuration reloads, by result.",
-            &[
-                (&[("result", "applied")], load(&m.reloads[0])),
-                (&[("result", "refused")], load(&m.reloads[1])),
-            ],
+            ["applied", "refused"]
+                .iter()
+                .zip(&m.reloads)
+                .map(|(r, c)| ([("result", *r)], load(c))),
         )?;
         counter(
             &mut encoder,
             "meridian_alerts",
             "Alert deliveries to webhooks, by result (sent, failed after retries, dropped from a full queue).",
-            &[
-                (&[("result", "sent")], load(&m.alerts[0])),
-                (&[("result", "failed")], load(&m.alerts[1])),
-                (&[("result", "dropped")], load(&m.alerts[2])),
-            ],
+            ["sent", "failed", "dropped"]
+                .iter()
+                .zip(&m.alerts)
+                .map(|(r, c)| ([("result", *r)], load(c))),
         )?;
-        {
-            let labels: Vec<[(&str, &str); 2]> = self
-                .certificates
-                .iter()
-                .map(|c| [("file", c.file.as_str()), ("names", c.names.as_str())])
-                .collect();
-            let values: Vec<(&[(&str, &str)], i64)> = labels
-                .iter()
-                .zip(&self.certificates)
-                .map(|(l, c)| (&l[..], c.not_after))
-                .collect();
-            gauge(
-                &mut encoder,
-                "meridian_certificate_expiry_timestamp_seconds",
-                "End of validity of each TLS certificate in force (Unix time).",
-                &values,
-            )?;
-        }
+        gauge(
+            &mut encoder,
+            "meridian_certificate_expiry_timestamp_seconds",
+            "End of validity of each TLS certificate in force (Unix time).",
+            self.certificates.iter().map(|c| {
+                (
+                    [("file", c.file.as_str()), ("names", c.names.as_str())],
+                    c.not_after,
+                )
+            }),
+        )?;
         gauge(
             &mut encoder,
             "meridian_build_info",
             "Always 1, labelled with the running version.",
-            &[(&[("version", env!("CARGO_PKG_VERSION"))], 1)],
+            [([("version", env!("CARGO_PKG_VERSION"))], 1)],
         )?;
         Ok(())
     }

@@ -105,7 +105,8 @@ impl Proxy {
     ) -> Result<Response<ResponseBody>, Infallible> {
         let snapshot = self.shared.load();
         let started = tokio::time::Instant::now();
-        let (mut response, preferred, served) = self.serve(request, peer, tls, &snapshot).await;
+        let (mut response, preferred, served) =
+            self.serve(request, peer, tls, &snapshot, started).await;
         snapshot.generation.metrics.request(
             preferred,
             served,
@@ -122,16 +123,17 @@ impl Proxy {
         Ok(response)
     }
 
-    /// The answer, the client's preferred region and the region that
-    /// served it (none for Meridian's own answers).
+    /// The answer to a request that arrived at `started`, the client's
+    /// preferred region and the region that served it (none for Meridian's
+    /// own answers).
     async fn serve(
         &self,
         request: Request<Incoming>,
         peer: SocketAddr,
         tls: bool,
         snapshot: &Arc<Snapshot>,
+        started: tokio::time::Instant,
     ) -> (Response<ResponseBody>, usize, Option<usize>) {
-        let started = tokio::time::Instant::now();
         // Meridian's own answers are never the 2xx that would open an
         // HTTP/2 extended CONNECT tunnel.
         let own = request.method() != Method::CONNECT;

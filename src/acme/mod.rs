@@ -179,9 +179,8 @@ pub async fn run(
             cache::renewal_due(&c, &acme.domains, acme.renew_before)
         });
         if due > now {
-            if failures == 0 {
-                handle.set_status("valid", None, due);
-            }
+            // Only a certificate in force and not due gets here: valid.
+            handle.set_status("valid", None, due);
             // Wake at least daily, so that a changed clock is noticed.
             let wait = due
                 .duration_since(now)

@@ -23,6 +23,7 @@ pub mod config;
 mod connections;
 pub mod ctl;
 pub mod demo;
+pub mod discovery;
 pub mod generation;
 pub mod geo;
 pub mod headers;

@@ -7,7 +7,7 @@
 //! they keep counting across reloads; each configuration generation holds
 //! [`RequestMetrics`], the same counters indexed by its own region numbers.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -152,6 +152,25 @@ pub struct Metrics {
     reloads: [AtomicU64; 2],
     alerts: [AtomicU64; 3],
     health_checks: Histogram<8>,
+    /// DNS lookups by name, off the request path.
+    dns: Mutex<BTreeMap<String, DnsCounts>>,
+}
+
+/// The outcome of one DNS lookup of a backend name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DnsResult {
+    /// An answer, possibly with no address.
+    Answered,
+    /// No answer: a timeout, an unreachable or failing name server.
+    Failed,
+}
+
+/// Lookups of one name and the addresses it has.
+#[derive(Debug, Default, Clone, Copy)]
+struct DnsCounts {
+    answered: u64,
+    failed: u64,
+    addresses: usize,
 }
 
 impl Default for Metrics {
@@ -167,6 +186,7 @@ impl Default for Metrics {
             reloads: Default::default(),
             alerts: Default::default(),
             health_checks: Histogram::new(&CHECK_BUCKETS),
+            dns: Mutex::default(),
         }
     }
 }
@@ -242,6 +262,19 @@ impl Metrics {
     /// An alert delivery (or drop) with its `result`.
     pub fn alert(&self, result: AlertResult) {
         self.alerts[result as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A DNS lookup of `name`; an answer gives its number of `addresses`.
+    pub fn dns_lookup(&self, name: &str, result: DnsResult, addresses: Option<usize>) {
+        let mut dns = self.dns.lock().unwrap_or_else(|e| e.into_inner());
+        let counts = dns.entry(name.to_owned()).or_default();
+        match result {
+            DnsResult::Answered => counts.answered += 1,
+            DnsResult::Failed => counts.failed += 1,
+        }
+        if let Some(n) = addresses {
+            counts.addresses = n;
+        }
     }
 
     /// One active health check took `d`.
@@ -511,6 +544,33 @@ impl prometheus_client::collector::Collector for Scrape {
                 )?
                 .encode_histogram::<NoLabelSet>(sum, count, &buckets, None)?;
         }
+        let dns: Vec<(String, DnsCounts)> = m
+            .dns
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|(k, c)| (k.clone(), *c))
+            .collect();
+        counter(
+            &mut encoder,
+            "meridian_dns_lookups",
+            "DNS lookups of backend names, by name and result (answered, failed).",
+            dns.iter().flat_map(|(name, c)| {
+                [("answered", c.answered), ("failed", c.failed)]
+                    .map(|(result, n)| ([("name", name.as_str()), ("result", result)], n))
+            }),
+        )?;
+        gauge(
+            &mut encoder,
+            "meridian_dns_addresses",
+            "Addresses of each backend name in the last good answer.",
+            dns.iter().map(|(name, c)| {
+                (
+                    [("name", name.as_str())],
+                    i64::try_from(c.addresses).unwrap_or(i64::MAX),
+                )
+            }),
+        )?;
         gauge(
             &mut encoder,
             "meridian_connections_open",

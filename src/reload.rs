@@ -4,6 +4,10 @@
 //! and events of every region and backend the new file keeps, and the
 //! health probers are restarted for the new backend list. A file that does
 //! not validate changes nothing.
+//!
+//! Backend names found by DNS take the same path: when their addresses
+//! change, the file as last read is expanded again with them and put in
+//! force as a new generation.
 
 use std::sync::Arc;
 
@@ -13,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::{Config, ConfigError};
+use crate::discovery::{Discovery, NameStatus};
 use crate::generation::Generation;
 use crate::health::{probe_loop, HttpProbe, ProbeTarget};
 use crate::state::{Shared, Signal};
@@ -63,18 +68,34 @@ pub struct Reloader {
     tls: Option<Arc<Terminator>>,
     /// The running probers' stop token, replaced by each reload.
     probes: std::sync::Mutex<CancellationToken>,
-    one_at_a_time: tokio::sync::Mutex<()>,
+    /// What generations are built from; locked by one reload or DNS
+    /// change at a time.
+    sources: tokio::sync::Mutex<Sources>,
+    /// The names found by DNS, as of the last lookup, for the status API.
+    dns_status: arc_swap::ArcSwap<Vec<NameStatus>>,
+    /// Wakes the DNS follower when a reload changes the names.
+    names_changed: tokio::sync::Notify,
+}
+
+/// What a generation is built from: the configuration file as written, and
+/// the addresses of its backend names.
+#[derive(Debug)]
+struct Sources {
+    file: Arc<Config>,
+    dns: Discovery,
 }
 
 impl Reloader {
     /// A reloader over `shared`; probers report to `signals`, run in
     /// `tasks`, and stop with `stop`; `tls` holds the HTTPS certificates.
+    /// `file` is the configuration as written, whose names `dns` follows.
     pub fn new(
         shared: Arc<Shared>,
         signals: mpsc::Sender<Signal>,
         stop: CancellationToken,
         tasks: TaskTracker,
         tls: Option<Arc<Terminator>>,
+        (file, dns): (Arc<Config>, Discovery),
     ) -> Reloader {
         Reloader {
             shared,
@@ -83,8 +104,63 @@ impl Reloader {
             probes: std::sync::Mutex::new(stop.child_token()),
             stop,
             tasks,
-            one_at_a_time: tokio::sync::Mutex::new(()),
+            dns_status: arc_swap::ArcSwap::from_pointee(dns.status()),
+            sources: tokio::sync::Mutex::new(Sources { file, dns }),
+            names_changed: tokio::sync::Notify::new(),
         }
+    }
+
+    /// The backend names found by DNS and their addresses.
+    pub fn dns_status(&self) -> Arc<Vec<NameStatus>> {
+        self.dns_status.load_full()
+    }
+
+    /// Looks up backend names as their records expire, and puts a changed
+    /// set of addresses in force, until Meridian stops.
+    pub async fn follow_dns(self: Arc<Self>) {
+        loop {
+            let due = self.sources.lock().await.dns.next_due();
+            let wait = async {
+                match due {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = self.stop.cancelled() => return,
+                _ = self.names_changed.notified() => continue,
+                _ = wait => {}
+            }
+            let mut sources = self.sources.lock().await;
+            let changed = sources.dns.resolve_due().await;
+            self.dns_status.store(Arc::new(sources.dns.status()));
+            if !changed {
+                continue;
+            }
+            let config = Arc::new(sources.dns.expand(&sources.file));
+            match self.publish(config).await {
+                Ok(g) => tracing::info!(
+                    generation = g.number,
+                    "backends found by DNS changed: new configuration generation in force"
+                ),
+                Err(ReloadError::Stopping) => return,
+                Err(e) => {
+                    tracing::error!(error = %e, "the backends found by DNS could not be put in force")
+                }
+            }
+        }
+    }
+
+    /// Builds the next generation from `config` and puts it in force with
+    /// its probers.
+    async fn publish(&self, config: Arc<Config>) -> Result<Arc<Generation>, ReloadError> {
+        let number = self.shared.load().generation.number + 1;
+        let generation = Arc::new(Generation::new(config, number, self.shared.metrics())?);
+        if !self.shared.reload(Arc::clone(&generation)).await {
+            return Err(ReloadError::Stopping);
+        }
+        self.start_probes(&generation);
+        Ok(generation)
     }
 
     /// Starts one prober per backend of `generation`, stopping those of
@@ -134,7 +210,7 @@ impl Reloader {
     }
 
     async fn reload_now(&self) -> Result<Reloaded, ReloadError> {
-        let _one = self.one_at_a_time.lock().await;
+        let mut sources = self.sources.lock().await;
         let current = self.shared.load();
         let path = current.config.path.clone().ok_or(ReloadError::NoFile)?;
         let config = tokio::task::spawn_blocking(move || Config::load(&path))
@@ -155,16 +231,19 @@ impl Reloader {
                 ));
             }
         }
-        let number = current.generation.number + 1;
-        let generation = Arc::new(Generation::new(
-            Arc::new(config),
-            number,
-            self.shared.metrics(),
-        )?);
-        if !self.shared.reload(Arc::clone(&generation)).await {
-            return Err(ReloadError::Stopping);
-        }
-        self.start_probes(&generation);
+        // Names new to this file are looked up before it is put in force;
+        // the lookups are kept only if it is.
+        let mut dns = sources.dns.clone();
+        dns.track(&config);
+        dns.resolve_unanswered().await;
+        let generation = self.publish(Arc::new(dns.expand(&config))).await?;
+        let number = generation.number;
+        self.dns_status.store(Arc::new(dns.status()));
+        *sources = Sources {
+            file: Arc::new(config),
+            dns,
+        };
+        self.names_changed.notify_one();
         tracing::info!(
             file = %generation.config.source,
             generation = number,

@@ -14,6 +14,7 @@ use tokio_util::task::TaskTracker;
 use crate::acme::AcmeHandle;
 use crate::config::Config;
 use crate::connections::{accept_loop, Endpoint, Stops};
+use crate::discovery::Discovery;
 use crate::generation::Generation;
 use crate::proxy::Proxy;
 use crate::reload::Reloader;
@@ -72,8 +73,15 @@ pub struct Running {
 /// Starts Meridian with `config`: binds every listener before returning, so
 /// that the addresses in [`Running`] accept connections at once.
 pub async fn start(config: Config) -> Result<Running, StartError> {
-    let config = Arc::new(config);
+    let file = Arc::new(config);
     let metrics = Arc::new(crate::metrics::Metrics::default());
+    // Backend names are looked up before the first generation, so that
+    // their addresses are checked from the start; a name whose lookup
+    // fails has no backend until an answer comes.
+    let mut dns = Discovery::new(file.dns.clone(), Arc::clone(&metrics));
+    dns.track(&file);
+    dns.resolve_unanswered().await;
+    let config = Arc::new(dns.expand(&file));
     let generation = Arc::new(Generation::new(Arc::clone(&config), 0, &metrics)?);
     let total: usize = config.regions.iter().map(|r| r.backends.len()).sum();
     // Each prober has at most one report in flight; ejection requests that
@@ -158,8 +166,10 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         stop.clone(),
         background.clone(),
         terminator.clone(),
+        (file, dns),
     ));
     reloader.start_probes(&generation);
+    background.spawn(Arc::clone(&reloader).follow_dns());
     if let Some(path) = &config.geo.database {
         background.spawn(crate::geo::watch(
             path.clone(),

@@ -75,6 +75,14 @@ impl AdminApi {
         self.tls.as_ref()?.acme().map(|a| a.status())
     }
 
+    /// Backend names found by DNS, with their addresses.
+    pub fn dns(&self) -> Vec<crate::discovery::NameStatus> {
+        self.reloader
+            .as_ref()
+            .map(|r| r.dns_status().to_vec())
+            .unwrap_or_default()
+    }
+
     /// The HTTPS certificates in force, with their expiry.
     pub fn certificates(&self) -> Vec<crate::tls::CertStatus> {
         self.tls.as_ref().map(|t| t.status()).unwrap_or_default()

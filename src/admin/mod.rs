@@ -160,6 +160,7 @@ async fn status(State(api): State<Arc<AdminApi>>) -> Json<StatusBody> {
     let mut body = status_body(&shared.load()).count_upgrades(shared.upgrades());
     body.certificates = api.certificates();
     body.acme = api.acme();
+    body.dns = api.dns();
     Json(body)
 }
 

@@ -23,6 +23,8 @@ pub struct StatusBody {
     /// Automatic certificates, when `[tls.acme]` is set.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub acme: Option<crate::acme::AcmeStatus>,
+    /// Backend host names found by DNS, with their addresses.
+    pub dns: Vec<crate::discovery::NameStatus>,
 }
 
 impl StatusBody {
@@ -97,6 +99,9 @@ pub struct BackendStatus {
     /// Its failure domain (node, zone), reported by its health check or configured.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub domain: Option<String>,
+    /// For a backend found by DNS, the configured `name:port` it was found under.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub discovered_from: Option<String>,
 }
 
 /// The status of region `index` in `snapshot`; its open upgraded
@@ -137,6 +142,7 @@ pub fn backend_status(snapshot: &Snapshot, region: usize, backend: usize) -> Bac
         last_error: v.last_error.clone(),
         ejections: v.ejections,
         domain: v.domain.clone(),
+        discovered_from: b.discovered_from.clone(),
     }
 }
 
@@ -152,6 +158,7 @@ pub fn status_body(snapshot: &Snapshot) -> StatusBody {
         events: snapshot.events.iter().cloned().collect(),
         certificates: Vec::new(),
         acme: None,
+        dns: Vec::new(),
     }
 }
 

@@ -33,6 +33,18 @@ pub struct FileConfig {
     pub alerts: Option<AlertsFile>,
     #[serde(default)]
     pub log: LogFile,
+    #[serde(default)]
+    pub dns: DnsFile,
+}
+
+/// `[dns]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DnsFile {
+    pub nameservers: Option<Vec<Spanned<String>>>,
+    pub min_ttl: Option<Spanned<Dur>>,
+    pub max_ttl: Option<Spanned<Dur>>,
+    pub timeout: Option<Spanned<Dur>>,
 }
 
 /// `[log]`

@@ -8,6 +8,7 @@
 
 mod alerts;
 mod backend_tls;
+mod dns;
 mod error;
 mod file;
 #[cfg(test)]
@@ -52,6 +53,33 @@ pub struct Config {
     pub alerts: Option<Alerts>,
     /// `[log]`: the log's format and level, and the access log.
     pub log: Log,
+    /// `[dns]`: how backend host names are resolved into backends.
+    pub dns: Dns,
+}
+
+/// `[dns]`: backend host names are resolved into one backend per address,
+/// and resolved again when their records expire.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Dns {
+    /// Name servers asked instead of those of `/etc/resolv.conf`.
+    pub nameservers: Vec<SocketAddr>,
+    /// Records are kept at least this long, whatever their TTL. Default 1 s.
+    pub min_ttl: Duration,
+    /// Records are asked again after this long at most. Default 60 s.
+    pub max_ttl: Duration,
+    /// Longest one resolution may take. Default 2 s.
+    pub timeout: Duration,
+}
+
+impl Default for Dns {
+    fn default() -> Self {
+        Dns {
+            nameservers: Vec::new(),
+            min_ttl: Duration::from_secs(1),
+            max_ttl: Duration::from_secs(60),
+            timeout: Duration::from_secs(2),
+        }
+    }
 }
 
 /// `[log]`: how Meridian logs.
@@ -270,6 +298,33 @@ pub struct Backend {
     pub tls: Option<BackendTls>,
     /// The failure domain (node, zone) it runs in, as the configuration says.
     pub domain: Option<String>,
+    /// For a backend found by DNS: the configured `name:port` whose record
+    /// gave its address. `url` and `address` then hold the address, while
+    /// `host_header` and the TLS server name keep the name.
+    pub discovered_from: Option<String>,
+}
+
+impl Backend {
+    /// The host name to resolve into backends, when the configured host is
+    /// a name rather than an IP address.
+    pub fn dns_name(&self) -> Option<&str> {
+        if self.discovered_from.is_some() {
+            return None;
+        }
+        let host = self.url.host()?;
+        let bare = host.trim_start_matches('[').trim_end_matches(']');
+        bare.parse::<std::net::IpAddr>().is_err().then_some(host)
+    }
+
+    /// The port connections go to.
+    pub fn port(&self) -> u16 {
+        let default = if self.url.scheme_str() == Some("https") {
+            443
+        } else {
+            80
+        };
+        self.url.port_u16().unwrap_or(default)
+    }
 }
 
 /// `[region.health]`: the active health check.
@@ -597,16 +652,21 @@ impl Config {
                 r.health.fall,
             );
             for b in &r.backends {
+                let by_dns = if b.dns_name().is_some() {
+                    " (a DNS name: one backend per address)"
+                } else {
+                    ""
+                };
                 match &b.tls {
                     Some(tls) => {
                         let _ = writeln!(
                             out,
-                            "    https://{} (verified against {})",
+                            "    https://{}{by_dns} (verified against {})",
                             b.address, tls.settings.roots
                         );
                     }
                     None => {
-                        let _ = writeln!(out, "    http://{}", b.address);
+                        let _ = writeln!(out, "    http://{}{by_dns}", b.address);
                     }
                 }
             }
@@ -642,6 +702,26 @@ impl Config {
             },
             self.regions[self.geo.default_region].name
         );
+        if self
+            .regions
+            .iter()
+            .flat_map(|r| &r.backends)
+            .any(|b| b.dns_name().is_some())
+        {
+            let servers = if self.dns.nameservers.is_empty() {
+                "the name servers of /etc/resolv.conf".to_owned()
+            } else {
+                let list: Vec<String> =
+                    self.dns.nameservers.iter().map(|a| a.to_string()).collect();
+                list.join(", ")
+            };
+            let _ = writeln!(
+                out,
+                "dns: backend names asked of {servers}, again after their TTL ({} to {})",
+                humantime_serde::re::humantime::format_duration(self.dns.min_ttl),
+                humantime_serde::re::humantime::format_duration(self.dns.max_ttl),
+            );
+        }
         out
     }
 }

@@ -2193,6 +2193,24 @@ consecutive_failures = 0
 }
 
 #[test]
+fn summary_says_which_backends_are_dns_names_and_who_is_asked() {
+    let config = accepted(
+        "[dns]\nnameservers = [\"10.96.0.10\"]\n[[region]]\nname = \"us\"\nbackends = [\"http://web.svc:8080\", \"http://10.0.0.1:80\"]\n",
+    );
+    let summary = config.summary();
+    assert!(
+        summary.contains("    http://web.svc:8080 (a DNS name: one backend per address)\n    http://10.0.0.1:80\n"),
+        "{summary}"
+    );
+    assert!(
+        summary.ends_with(
+            "dns: backend names asked of 10.96.0.10:53, again after their TTL (1s to 1m)\n"
+        ),
+        "{summary}"
+    );
+}
+
+#[test]
 fn region_index_finds_regions_by_name() {
     let config = accepted(
         "[[region]]\nname = \"us\"\nbackends = [\"http://10.1.0.10:8080\"]\n\n[[region]]\nname = \"eu\"\nbackends = [\"http://10.2.0.10:8080\"]\n",
@@ -2556,21 +2574,58 @@ fn missing_file_is_a_read_error_without_issues() {
     assert!(err.to_string().contains("/nonexistent/meridian-test.toml"));
 }
 
+const NAMED_REGION: &str = "[[region]]\nname = \"us\"\nbackends = [\"http://web.internal:8080\"]\n";
+
 #[test]
-fn contract_keys_not_implemented_yet_are_refused_with_what_to_do_instead() {
-    let cases = [("[dns]\nmin_ttl = \"1s\"\n", 1, "dns", "system resolver")];
-    for (text, line, key, why) in cases {
-        let err = Config::parse("test.toml", text).unwrap_err();
-        let issue = &err.issues()[0];
-        assert_eq!((issue.line, issue.key.as_str()), (line, key), "{issue}");
-        assert!(
-            issue
-                .message
-                .starts_with("not supported by this version of Meridian"),
-            "{issue}"
-        );
-        assert!(issue.message.contains(why), "{issue}");
-    }
+fn dns_defaults_and_settings_are_read() {
+    let c = accepted(NAMED_REGION);
+    assert_eq!(c.dns, Dns::default());
+    assert_eq!(c.regions[0].backends[0].dns_name(), Some("web.internal"));
+    let c = accepted(&format!(
+        "[dns]\nnameservers = [\"10.96.0.10\", \"[::1]:5353\"]\nmin_ttl = \"5s\"\nmax_ttl = \"5m\"\ntimeout = \"500ms\"\n{NAMED_REGION}"
+    ));
+    assert_eq!(
+        c.dns.nameservers,
+        [
+            "10.96.0.10:53".parse::<SocketAddr>().unwrap(),
+            "[::1]:5353".parse().unwrap()
+        ]
+    );
+    assert_eq!(
+        (c.dns.min_ttl, c.dns.max_ttl, c.dns.timeout),
+        (
+            Duration::from_secs(5),
+            Duration::from_secs(300),
+            Duration::from_millis(500)
+        )
+    );
+}
+
+#[test]
+fn dns_problems_name_their_key_and_line() {
+    let text = format!("[dns]\nnameservers = [\"ns.local\"]\n{NAMED_REGION}");
+    assert_only_issue(
+        &text,
+        "ns.local",
+        "dns.nameservers",
+        "expected IP or IP:PORT",
+    );
+    let text = format!("[dns]\nmin_ttl = \"10s\"\nmax_ttl = \"2s\"\n{NAMED_REGION}");
+    assert_only_issue(&text, "max_ttl", "dns.max_ttl", "shorter than min_ttl");
+    let text = format!("[dns]\nmin_ttl = \"1ms\"\n{NAMED_REGION}");
+    assert_only_issue(&text, "min_ttl", "dns.min_ttl", "");
+    let text = format!("[dns]\nttl = \"1s\"\n{NAMED_REGION}");
+    assert_only_issue(&text, "ttl", "dns.ttl", "unknown key");
+}
+
+#[test]
+fn only_host_names_are_resolved() {
+    let c = accepted(
+        "[[region]]\nname = \"us\"\nbackends = [\"http://10.0.0.1:80\", \"http://[::1]:80\", \"https://api.internal\"]\n",
+    );
+    let names: Vec<_> = c.regions[0].backends.iter().map(|b| b.dns_name()).collect();
+    assert_eq!(names, [None, None, Some("api.internal")]);
+    assert_eq!(c.regions[0].backends[2].port(), 443);
 }
 
 #[test]
@@ -2660,10 +2715,10 @@ fn every_unknown_key_and_every_other_problem_are_reported_in_one_run() {
 
 #[test]
 fn an_unknown_table_stops_reading_there() {
-    let text = "[dns]\nmin_ttl = \"1s\"\n[listen]\nhtp = \"x\"\n";
+    let text = "[cache]\nsize = 1\n[listen]\nhtp = \"x\"\n";
     let err = Config::parse("test.toml", text).unwrap_err();
     assert_eq!(err.issues().len(), 1, "{err}");
-    assert_eq!(err.issues()[0].key, "dns");
+    assert_eq!(err.issues()[0].key, "cache");
 }
 
 // ---------------------------------------------------------------------------

@@ -101,13 +101,11 @@ fn shape_issue(
     let key = key.replace(".$__serde_spanned_private_value", "");
     let key = if key == "." { String::new() } else { key };
     let unknown_at = start.filter(|_| inner.message().starts_with("unknown field"));
-    let message = match not_yet_supported(&key) {
-        Some(why) => format!("not supported by this version of Meridian: {why}"),
-        // serde names its own enum; users wrote a backend.
-        None if key.contains("backends[") && inner.message().contains("untagged") => {
-            "invalid backend: expected a URL string such as \"http://10.0.0.1:8080\", or a table { url = \"http://10.0.0.1:8080\", domain = \"node-a\" }".to_owned()
-        }
-        None => tidy_serde_message(inner.message()),
+    // serde names its own enum; users wrote a backend.
+    let message = if key.contains("backends[") && inner.message().contains("untagged") {
+        "invalid backend: expected a URL string such as \"http://10.0.0.1:8080\", or a table { url = \"http://10.0.0.1:8080\", domain = \"node-a\" }".to_owned()
+    } else {
+        tidy_serde_message(inner.message())
     };
     let issue = ConfigIssue {
         file: file_name.to_owned(),
@@ -161,28 +159,6 @@ fn blank_key_value(text: &str, key_start: usize) -> Option<String> {
     Some(out)
 }
 
-/// Keys of the documented configuration contract that this version does not
-/// implement yet, with what to do instead. Refusing them, rather than
-/// accepting and ignoring them, means nobody believes a feature is on when
-/// it is not.
-fn not_yet_supported(key: &str) -> Option<&'static str> {
-    // `region[3].health.x` and `region[3].backends[1]` are looked up without their indices.
-    let mut plain = String::with_capacity(key.len());
-    let mut in_index = false;
-    for c in key.chars() {
-        match c {
-            '[' => in_index = true,
-            ']' => in_index = false,
-            _ if !in_index => plain.push(c),
-            _ => {}
-        }
-    }
-    Some(match plain.as_str() {
-        "dns" => "DNS discovery is not available yet; a backend host name is resolved by the system resolver on each new connection",
-        _ => return None,
-    })
-}
-
 /// serde says "unknown field"; users write keys.
 fn tidy_serde_message(message: &str) -> String {
     message
@@ -209,6 +185,7 @@ fn check(file_name: &str, raw: FileConfig, issues: &mut Issues) -> Config {
         status_page,
         alerts,
         log,
+        dns,
     } = raw;
 
     let listen_file = listen;
@@ -251,6 +228,7 @@ fn check(file_name: &str, raw: FileConfig, issues: &mut Issues) -> Config {
     let status_page = check_status_page(issues, status_page);
     let alerts = alerts.and_then(|a| super::alerts::check_alerts(issues, a));
     let log = check_log(issues, log);
+    let dns = super::dns::check_dns(issues, dns);
 
     Config {
         source: file_name.to_owned(),
@@ -265,6 +243,7 @@ fn check(file_name: &str, raw: FileConfig, issues: &mut Issues) -> Config {
         status_page,
         alerts,
         log,
+        dns,
     }
 }
 
@@ -826,6 +805,7 @@ pub(crate) fn backend_url(text: &str) -> Result<ParsedBackend, String> {
             host_header,
             tls: None,
             domain: None,
+            discovered_from: None,
         },
         https_name,
     })

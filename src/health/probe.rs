@@ -160,9 +160,10 @@ impl Probe for HttpProbe {
                 concat!("meridian-health/", env!("CARGO_PKG_VERSION")),
             )
             .header(http::header::CONNECTION, "close");
-        if let Some(host) = &health.host {
-            request = request.header(http::header::HOST, host.clone());
-        }
+        // A backend found by DNS is dialled by address but named by its host
+        // name, as live traffic names it.
+        let host = health.host.as_ref().unwrap_or(&backend.host_header);
+        request = request.header(http::header::HOST, host.clone());
         let request = request
             .body(Empty::new())
             .map_err(|e| ProbeError::Request(e.to_string()))?;

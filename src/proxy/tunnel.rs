@@ -163,12 +163,19 @@ impl Tunnel {
     }
 }
 
-/// The drain grace when the tunnel's region or backend is drained now.
+/// The drain grace when the tunnel's region or backend is drained now, or
+/// its backend is gone from the configuration (its DNS record removed, say).
 fn drain_grace(shared: &Shared, route: &Route) -> Option<Duration> {
     let snapshot = shared.load();
     let control = &snapshot.control;
+    let gone = || {
+        !snapshot.config.regions.iter().any(|r| {
+            r.name == route.region && r.backends.iter().any(|b| b.address == route.backend)
+        })
+    };
     let drained = control.region_drained(&route.region)
-        || control.backend_drained(&route.region, &route.backend);
+        || control.backend_drained(&route.region, &route.backend)
+        || gone();
     drained.then_some(snapshot.config.proxy.drain_grace)
 }
 

@@ -59,6 +59,9 @@ impl RegionState {
         let wanted = min_healthy.unwrap_or(total).clamp(1, total.max(1));
         match (drained, up, checked) {
             (true, _, _) => RegionState::Drained,
+            // Only DNS can leave a region without backends: every name
+            // answered with no address, so nothing can serve there.
+            (false, _, _) if total == 0 => RegionState::Down,
             (false, 0, false) => RegionState::Unknown,
             (false, 0, true) => RegionState::Down,
             (false, n, _) if n < wanted => RegionState::Degraded,
@@ -435,6 +438,7 @@ mod tests {
         use RegionState::*;
         let derive = RegionState::derive;
         // (up, total, checked, min_healthy, drained) -> state
+        assert_eq!(derive(0, 0, false, None, false), Down, "no backend at all");
         assert_eq!(derive(2, 2, true, None, false), Healthy);
         assert_eq!(derive(1, 2, true, None, false), Degraded);
         assert_eq!(derive(1, 2, true, Some(1), false), Healthy);
@@ -442,7 +446,6 @@ mod tests {
         assert_eq!(derive(1, 3, true, Some(2), false), Degraded);
         assert_eq!(derive(0, 2, true, Some(1), false), Down);
         assert_eq!(derive(0, 2, false, None, false), Unknown);
-        assert_eq!(derive(0, 0, false, None, false), Unknown);
         assert_eq!(
             derive(2, 2, true, Some(9), false),
             Healthy,

@@ -13,7 +13,7 @@ use std::time::{Duration, SystemTime};
 use tokio::time::Instant;
 
 use super::{BackendView, Control, Event, RegionState, RegionView, Snapshot, MAX_EVENTS};
-use crate::config::Config;
+use crate::config::{Config, InitialState};
 use crate::generation::Generation;
 use crate::health::{may_eject, BackendState, Ejection, Failure, HealthMachine, ProbeError};
 
@@ -213,6 +213,14 @@ impl Tracker {
                     .iter()
                     .position(|b| b.address == backend.address)
                 else {
+                    // An address DNS gives a running region is checked
+                    // before it takes traffic, whatever `initial_state` says.
+                    if backend.discovered_from.is_some() {
+                        let (rise, fall) = (region.health.rise, region.health.fall);
+                        let machine = HealthMachine::new(rise, fall, InitialState::Unknown);
+                        view.backends[bi].state = machine.state();
+                        next.backends[ri][bi].machine = machine;
+                    }
                     continue;
                 };
                 let track = &self.backends[oi][ob];
@@ -474,7 +482,9 @@ impl Tracker {
             ),
             _ => {
                 let drained = view.backends.iter().filter(|b| b.drained).count();
-                if drained > 0 {
+                if view.backends.is_empty() {
+                    "no backend: its DNS names have no address".to_owned()
+                } else if drained > 0 {
                     format!(
                         "{up} of {} backends take traffic ({drained} drained)",
                         view.backends.len()
@@ -979,6 +989,32 @@ mod tests {
         assert_eq!(last_event(&t), ("incident".into(), "posted", "updated"));
         t.set_control(control(|_| {}), t0);
         assert_eq!(last_event(&t), ("incident".into(), "posted", "cleared"));
+    }
+
+    #[test]
+    fn an_address_found_by_dns_later_starts_unknown_even_with_initial_state_up() {
+        let up = |c: &mut Config| {
+            c.regions[0].health.initial_state = crate::config::InitialState::Up;
+        };
+        let t = tracker_with(1, up);
+        assert_eq!(states(&t, 0), vec![Up]);
+        let template = Config::parse(
+            "t.toml",
+            "[[region]]\nname = \"us\"\nbackends = [\"http://web.svc:80\"]\n[[region]]\nname = \"eu\"\nbackends = [\"http://10.1.0.1:80\"]\n",
+        )
+        .unwrap();
+        let ips = ["10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap()];
+        let mut config = crate::discovery::expand(
+            &template,
+            &std::collections::BTreeMap::from([("web.svc".to_owned(), ips.to_vec())]),
+        );
+        up(&mut config);
+        let r = t.reload(Arc::new(config), Instant::now());
+        assert_eq!(
+            states(&r, 0),
+            vec![Up, Unknown],
+            "10.0.0.1 keeps its health, 10.0.0.2 is checked first"
+        );
     }
 
     #[test]

@@ -285,7 +285,12 @@ pub enum HealthAnswer {
 
 impl Backend {
     pub async fn start(name: &str) -> Backend {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Backend::start_at(name, "127.0.0.1:0").await
+    }
+
+    /// A backend listening on `addr` (another loopback address, say).
+    pub async fn start_at(name: &str, addr: &str) -> Backend {
+        let listener = TcpListener::bind(addr).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (up, rx) = watch::channel(true);
         let hits = Arc::new(AtomicUsize::new(0));

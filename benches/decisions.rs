@@ -94,6 +94,7 @@ fn main() {
                     ejections: 0,
                     drained: false,
                     domain: None,
+                    discovered: false,
                 };
                 r.backends.len()
             ],

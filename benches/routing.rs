@@ -53,6 +53,7 @@ fn views(us: BackendState) -> Vec<RegionView> {
                 ejections: 0,
                 drained: false,
                 domain: None,
+                discovered: false,
             };
             n
         ],

@@ -17,21 +17,38 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use hickory_resolver::config::{LookupIpStrategy, NameServerConfig, ResolverConfig};
+use hickory_resolver::config::{NameServerConfig, ResolverConfig};
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
+use hickory_resolver::proto::rr::RData;
 use hickory_resolver::{Resolver, TokioResolver};
 use serde::Serialize;
 use tokio::time::Instant;
 
-use crate::config::{Backend, Config, Dns};
+use crate::config::{Backend, BackendTls, Config, Dns};
 use crate::metrics::{DnsResult, Metrics};
 
 /// `template` with each backend whose host is a name replaced by one
-/// backend per address `addresses` knows for it, in address order. A name
-/// without addresses contributes no backend; an address already in the
-/// region (written literally, or found under another name) is not added twice.
-pub fn expand(template: &Config, addresses: &BTreeMap<String, Vec<IpAddr>>) -> Config {
+/// backend per address `addresses` knows for it, in address order, and
+/// what was left out, in words.
+///
+/// A name without addresses contributes no backend. An address already in
+/// the region (written literally, or found under another name) is not
+/// added twice. Connections to an https address are pooled and verified
+/// one way, so an address that two names would reach with different TLS
+/// settings (server name, roots) goes to the first only.
+pub fn expand(
+    template: &Config,
+    addresses: &BTreeMap<String, Vec<IpAddr>>,
+) -> (Config, Vec<String>) {
     let mut config = template.clone();
+    let mut left_out = Vec::new();
+    let mut trust: BTreeMap<String, BackendTls> = template
+        .regions
+        .iter()
+        .flat_map(|r| &r.backends)
+        .filter(|b| b.dns_name().is_none())
+        .filter_map(|b| Some((b.address.clone(), b.tls.clone()?)))
+        .collect();
     for region in &mut config.regions {
         let mut backends: Vec<Backend> = Vec::with_capacity(region.backends.len());
         for backend in &region.backends {
@@ -45,14 +62,30 @@ pub fn expand(template: &Config, addresses: &BTreeMap<String, Vec<IpAddr>>) -> C
                     .collect(),
             };
             for b in found {
-                if !backends.iter().any(|o| o.address == b.address) {
-                    backends.push(b);
+                if backends.iter().any(|o| o.address == b.address) {
+                    continue;
                 }
+                if let Some(tls) = &b.tls {
+                    let first = trust
+                        .entry(b.address.clone())
+                        .or_insert_with(|| tls.clone());
+                    if first != tls {
+                        left_out.push(format!(
+                            "{} (from {}) is left out of region \"{}\": the address is already reached over TLS as {:?}",
+                            b.address,
+                            b.discovered_from.as_deref().unwrap_or("?"),
+                            region.name,
+                            first.server_name
+                        ));
+                        continue;
+                    }
+                }
+                backends.push(b);
             }
         }
         region.backends = backends;
     }
-    config
+    (config, left_out)
 }
 
 /// `backend`, dialled at `ip`: the name stays in `Host` and in TLS.
@@ -95,8 +128,22 @@ pub struct NameStatus {
     pub failures: u32,
     /// The last failure, until an answer comes.
     pub last_error: Option<String>,
-    /// Seconds until the next lookup.
+    /// Seconds until the next lookup, as of [`NameStatus::now`].
     pub next_lookup_in_s: f64,
+    /// When the next lookup is due.
+    #[serde(skip)]
+    pub next_lookup: Instant,
+}
+
+impl NameStatus {
+    /// This status with the seconds to the next lookup counted from now.
+    pub fn now(mut self) -> Self {
+        self.next_lookup_in_s = self
+            .next_lookup
+            .saturating_duration_since(Instant::now())
+            .as_secs_f64();
+        self
+    }
 }
 
 /// One name and what is known of it.
@@ -165,6 +212,11 @@ impl Discovery {
                 last_error: None,
             });
         }
+    }
+
+    /// The names followed.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.names.keys().map(String::as_str)
     }
 
     /// When the next lookup is due; `None` without names.
@@ -294,7 +346,11 @@ impl Discovery {
             .iter()
             .filter_map(|(k, n)| Some((k.clone(), n.addresses.clone()?)))
             .collect();
-        expand(template, &known)
+        let (config, left_out) = expand(template, &known);
+        for why in left_out {
+            tracing::warn!("{why}");
+        }
+        config
     }
 
     /// Every name, for `/api/v1/status`.
@@ -309,14 +365,15 @@ impl Discovery {
                 failures: n.failures,
                 last_error: n.last_error.clone(),
                 next_lookup_in_s: n.next.saturating_duration_since(now).as_secs_f64(),
+                next_lookup: n.next,
             })
             .collect()
     }
 }
 
 /// A resolver from `settings`: the system's configuration unless name
-/// servers are given, both address families, answers cached no longer
-/// than `max_ttl` so that a due lookup really asks.
+/// servers are given, answers cached no longer than `max_ttl` so that a
+/// due lookup really asks.
 fn build_resolver(settings: &Dns) -> Result<TokioResolver, String> {
     let mut builder = if settings.nameservers.is_empty() {
         TokioResolver::builder_tokio().map_err(|e| {
@@ -340,7 +397,6 @@ fn build_resolver(settings: &Dns) -> Result<TokioResolver, String> {
         )
     };
     let options = builder.options_mut();
-    options.ip_strategy = LookupIpStrategy::Ipv4AndIpv6;
     // `lookup` bounds the whole lookup by `timeout`; the resolver's own
     // limit is only a backstop, so that the error says which limit it was.
     options.timeout = settings.timeout.saturating_mul(2);
@@ -352,26 +408,40 @@ fn build_resolver(settings: &Dns) -> Result<TokioResolver, String> {
     builder.build().map_err(|e| e.to_string())
 }
 
-/// Resolves `name` within `timeout`. No such name, or no record of it, is
-/// an answer: no address. Anything else (a timeout, `SERVFAIL`) is a failure.
+/// Resolves the A and AAAA records of `name` within `timeout`. No such
+/// name, or no record of a family, is an answer: no address of it. Any
+/// other outcome of either query (a timeout, `SERVFAIL`) fails the whole
+/// lookup, so that a failure of one family never passes for its absence.
 async fn lookup(resolver: &TokioResolver, name: &str, timeout: Duration) -> Answer {
-    match tokio::time::timeout(timeout, resolver.lookup_ip(name)).await {
+    let both = async {
+        let (v4, v6) = tokio::join!(resolver.ipv4_lookup(name), resolver.ipv6_lookup(name));
+        let mut addresses = Vec::new();
+        let mut ttl: Option<Duration> = None;
+        for (family, result) in [("A", v4), ("AAAA", v6)] {
+            let found = match result {
+                Ok(found) => found,
+                Err(e) if e.is_no_records_found() => continue,
+                Err(e) => return Err(format!("{family} query: {e}")),
+            };
+            for record in found.answers() {
+                let ip = match &record.data {
+                    RData::A(a) => IpAddr::V4(a.0),
+                    RData::AAAA(a) => IpAddr::V6(a.0),
+                    _ => continue,
+                };
+                addresses.push(ip);
+                let t = Duration::from_secs(u64::from(record.ttl));
+                ttl = Some(ttl.map_or(t, |m| m.min(t)));
+            }
+        }
+        Ok((addresses, ttl.unwrap_or_default()))
+    };
+    match tokio::time::timeout(timeout, both).await {
+        Ok(answer) => answer,
         Err(_) => Err(format!(
             "no answer within {}",
             humantime_serde::re::humantime::format_duration(timeout)
         )),
-        Ok(Ok(found)) => {
-            let ttl = found
-                .as_lookup()
-                .answers()
-                .iter()
-                .map(|r| Duration::from_secs(u64::from(r.ttl)))
-                .min()
-                .unwrap_or_default();
-            Ok((found.iter().collect(), ttl))
-        }
-        Ok(Err(e)) if e.is_no_records_found() => Ok((Vec::new(), Duration::ZERO)),
-        Ok(Err(e)) => Err(e.to_string()),
     }
 }
 
@@ -403,7 +473,7 @@ mod tests {
     fn a_name_becomes_one_backend_per_address_keeping_its_name_for_host() {
         let template = config("\"http://web.svc:8080\"");
         let known = BTreeMap::from([("web.svc".into(), ips(&["10.0.0.2", "fd00::1"]))]);
-        let c = expand(&template, &known);
+        let (c, _) = expand(&template, &known);
         assert_eq!(addresses(&c, 0), ["10.0.0.2:8080", "[fd00::1]:8080"]);
         for b in &c.regions[0].backends {
             assert_eq!(b.host_header, "web.svc:8080");
@@ -421,13 +491,13 @@ mod tests {
     #[test]
     fn a_name_without_addresses_gives_no_backend_and_duplicates_are_dropped() {
         let template = config("\"http://10.0.0.2:80\", \"http://a.svc\", \"http://b.svc\"");
-        let c = expand(&template, &BTreeMap::new());
+        let (c, _) = expand(&template, &BTreeMap::new());
         assert_eq!(addresses(&c, 0), ["10.0.0.2:80"]);
         let known = BTreeMap::from([
             ("a.svc".into(), ips(&["10.0.0.2", "10.0.0.3"])),
             ("b.svc".into(), ips(&["10.0.0.3", "10.0.0.4"])),
         ]);
-        let c = expand(&template, &known);
+        let (c, _) = expand(&template, &known);
         assert_eq!(
             addresses(&c, 0),
             ["10.0.0.2:80", "10.0.0.3:80", "10.0.0.4:80"]
@@ -443,11 +513,33 @@ mod tests {
     fn an_https_name_keeps_its_tls_server_name() {
         let template = config("\"https://api.svc\"");
         let known = BTreeMap::from([("api.svc".into(), ips(&["10.0.0.7"]))]);
-        let c = expand(&template, &known);
+        let (c, _) = expand(&template, &known);
         let b = &c.regions[0].backends[0];
         assert_eq!(b.url, "https://10.0.0.7:443/");
         let tls = b.tls.as_ref().expect("https keeps its TLS settings");
         assert_eq!(format!("{:?}", tls.server_name), "DnsName(\"api.svc\")");
+    }
+
+    #[test]
+    fn an_https_address_reached_under_two_names_keeps_the_first_names_tls() {
+        let template = Config::parse(
+            "t.toml",
+            "[[region]]\nname = \"us\"\nbackends = [\"https://a.svc\"]\n[[region]]\nname = \"eu\"\nbackends = [\"https://b.svc\", \"https://c.svc\"]\n",
+        )
+        .unwrap();
+        let known = BTreeMap::from([
+            ("a.svc".into(), ips(&["10.0.0.7"])),
+            ("b.svc".into(), ips(&["10.0.0.7"])),
+            ("c.svc".into(), ips(&["10.0.0.8"])),
+        ]);
+        let (c, left_out) = expand(&template, &known);
+        assert_eq!(addresses(&c, 0), ["10.0.0.7:443"]);
+        assert_eq!(addresses(&c, 1), ["10.0.0.8:443"]);
+        assert_eq!(left_out.len(), 1);
+        assert!(
+            left_out[0].starts_with("10.0.0.7:443 (from b.svc:443) is left out of region \"eu\""),
+            "{left_out:?}"
+        );
     }
 
     #[tokio::test(start_paused = true)]

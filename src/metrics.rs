@@ -277,6 +277,13 @@ impl Metrics {
         }
     }
 
+    /// Forgets the DNS counts of names no longer followed.
+    pub fn dns_keep<'a>(&self, names: impl IntoIterator<Item = &'a str>) {
+        let keep: std::collections::BTreeSet<&str> = names.into_iter().collect();
+        let mut dns = self.dns.lock().unwrap_or_else(|e| e.into_inner());
+        dns.retain(|name, _| keep.contains(name.as_str()));
+    }
+
     /// One active health check took `d`.
     pub fn health_check(&self, d: Duration) {
         self.health_checks.observe(d);

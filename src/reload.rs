@@ -83,6 +83,9 @@ pub struct Reloader {
 struct Sources {
     file: Arc<Config>,
     dns: Discovery,
+    /// Bumped by each reload, so that lookups made meanwhile from the
+    /// previous sources are not put in force over it.
+    version: u64,
 }
 
 impl Reloader {
@@ -105,14 +108,22 @@ impl Reloader {
             stop,
             tasks,
             dns_status: arc_swap::ArcSwap::from_pointee(dns.status()),
-            sources: tokio::sync::Mutex::new(Sources { file, dns }),
+            sources: tokio::sync::Mutex::new(Sources {
+                file,
+                dns,
+                version: 0,
+            }),
             names_changed: tokio::sync::Notify::new(),
         }
     }
 
     /// The backend names found by DNS and their addresses.
-    pub fn dns_status(&self) -> Arc<Vec<NameStatus>> {
-        self.dns_status.load_full()
+    pub fn dns_status(&self) -> Vec<NameStatus> {
+        self.dns_status
+            .load()
+            .iter()
+            .map(|n| n.clone().now())
+            .collect()
     }
 
     /// Looks up backend names as their records expire, and puts a changed
@@ -131,8 +142,22 @@ impl Reloader {
                 _ = self.names_changed.notified() => continue,
                 _ = wait => {}
             }
+            // Looked up without the lock, so that a silent DNS server holds
+            // up no reload, and abandoned when Meridian stops.
+            let (mut dns, version) = {
+                let sources = self.sources.lock().await;
+                (sources.dns.clone(), sources.version)
+            };
+            let changed = tokio::select! {
+                _ = self.stop.cancelled() => return,
+                changed = dns.resolve_due() => changed,
+            };
             let mut sources = self.sources.lock().await;
-            let changed = sources.dns.resolve_due().await;
+            if sources.version != version {
+                // A reload came in between; what is still due is asked again.
+                continue;
+            }
+            sources.dns = dns;
             self.dns_status.store(Arc::new(sources.dns.status()));
             if !changed {
                 continue;
@@ -239,9 +264,11 @@ impl Reloader {
         let generation = self.publish(Arc::new(dns.expand(&config))).await?;
         let number = generation.number;
         self.dns_status.store(Arc::new(dns.status()));
+        self.shared.metrics().dns_keep(dns.names());
         *sources = Sources {
             file: Arc::new(config),
             dns,
+            version: sources.version + 1,
         };
         self.names_changed.notify_one();
         tracing::info!(

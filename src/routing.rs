@@ -232,6 +232,7 @@ mod tests {
                             ejections: 0,
                             drained: false,
                             domain: None,
+                            discovered: false,
                         })
                         .collect(),
                     single_domain: None,

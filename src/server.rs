@@ -86,7 +86,8 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let total: usize = config.regions.iter().map(|r| r.backends.len()).sum();
     // Each prober has at most one report in flight; ejection requests that
     // find the channel full are dropped and asked again by the next run.
-    let (signals, signals_rx) = mpsc::channel(total.max(1) * 2 + 256);
+    // DNS may add backends later: room for a thousand more.
+    let (signals, signals_rx) = mpsc::channel(total * 2 + 2048);
     let control = restore_control(&config).await?;
     let shared = Arc::new(Shared::new(
         Arc::clone(&generation),

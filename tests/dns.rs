@@ -143,15 +143,14 @@ fn answer(zone: &Zone, query: &Message) -> Option<Message> {
 /// headless service would be.
 async fn two_pods() -> (Backend, Backend, u16) {
     for _ in 0..20 {
-        let first = Backend::start_at("pod-a", "127.0.0.2:0").await;
-        let port = first.addr.port();
-        if tokio::net::TcpListener::bind(("127.0.0.3", port))
-            .await
-            .is_ok()
-        {
-            // Free a moment ago: taken for real now.
-            let second = Backend::start_at("pod-b", &format!("127.0.0.3:{port}")).await;
-            return (first, second, port);
+        let first = tokio::net::TcpListener::bind("127.0.0.2:0").await.unwrap();
+        let port = first.local_addr().unwrap().port();
+        if let Ok(second) = tokio::net::TcpListener::bind(("127.0.0.3", port)).await {
+            return (
+                Backend::start_on("pod-a", first),
+                Backend::start_on("pod-b", second),
+                port,
+            );
         }
     }
     panic!("no port free on both 127.0.0.2 and 127.0.0.3");
@@ -195,7 +194,7 @@ fn b_port(b: &serde_json::Value) -> String {
 
 /// `web.test` as the status API reports it.
 fn name_status(m: &Running) -> serde_json::Value {
-    let all = serde_json::to_value(&*m.reloader.dns_status()).unwrap();
+    let all = serde_json::to_value(m.reloader.dns_status()).unwrap();
     all.as_array()
         .unwrap()
         .iter()
@@ -381,5 +380,96 @@ async fn a_name_that_cannot_be_resolved_at_start_up_is_looked_up_until_it_is() {
     let (status, _, body) = get(&m, "/", &[]).await;
     assert_eq!((status, served_by(&body)), (StatusCode::OK, "pod-a".into()));
     assert!(a.hits.load(Ordering::Relaxed) >= 1);
+    m.shutdown().await;
+}
+
+async fn admin_post(m: &Running, path: &str) -> (u16, serde_json::Value) {
+    let url = format!("http://{}{path}", m.admin_addr.expect("an admin listener"));
+    let response = client()
+        .request(empty(http::Method::POST, url))
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    (status, serde_json::from_slice(&body).unwrap())
+}
+
+#[tokio::test]
+async fn a_name_is_drained_as_a_whole_and_a_reload_looks_up_its_new_names_first() {
+    let dns = DnsServer::start().await;
+    dns.set("web.test", &["127.0.0.2", "127.0.0.3"], 1);
+    dns.set("other.test", &["127.0.0.3"], 1);
+    let (_a, _b, port) = two_pods().await;
+    let eu = Backend::start("eu-1").await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("meridian.toml");
+    let text = format!(
+        "{}\n[admin]\nlisten = \"127.0.0.1:0\"\n",
+        config(port, &dns, &eu, "")
+    );
+    std::fs::write(&path, &text).unwrap();
+    let m = meridian::server::start(meridian::config::Config::load(&path).unwrap())
+        .await
+        .unwrap();
+    wait_for(Duration::from_secs(10), "both pods up", || async {
+        let up = us_backends(&m).iter().filter(|(_, s)| s == "up").count();
+        up == 2 && region_state(&m, "eu").await == "healthy"
+    })
+    .await;
+
+    // Draining the name drains every address it has.
+    let name = format!("/api/v1/regions/us/backends/web.test:{port}");
+    let (status, body) = admin_post(&m, &format!("{name}/drain")).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(us_backends(&m).iter().all(|(_, s)| s == "up"));
+    let v = serde_json::to_value(meridian::admin::status_body(&m.shared.load())).unwrap();
+    let drained: Vec<_> = v["regions"][0]["backends"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["drained"].as_bool().unwrap())
+        .collect();
+    assert_eq!(drained, [true, true]);
+    assert!(v["unconfigured_drains"]["backends"]
+        .as_array()
+        .unwrap()
+        .is_empty());
+    let (status, _, body) = get(&m, "/", &[]).await;
+    assert_eq!((status, served_by(&body)), (StatusCode::OK, "eu-1".into()));
+    let (status, body) = admin_post(&m, &format!("{name}/undrain")).await;
+    assert_eq!(status, 200, "{body}");
+    wait_for(Duration::from_secs(5), "us serving again", || async {
+        region_state(&m, "us").await == "healthy"
+    })
+    .await;
+
+    // A reload to another name: it is looked up before the file is in force.
+    std::fs::write(&path, text.replace("web.test", "other.test")).unwrap();
+    let reloaded = m.reloader.reload().await.expect("the new file is valid");
+    assert!(reloaded.reloaded);
+    let v = serde_json::to_value(meridian::admin::status_body(&m.shared.load())).unwrap();
+    let backends: Vec<_> = v["regions"][0]["backends"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| (b["address"].clone(), b["discovered_from"].clone()))
+        .collect();
+    assert_eq!(
+        backends,
+        [(
+            serde_json::json!(format!("127.0.0.3:{port}")),
+            serde_json::json!(format!("other.test:{port}"))
+        )]
+    );
+    let names: Vec<_> = m
+        .reloader
+        .dns_status()
+        .into_iter()
+        .map(|n| n.name)
+        .collect();
+    assert_eq!(names, ["other.test"]);
+    let metrics = m.shared.metrics().render(m.shared.load(), Vec::new());
+    assert!(!metrics.contains("web.test"), "{metrics}");
+    assert!(metrics.contains("meridian_dns_addresses{name=\"other.test\"} 1"));
     m.shutdown().await;
 }

@@ -79,7 +79,7 @@ impl AdminApi {
     pub fn dns(&self) -> Vec<crate::discovery::NameStatus> {
         self.reloader
             .as_ref()
-            .map(|r| r.dns_status().to_vec())
+            .map(|r| r.dns_status())
             .unwrap_or_default()
     }
 
@@ -172,13 +172,13 @@ fn find_backend(
     snapshot.config.regions[r]
         .backends
         .iter()
-        .position(|b| b.address == address)
+        .position(|b| b.address == address || b.discovered_from.as_deref() == Some(address))
         .map(|b| (r, b))
         .ok_or_else(|| {
             ApiError::new(
                 StatusCode::NOT_FOUND,
                 &format!(
-                    "region \"{region}\" has no backend \"{address}\" (expected its host:port)"
+                    "region \"{region}\" has no backend \"{address}\" (expected its host:port, or the name:port of a DNS name)"
                 ),
             )
         })

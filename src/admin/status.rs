@@ -178,7 +178,11 @@ fn unconfigured_drains(snapshot: &Snapshot) -> UnconfiguredDrains {
             .drained_backends
             .iter()
             .filter(|b| {
-                region(&b.region).is_none_or(|r| r.backends.iter().all(|x| x.address != b.backend))
+                region(&b.region).is_none_or(|r| {
+                    r.backends.iter().all(|x| {
+                        x.address != b.backend && x.discovered_from.as_ref() != Some(&b.backend)
+                    })
+                })
             })
             .cloned()
             .collect(),

@@ -498,6 +498,9 @@ fn check_regions(issues: &mut Issues, raw: &[file::RegionFile]) -> Vec<Region> {
             let n = *m.get_ref();
             let key = format!("region[{i}].min_healthy");
             let most = backends.len().max(1) as i64;
+            // A DNS name may stand for any number of backends: the region's
+            // state clamps min_healthy to the backends there are.
+            let named = backends.iter().any(|b| b.dns_name().is_some());
             if n < 1 {
                 issues.at(
                     span(m),
@@ -505,7 +508,7 @@ fn check_regions(issues: &mut Issues, raw: &[file::RegionFile]) -> Vec<Region> {
                     format!("{n} is out of range: expected a whole number from 1 to {most}, the number of backends of region \"{name}\""),
                 );
                 None
-            } else if n > most && !backends.is_empty() {
+            } else if n > most && !backends.is_empty() && !named {
                 issues.at(
                     span(m),
                     key,

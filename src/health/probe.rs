@@ -161,9 +161,15 @@ impl Probe for HttpProbe {
             )
             .header(http::header::CONNECTION, "close");
         // A backend found by DNS is dialled by address but named by its host
-        // name, as live traffic names it.
-        let host = health.host.as_ref().unwrap_or(&backend.host_header);
-        request = request.header(http::header::HOST, host.clone());
+        // name, as live traffic names it; otherwise the URI gives the Host.
+        let found_by_dns = backend.discovered_from.is_some();
+        if let Some(host) = health
+            .host
+            .as_ref()
+            .or(found_by_dns.then_some(&backend.host_header))
+        {
+            request = request.header(http::header::HOST, host.clone());
+        }
         let request = request
             .body(Empty::new())
             .map_err(|e| ProbeError::Request(e.to_string()))?;

@@ -168,14 +168,14 @@ impl Tunnel {
 fn drain_grace(shared: &Shared, route: &Route) -> Option<Duration> {
     let snapshot = shared.load();
     let control = &snapshot.control;
-    let gone = || {
-        !snapshot.config.regions.iter().any(|r| {
-            r.name == route.region && r.backends.iter().any(|b| b.address == route.backend)
-        })
-    };
+    let backend = snapshot
+        .config
+        .regions
+        .iter()
+        .find(|r| r.name == route.region)
+        .and_then(|r| r.backends.iter().find(|b| b.address == route.backend));
     let drained = control.region_drained(&route.region)
-        || control.backend_drained(&route.region, &route.backend)
-        || gone();
+        || backend.is_none_or(|b| control.drains(&route.region, b));
     drained.then_some(snapshot.config.proxy.drain_grace)
 }
 

@@ -62,6 +62,16 @@ impl Control {
             .iter()
             .any(|b| b.region == region && b.backend == backend)
     }
+
+    /// Whether `backend` of `region` is drained by its address or, for an
+    /// address found by DNS, by the name it was found under.
+    pub fn drains(&self, region: &str, backend: &crate::config::Backend) -> bool {
+        self.backend_drained(region, &backend.address)
+            || backend
+                .discovered_from
+                .as_deref()
+                .is_some_and(|name| self.backend_drained(region, name))
+    }
 }
 
 /// The state file as written.

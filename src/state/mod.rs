@@ -59,9 +59,6 @@ impl RegionState {
         let wanted = min_healthy.unwrap_or(total).clamp(1, total.max(1));
         match (drained, up, checked) {
             (true, _, _) => RegionState::Drained,
-            // Only DNS can leave a region without backends: every name
-            // answered with no address, so nothing can serve there.
-            (false, _, _) if total == 0 => RegionState::Down,
             (false, 0, false) => RegionState::Unknown,
             (false, 0, true) => RegionState::Down,
             (false, n, _) if n < wanted => RegionState::Degraded,
@@ -99,6 +96,8 @@ pub struct BackendView {
     pub drained: bool,
     /// Its failure domain (node, zone): reported by its health check, or configured.
     pub domain: Option<String>,
+    /// Its address was found by DNS, under a name of the configuration.
+    pub discovered: bool,
 }
 
 impl BackendView {
@@ -137,20 +136,32 @@ impl RegionView {
     /// The state health checks alone give, ignoring drains of the region
     /// and of its backends.
     pub fn health(&self, min_healthy: Option<usize>) -> RegionState {
-        let checked = self
+        let up = self
             .backends
             .iter()
-            .any(|b| b.state != BackendState::Unknown);
-        RegionState::derive(
-            self.backends
-                .iter()
-                .filter(|b| b.state == BackendState::Up)
-                .count(),
-            self.backends.len(),
-            checked,
-            min_healthy,
-            false,
-        )
+            .filter(|b| b.state == BackendState::Up)
+            .count();
+        self.derive(up, min_healthy, false)
+    }
+
+    /// The state of the region with `up` backends taking traffic.
+    ///
+    /// An address DNS added that has no verdict yet neither serves nor
+    /// counts against the region: a name scaling up does not degrade it.
+    /// A region left with no backend at all (its names have no address)
+    /// is down.
+    pub fn derive(&self, up: usize, min_healthy: Option<usize>, drained: bool) -> RegionState {
+        if self.backends.is_empty() && !drained {
+            return RegionState::Down;
+        }
+        let unknown = |b: &&BackendView| b.state == BackendState::Unknown;
+        let counted = self
+            .backends
+            .iter()
+            .filter(|b| !(b.discovered && unknown(b)))
+            .count();
+        let checked = self.backends.iter().any(|b| !unknown(&b));
+        RegionState::derive(up, counted, checked, min_healthy, drained)
     }
 }
 
@@ -434,11 +445,47 @@ mod tests {
     use super::*;
 
     #[test]
+    fn addresses_dns_adds_count_once_checked_and_no_backend_is_down() {
+        let backend = |state, discovered| BackendView {
+            state,
+            last_error: None,
+            ejections: 0,
+            drained: false,
+            domain: None,
+            discovered,
+        };
+        let view = |backends: Vec<BackendView>| RegionView {
+            state: RegionState::Unknown,
+            held: false,
+            ramp_permille: 1000,
+            drained: false,
+            backends,
+            single_domain: None,
+        };
+        use BackendState::{Down, Unknown, Up};
+        let v = view(vec![backend(Up, true), backend(Unknown, true)]);
+        assert_eq!(v.derive(1, None, false), RegionState::Healthy);
+        assert_eq!(v.health(None), RegionState::Healthy);
+        let v = view(vec![backend(Up, false), backend(Unknown, false)]);
+        assert_eq!(
+            v.derive(1, None, false),
+            RegionState::Degraded,
+            "a backend of the file counts from the start"
+        );
+        let v = view(vec![backend(Unknown, true), backend(Unknown, true)]);
+        assert_eq!(v.derive(0, None, false), RegionState::Unknown);
+        let v = view(vec![backend(Down, true), backend(Unknown, true)]);
+        assert_eq!(v.derive(0, None, false), RegionState::Down);
+        let v = view(Vec::new());
+        assert_eq!(v.derive(0, None, false), RegionState::Down);
+        assert_eq!(v.derive(0, None, true), RegionState::Drained);
+    }
+
+    #[test]
     fn region_state_is_derived_from_its_backends() {
         use RegionState::*;
         let derive = RegionState::derive;
         // (up, total, checked, min_healthy, drained) -> state
-        assert_eq!(derive(0, 0, false, None, false), Down, "no backend at all");
         assert_eq!(derive(2, 2, true, None, false), Healthy);
         assert_eq!(derive(1, 2, true, None, false), Degraded);
         assert_eq!(derive(1, 2, true, Some(1), false), Healthy);

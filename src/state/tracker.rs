@@ -109,21 +109,20 @@ impl Tracker {
                         ejections: 0,
                         drained: false,
                         domain: b.domain.clone(),
+                        discovered: b.discovered_from.is_some(),
                     })
                     .collect();
-                let up = backends
-                    .iter()
-                    .filter(|b| b.state == BackendState::Up)
-                    .count();
-                let checked = backends.iter().any(|b| b.state != BackendState::Unknown);
-                RegionView {
-                    state: RegionState::derive(up, backends.len(), checked, r.min_healthy, false),
+                let mut view = RegionView {
+                    state: RegionState::Unknown,
                     held: false,
                     ramp_permille: 1000,
                     drained: false,
                     backends,
                     single_domain: None,
-                }
+                };
+                let up = view.healthy_backends();
+                view.state = view.derive(up, r.min_healthy, false);
+                view
             })
             .collect();
         Tracker {
@@ -144,7 +143,7 @@ impl Tracker {
             let name = cfg.name.clone();
             let mut changes = Vec::new();
             for (bi, b) in cfg.backends.iter().enumerate() {
-                let drained = control.backend_drained(&name, &b.address);
+                let drained = control.drains(&name, b);
                 let view = &mut self.views[region].backends[bi];
                 if view.drained != drained {
                     view.drained = drained;
@@ -231,6 +230,7 @@ impl Tracker {
                     ejection: track.ejection.clone(),
                 };
                 view.backends[bi] = old_view.backends[ob].clone();
+                view.backends[bi].discovered = backend.discovered_from.is_some();
             }
         }
         // What the new composition of each region makes of its state.
@@ -457,18 +457,8 @@ impl Tracker {
         let cfg = &self.config.regions[region];
         let view = &mut self.views[region];
         let up = view.healthy_backends();
-        let checked = view
-            .backends
-            .iter()
-            .any(|b| b.state != BackendState::Unknown);
         let before = view.state;
-        let after = RegionState::derive(
-            up,
-            view.backends.len(),
-            checked,
-            cfg.min_healthy,
-            view.drained,
-        );
+        let after = view.derive(up, cfg.min_healthy, view.drained);
         if after == before {
             return;
         }
@@ -1004,7 +994,7 @@ mod tests {
         )
         .unwrap();
         let ips = ["10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap()];
-        let mut config = crate::discovery::expand(
+        let (mut config, _) = crate::discovery::expand(
             &template,
             &std::collections::BTreeMap::from([("web.svc".to_owned(), ips.to_vec())]),
         );
@@ -1094,6 +1084,7 @@ mod tests {
             ejections: 0,
             drained: false,
             domain: domain.map(str::to_owned),
+            discovered: false,
         };
         let region = |backends| RegionView {
             state: RegionState::Healthy,

@@ -290,7 +290,11 @@ impl Backend {
 
     /// A backend listening on `addr` (another loopback address, say).
     pub async fn start_at(name: &str, addr: &str) -> Backend {
-        let listener = TcpListener::bind(addr).await.unwrap();
+        Backend::start_on(name, TcpListener::bind(addr).await.unwrap())
+    }
+
+    /// A backend answering on `listener`.
+    pub fn start_on(name: &str, listener: TcpListener) -> Backend {
         let addr = listener.local_addr().unwrap();
         let (up, rx) = watch::channel(true);
         let hits = Arc::new(AtomicUsize::new(0));

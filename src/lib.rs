@@ -38,6 +38,7 @@ pub mod routing;
 pub mod server;
 pub mod state;
 pub mod status_page;
+pub mod strict;
 pub mod telemetry;
 pub mod tls;
 pub mod upstream;

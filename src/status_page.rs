@@ -73,6 +73,9 @@ pub enum Rescue {
     BackendTimeout,
     /// The client paused too long in the middle of its request body.
     ClientTimeout,
+    /// The client's request body broke (invalid chunked framing, say):
+    /// answered with a plain `400`, never the page, and the connection closed.
+    ClientBody,
     /// A backend answered with a status listed in `status_page.intercept`;
     /// the page keeps that status.
     Upstream(StatusCode),
@@ -86,6 +89,7 @@ impl Rescue {
             Rescue::BackendFailed => StatusCode::BAD_GATEWAY,
             Rescue::BackendTimeout => StatusCode::GATEWAY_TIMEOUT,
             Rescue::ClientTimeout => StatusCode::REQUEST_TIMEOUT,
+            Rescue::ClientBody => StatusCode::BAD_REQUEST,
             Rescue::Upstream(status) => status,
         }
     }
@@ -98,6 +102,7 @@ impl Rescue {
             Rescue::BackendFailed => "backend_failed",
             Rescue::BackendTimeout => "backend_timeout",
             Rescue::ClientTimeout => "client_timeout",
+            Rescue::ClientBody => "client_body",
             Rescue::Upstream(_) => "upstream_error",
         }
     }
@@ -321,6 +326,7 @@ impl StatusPages {
     fn json(&self, rescue: Rescue, incident: Option<PublicIncident<'_>>) -> Bytes {
         let error = match rescue {
             Rescue::ClientTimeout => "request_timeout",
+            Rescue::ClientBody => "bad_request",
             _ => "service_unavailable",
         };
         let body = JsonBody {

@@ -41,6 +41,11 @@ pub(super) enum AttemptError {
     /// Any other failure of the exchange, such as a response that is not HTTP.
     #[error("{}", error_chain(.0))]
     Exchange(legacy::Error),
+    /// A response whose framing two parsers could read differently
+    /// (`Content-Length` with `Transfer-Encoding`): never passed on, and
+    /// its connection never reused.
+    #[error("ambiguous response framing: {0}")]
+    Framing(&'static str),
 }
 
 impl AttemptError {
@@ -96,7 +101,9 @@ impl AttemptError {
     pub(super) fn failure(&self) -> Option<Failure> {
         match self {
             AttemptError::Connect(_) => Some(Failure::Connect),
-            AttemptError::Disconnected(_) | AttemptError::Exchange(_) => Some(Failure::Reset),
+            AttemptError::Disconnected(_)
+            | AttemptError::Exchange(_)
+            | AttemptError::Framing(_) => Some(Failure::Reset),
             AttemptError::Timeout(_) => Some(Failure::Timeout),
             AttemptError::ClientBody { .. } => None,
         }
@@ -108,6 +115,7 @@ impl AttemptError {
             AttemptError::ClientBody {
                 timed_out: true, ..
             } => Rescue::ClientTimeout,
+            AttemptError::ClientBody { .. } => Rescue::ClientBody,
             _ => Rescue::BackendFailed,
         }
     }
@@ -131,9 +139,20 @@ pub(super) fn attempt(
             sent.wait().await;
             tokio::time::sleep(first_byte).await;
         };
-        tokio::select! {
-            result = exchange => result.map_err(AttemptError::from_client),
-            () = deadline => Err(AttemptError::Timeout(first_byte)),
+        let response = tokio::select! {
+            result = exchange => result.map_err(AttemptError::from_client)?,
+            () = deadline => return Err(AttemptError::Timeout(first_byte)),
+        };
+        let headers = response.headers();
+        if headers.contains_key(http::header::TRANSFER_ENCODING)
+            && headers.contains_key(http::header::CONTENT_LENGTH)
+        {
+            // Dropped unread: hyper closes the connection instead of
+            // pooling it.
+            return Err(AttemptError::Framing(
+                "Content-Length with Transfer-Encoding",
+            ));
         }
+        Ok(response)
     }
 }

@@ -134,6 +134,27 @@ impl Proxy {
         snapshot: &Arc<Snapshot>,
         started: tokio::time::Instant,
     ) -> (Response<ResponseBody>, usize, Option<usize>) {
+        let (mut parts, body) = request.into_parts();
+        let tunnel = headers::websocket_connect(
+            &parts.method,
+            parts.version,
+            parts.extensions.get::<hyper::ext::Protocol>(),
+        );
+        let rules = crate::strict::Rules {
+            max_head: snapshot.config.limits.max_header_bytes,
+            tunnel,
+        };
+        if let Err(refusal) = crate::strict::check(
+            &parts.method,
+            &parts.uri,
+            parts.version,
+            &mut parts.headers,
+            rules,
+        ) {
+            tracing::debug!(client = %peer, status = refusal.status.as_u16(), reason = refusal.reason, "request refused");
+            return (refuse(&refusal, parts.version), 0, None);
+        }
+        let request = Request::from_parts(parts, body);
         // Meridian's own answers are never the 2xx that would open an
         // HTTP/2 extended CONNECT tunnel.
         let own = request.method() != Method::CONNECT;
@@ -219,6 +240,14 @@ impl Proxy {
                         .append(http::header::SET_COOKIE, value);
                 }
                 (response, Some(served.region))
+            }
+            Err(Rescue::ClientBody) => {
+                let refusal = crate::strict::Refusal {
+                    status: http::StatusCode::BAD_REQUEST,
+                    reason: "The request body could not be read.",
+                    close: true,
+                };
+                (refuse(&refusal, head.version), None)
             }
             Err(rescue) => (self.rescue(snapshot, rescue, &head.headers), None),
         };
@@ -487,6 +516,33 @@ fn build_upstream(
             .insert(HOST, backend.host_header.clone());
     }
     Ok(request)
+}
+
+/// Meridian's answer to a request it refuses to forward: plain text, and
+/// the end of an HTTP/1 connection whose framing is in doubt.
+fn refuse(refusal: &crate::strict::Refusal, version: Version) -> Response<ResponseBody> {
+    let body = http_body_util::Full::new(bytes::Bytes::from(format!("{}\n", refusal.reason)));
+    let mut response = Response::new(ResponseBody::local(body));
+    *response.status_mut() = refusal.status;
+    let headers = response.headers_mut();
+    headers.insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    headers.insert(
+        http::header::CACHE_CONTROL,
+        HeaderValue::from_static("no-store"),
+    );
+    if refusal.status == http::StatusCode::METHOD_NOT_ALLOWED {
+        headers.insert(
+            http::header::ALLOW,
+            HeaderValue::from_static(crate::strict::ALLOWED),
+        );
+    }
+    if refusal.close && version < Version::HTTP_2 {
+        headers.insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    response
 }
 
 /// The key authorization the CA fetches for an HTTP-01 challenge.

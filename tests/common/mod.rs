@@ -3,6 +3,7 @@
 //! with a deadline.
 #![allow(dead_code)]
 
+pub mod recording;
 pub mod webhook;
 
 use std::collections::BTreeMap;

@@ -1,7 +1,9 @@
 //! Checks of a request head that hyper's parser leaves to the application,
 //! made before anything is forwarded: framing that two parsers could read
-//! differently (RFC 9112 §6), a missing or repeated `Host`, an
-//! absolute-form target naming another host than `Host`, and `CONNECT`.
+//! differently (RFC 9112 §6), a missing or repeated `Host`, an HTTP/2
+//! `:authority` naming another host than `Host`, and `CONNECT`. (An HTTP/1
+//! absolute-form target wins over `Host`, as RFC 9112 §3.2.2 says; neither
+//! ever chooses where Meridian connects.)
 //!
 //! hyper already refuses malformed request lines, header names and values
 //! (NUL, bare CR, control characters), obsolete line folding, whitespace
@@ -165,7 +167,7 @@ fn framing(version: Version, headers: &mut HeaderMap) -> Result<(), Refusal> {
 }
 
 /// `Host`: one in HTTP/1.1, at most one in HTTP/2, a valid authority, and
-/// the same host as an absolute-form target or `:authority`.
+/// in HTTP/2 the same host as `:authority` (RFC 9113 §8.3.1).
 fn host(uri: &Uri, version: Version, headers: &HeaderMap) -> Result<(), Refusal> {
     let bad = |reason| Err(Refusal::new(StatusCode::BAD_REQUEST, reason, false));
     let mut hosts = headers.get_all(HOST).iter();
@@ -189,9 +191,9 @@ fn host(uri: &Uri, version: Version, headers: &HeaderMap) -> Result<(), Refusal>
     let Some(host) = valid else {
         return bad("The Host header is not a valid host.");
     };
-    if let Some(target) = uri.authority() {
+    if let Some(target) = uri.authority().filter(|_| version >= Version::HTTP_2) {
         if !target.as_str().eq_ignore_ascii_case(host.as_str()) {
-            return bad("The request target names another host than the Host header.");
+            return bad("The :authority and Host headers name different hosts.");
         }
     }
     Ok(())
@@ -305,7 +307,11 @@ mod tests {
         );
         assert_eq!(status("GET", "/", V11, &[("host", "exa mple.com")]), 400);
         assert_eq!(status("GET", "/", V11, &[("host", "example.com/x")]), 400);
-        assert_eq!(status("GET", "http://evil.example/", V11, &[H]), 400);
+        assert_eq!(
+            status("GET", "http://other.example/", V11, &[H]),
+            0,
+            "in HTTP/1 the target wins over Host"
+        );
         assert_eq!(
             status(
                 "GET",

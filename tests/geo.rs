@@ -443,6 +443,9 @@ async fn the_access_log_says_where_and_why() {
         .with_env_filter("meridian::access=info")
         .finish();
     let _guard = tracing::subscriber::set_default(subscriber);
+    // Other tests of this binary run beside this one without a subscriber;
+    // the access-log callsite's cached interest must count this one.
+    tracing::callsite::rebuild_interest_cache();
 
     let (_dir, db) = maxmind_db(&[("198.51.100.0/24", maxmind(Some("CA"), None, Some("NA")))]);
     let w = World::start().await;

@@ -129,10 +129,13 @@ impl AttemptError {
 /// the send timeout.
 pub(super) fn attempt(
     client: &UpstreamClient,
-    request: Request<UpstreamBody>,
+    mut request: Request<UpstreamBody>,
     sent: Sent,
     first_byte: Duration,
 ) -> impl Future<Output = Result<Response<Incoming>, AttemptError>> + Send + 'static {
+    // Lets a response whose framing is in doubt take its connection out
+    // of the pool, even when its whole body was read with its head.
+    let connection = legacy::connect::capture_connection(&mut request);
     let exchange = client.request(request);
     async move {
         let deadline = async {
@@ -147,8 +150,9 @@ pub(super) fn attempt(
         if headers.contains_key(http::header::TRANSFER_ENCODING)
             && headers.contains_key(http::header::CONTENT_LENGTH)
         {
-            // Dropped unread: hyper closes the connection instead of
-            // pooling it.
+            if let Some(connected) = connection.connection_metadata().as_ref() {
+                connected.poison();
+            }
             return Err(AttemptError::Framing(
                 "Content-Length with Transfer-Encoding",
             ));

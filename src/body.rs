@@ -25,15 +25,27 @@ pub enum BodyError {
     /// The peer sent nothing for this long in the middle of a body.
     #[error("no body data for {0:?}")]
     Idle(Duration),
+    /// The peer kept sending, but slower than the minimum rate.
+    #[error("body slower than {0} bytes/s over {w:?}", w = RATE_WINDOW)]
+    TooSlow(u64),
 }
 
-/// Bounds the pause between two frames of a body. The timer is only
+/// The span over which a body's minimum rate is measured.
+pub const RATE_WINDOW: Duration = Duration::from_secs(20);
+
+/// Bounds the pause between two frames of a body and, optionally, its
+/// average rate over each [`RATE_WINDOW`]: a client dripping a byte now
+/// and then never pauses long, but never finishes either. The timer is only
 /// allocated once a body actually has to wait.
 #[derive(Debug)]
 pub(crate) struct IdleTimer {
     limit: Duration,
     sleep: Option<Pin<Box<Sleep>>>,
     waiting: bool,
+    /// Bytes per second below which the body is given up on; 0 is no minimum.
+    min_rate: u64,
+    /// Start of the current window and the bytes received in it.
+    window: Option<(Instant, u64)>,
 }
 
 impl IdleTimer {
@@ -42,12 +54,33 @@ impl IdleTimer {
             limit,
             sleep: None,
             waiting: false,
+            min_rate: 0,
+            window: None,
         }
     }
 
-    /// A frame arrived: the next wait starts a new pause.
-    fn frame(&mut self) {
+    /// Requires `rate` bytes per second on average over each window.
+    pub(crate) fn min_rate(&mut self, rate: u64) {
+        self.min_rate = rate;
+    }
+
+    /// A frame of `len` bytes arrived: the next wait starts a new pause.
+    /// False when the window it closes fell short of the minimum rate.
+    fn frame(&mut self, len: usize) -> bool {
         self.waiting = false;
+        if self.min_rate == 0 {
+            return true;
+        }
+        let now = Instant::now();
+        let (start, bytes) = self.window.get_or_insert((now, 0));
+        *bytes = bytes.saturating_add(len as u64);
+        if now.duration_since(*start) < RATE_WINDOW {
+            return true;
+        }
+        let wanted = self.min_rate.saturating_mul(RATE_WINDOW.as_secs());
+        let fast_enough = *bytes >= wanted;
+        self.window = Some((now, 0));
+        fast_enough
     }
 
     /// The body is waiting; true once the pause has lasted `limit`.
@@ -74,7 +107,13 @@ pub(crate) fn poll_timed(
 ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
     match Pin::new(body).poll_frame(cx) {
         Poll::Ready(frame) => {
-            timer.frame();
+            let len = match &frame {
+                Some(Ok(f)) => f.data_ref().map_or(0, Bytes::len),
+                _ => 0,
+            };
+            if !timer.frame(len) {
+                return Poll::Ready(Some(Err(BodyError::TooSlow(timer.min_rate))));
+            }
             Poll::Ready(frame.map(|f| f.map_err(BodyError::from)))
         }
         Poll::Pending if timer.expired(cx) => Poll::Ready(Some(Err(BodyError::Idle(timer.limit)))),
@@ -160,5 +199,24 @@ impl Body for ResponseBody {
             Source::Upstream(body, _) => body.size_hint(),
             Source::Local(body) => body.size_hint(),
         }
+    }
+}
+
+#[cfg(test)]
+mod rate_tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_body_slower_than_its_minimum_rate_over_a_window_is_given_up_on() {
+        let mut t = IdleTimer::new(Duration::from_secs(60));
+        assert!(t.frame(1), "no minimum by default");
+        t.min_rate(10);
+        assert!(t.frame(5), "the first frame opens a window");
+        tokio::time::advance(Duration::from_secs(19)).await;
+        assert!(t.frame(5), "the window is not over");
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert!(!t.frame(5), "15 bytes in 20 s, 200 wanted");
+        tokio::time::advance(Duration::from_secs(20)).await;
+        assert!(t.frame(200), "200 bytes in the next 20 s are enough");
     }
 }

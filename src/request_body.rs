@@ -108,6 +108,15 @@ impl Sent {
 }
 
 impl UpstreamBody {
+    /// Gives up on the client's body when it arrives slower than `rate`
+    /// bytes per second on average over [`crate::body::RATE_WINDOW`].
+    pub fn with_min_rate(mut self, rate: u64) -> Self {
+        if let Some((_, timer)) = &mut self.rest {
+            timer.min_rate(rate);
+        }
+        self
+    }
+
     /// Sends `body`, pausing at most `idle` between two frames from the
     /// client. With `keep` set, copies of up to that many bytes are kept for
     /// another attempt.

@@ -270,6 +270,7 @@ pub struct LimitsFile {
     pub header_read_timeout: Option<Spanned<Dur>>,
     pub keepalive_idle_timeout: Option<Spanned<Dur>>,
     pub client_body_timeout: Option<Spanned<Dur>>,
+    pub client_body_min_rate: Option<Spanned<i64>>,
     pub send_timeout: Option<Spanned<Dur>>,
     pub shutdown_grace: Option<Spanned<Dur>>,
     pub http2_max_concurrent_streams: Option<Spanned<i64>>,

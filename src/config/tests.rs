@@ -1851,6 +1851,7 @@ backends = ["http://10.2.0.10"]
     assert_eq!(l.header_read_timeout, Duration::from_secs(10));
     assert_eq!(l.keepalive_idle_timeout, Duration::from_secs(5));
     assert_eq!(l.client_body_timeout, Duration::from_secs(60));
+    assert_eq!(l.client_body_min_rate, 500);
     assert_eq!(l.send_timeout, Duration::from_secs(60));
     assert_eq!(l.shutdown_grace, Duration::from_secs(30));
 
@@ -1949,6 +1950,7 @@ max_headers = 50
 header_read_timeout = "5s"
 keepalive_idle_timeout = "20s"
 client_body_timeout = "7s"
+client_body_min_rate = 0
 send_timeout = "8s"
 shutdown_grace = "15s"
 
@@ -2053,6 +2055,7 @@ retry_after = "1m"
     assert_eq!(l.header_read_timeout, Duration::from_secs(5));
     assert_eq!(l.keepalive_idle_timeout, Duration::from_secs(20));
     assert_eq!(l.client_body_timeout, Duration::from_secs(7));
+    assert_eq!(l.client_body_min_rate, 0, "0 turns it off");
     assert_eq!(l.send_timeout, Duration::from_secs(8));
     assert_eq!(l.shutdown_grace, Duration::from_secs(15));
 

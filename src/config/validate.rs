@@ -1722,6 +1722,7 @@ fn check_limits(issues: &mut Issues, raw: file::LimitsFile) -> Limits {
         header_read_timeout,
         keepalive_idle_timeout,
         client_body_timeout,
+        client_body_min_rate,
         send_timeout,
         shutdown_grace,
         http2_max_concurrent_streams,
@@ -1787,6 +1788,14 @@ fn check_limits(issues: &mut Issues, raw: file::LimitsFile) -> Limits {
             client_body_timeout.as_ref(),
             Duration::from_secs(60),
         ),
+        client_body_min_rate: ranged(
+            issues,
+            "limits.client_body_min_rate",
+            client_body_min_rate.as_ref(),
+            500,
+            (0, 1 << 30),
+            "a number of bytes per second (0 turns it off)",
+        ) as u64,
         send_timeout: duration(
             issues,
             "limits.send_timeout",

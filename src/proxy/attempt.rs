@@ -57,7 +57,7 @@ impl AttemptError {
         while let Some(s) = source {
             if let Some(body) = s.downcast_ref::<BodyError>() {
                 return AttemptError::ClientBody {
-                    timed_out: matches!(body, BodyError::Idle(_)),
+                    timed_out: matches!(body, BodyError::Idle(_) | BodyError::TooSlow(_)),
                     detail: body.to_string(),
                 };
             }

@@ -371,6 +371,7 @@ impl<'a> Forward<'a> {
             Some(b) => {
                 let (b, returned, sent) =
                     UpstreamBody::new(b, config.limits.client_body_timeout, keep);
+                let b = b.with_min_rate(config.limits.client_body_min_rate);
                 (b, Some(returned), sent)
             }
             None => {

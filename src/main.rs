@@ -170,6 +170,21 @@ impl From<CtlCommand> for ctl::Command {
     }
 }
 
+/// `print!` to standard output, except that a reader that went away (as
+/// `meridian check | head -1` does) ends the program quietly, as it ends
+/// other command-line tools, instead of a panic.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let mut stdout = std::io::stdout().lock();
+        if let Err(e) = write!(stdout, $($arg)*).and_then(|()| stdout.flush()) {
+            if e.kind() == std::io::ErrorKind::BrokenPipe {
+                std::process::exit(0);
+            }
+        }
+    }};
+}
+
 fn main() -> ExitCode {
     let Cli { config, command } = Cli::parse();
     let result = match (command, config) {
@@ -229,10 +244,10 @@ fn check(path: &PathBuf) -> ExitCode {
         },
         None => meridian::geo::GeoDb::built_in(),
     };
-    print!("{}", config.summary());
-    println!("geoip: {} ({})", db.name(), db.database_type());
+    out!("{}", config.summary());
+    out!("geoip: {} ({})\n", db.name(), db.database_type());
     for warning in config.warnings() {
-        println!("warning: {warning}");
+        out!("warning: {warning}\n");
     }
     ExitCode::SUCCESS
 }
@@ -276,8 +291,8 @@ fn demo() -> anyhow::Result<()> {
         let control_addr = control.local_addr()?;
         tokio::spawn(backends.clone().serve_control(control));
         let running = server::start(config).await?;
-        println!(
-            "{}",
+        out!(
+            "{}\n",
             demo::instructions(running.http_addr, running.admin_addr, control_addr)
         );
         running.run_until_signal().await?;
@@ -349,10 +364,10 @@ fn ctl(args: CtlArgs, top_config: Option<PathBuf>) -> ExitCode {
     }
     if json {
         let text = String::from_utf8_lossy(&answer.body);
-        println!("{}", text.trim_end());
+        out!("{}\n", text.trim_end());
     } else if command == ctl::Command::Status {
         match ctl::status_table(&answer.json) {
-            Ok(table) => print!("{table}"),
+            Ok(table) => out!("{table}"),
             Err(e) => {
                 return fail(&CtlError::BadAnswer {
                     url: target.base,
@@ -361,7 +376,7 @@ fn ctl(args: CtlArgs, top_config: Option<PathBuf>) -> ExitCode {
             }
         }
     } else {
-        println!("{}", ctl::confirmation(&command, &answer.json));
+        out!("{}\n", ctl::confirmation(&command, &answer.json));
     }
     ExitCode::SUCCESS
 }

@@ -350,3 +350,21 @@ async fn the_access_log_is_one_json_object_per_request_with_the_decision() {
     assert!(served["ms"].is_u64(), "{served}");
     assert!(served["why"].is_string(), "{served}");
 }
+
+#[tokio::test]
+async fn output_to_a_reader_that_went_away_ends_quietly() {
+    // `meridian check | head -1`: the pipe's reader is gone before the
+    // summary is written.
+    let (writer, reader) = tokio::net::unix::pipe::pipe().unwrap();
+    drop(reader);
+    let stdout = writer.into_blocking_fd().unwrap();
+    let path = format!("{}/config/meridian.toml", env!("CARGO_MANIFEST_DIR"));
+    let out = Command::new(env!("CARGO_BIN_EXE_meridian"))
+        .args(["check", "-c", &path])
+        .stdout(std::process::Stdio::from(stdout))
+        .output()
+        .expect("runs");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("panicked"), "{err}");
+    assert_eq!(out.status.code(), Some(0), "{err}");
+}

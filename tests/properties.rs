@@ -85,7 +85,7 @@ proptest! {
         let named = headers.values().any(|v| {
             String::from_utf8_lossy(v.as_bytes()).contains(&client.to_string())
                 || matches!(client, IpAddr::V4(v4) if String::from_utf8_lossy(v.as_bytes())
-                    .contains(&std::net::Ipv6Addr::from(v4.to_ipv6_mapped()).to_string()))
+                    .contains(&v4.to_ipv6_mapped().to_string()))
         });
         prop_assert!(client == peer.to_canonical() || client == peer || named, "{client} from {headers:?}");
     }
@@ -104,7 +104,7 @@ proptest! {
         let xff = headers.get("x-forwarded-for").map(|v| v.to_str().unwrap_or_default().to_owned());
         let client_text = client.to_string();
         prop_assert!(xff.is_none_or(|x| x.ends_with(&client_text)));
-        let via = headers.get_all("via").iter().last();
+        let via = headers.get_all("via").iter().next_back();
         prop_assert!(via.is_some_and(|v| v.as_bytes() == b"1.1 meridian"), "{headers:?}");
     }
 

@@ -1,0 +1,258 @@
+//! Memory under hostile load: the Meridian binary (a process of its own, so
+//! that its RSS is its own) in front of an in-process backend, while this
+//! runner opens, phase after phase and keeping each:
+//!
+//! 1. 10 000 keep-alive connections, each idle after one request;
+//! 2. 1 000 slowloris connections, sending a header byte every 5 s;
+//! 3. 100 clients asking for a 100 MB response and never reading it.
+//!
+//! A normal client sends `GET /` every 100 ms throughout; the table gives
+//! Meridian's RSS after each phase, what each connection added, the peak
+//! RSS and the slowest normal request.
+//!
+//! Run with `cargo bench --bench hostile_load`. Under `cargo test
+//! --all-targets` it does nothing. Needs `ulimit -n` above 22 000.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::time::{sleep, Instant};
+
+const IDLE: usize = 10_000;
+const SLOWLORIS: usize = 1_000;
+const NON_READERS: usize = 100;
+const BIG: usize = 100 * 1024 * 1024;
+const CHUNK: usize = 64 * 1024;
+
+type Body = http_body_util::combinators::BoxBody<Bytes, Infallible>;
+
+/// `/big` streams 100 MB; anything else is a short `ok`.
+async fn backend() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((s, _)) = listener.accept().await else {
+                continue;
+            };
+            tokio::spawn(async move {
+                let service = service_fn(|req: Request<Incoming>| async move {
+                    let body: Body = if req.uri().path() == "/big" {
+                        let chunk = Bytes::from(vec![b'x'; CHUNK]);
+                        let frames = futures_util::stream::iter(
+                            (0..BIG / CHUNK).map(move |_| Ok(Frame::data(chunk.clone()))),
+                        );
+                        StreamBody::new(frames).boxed()
+                    } else {
+                        Full::new(Bytes::from_static(b"ok")).boxed()
+                    };
+                    Ok::<_, Infallible>(Response::new(body))
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(s), service)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// One request on a fresh connection; the time to its whole answer.
+async fn probe(addr: SocketAddr) -> Duration {
+    let started = Instant::now();
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    let _ = s.read_to_end(&mut answer).await;
+    assert!(answer.starts_with(b"HTTP/1.1 200"), "the probe failed");
+    started.elapsed()
+}
+
+/// A keep-alive connection left idle after one request.
+async fn idle(addr: SocketAddr) -> TcpStream {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n").await.unwrap();
+    let mut buf = [0u8; 1024];
+    let mut got = Vec::new();
+    while !got.ends_with(b"ok") {
+        let n = s.read(&mut buf).await.unwrap();
+        assert!(n > 0, "closed before the answer");
+        got.extend_from_slice(&buf[..n]);
+    }
+    s
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if !args.iter().any(|a| a == "--bench") {
+        println!("the hostile load is not run as a test: use `cargo bench --bench hostile_load`");
+        return;
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(run());
+}
+
+async fn run() {
+    let backend = backend().await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("meridian.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[listen]\nhttp = \"{addr}\"\n\
+             [limits]\nmax_connections = 20000\nheader_read_timeout = \"300s\"\n\
+             keepalive_idle_timeout = \"300s\"\nsend_timeout = \"300s\"\n\
+             [log]\naccess = false\n\
+             [[region]]\nname = \"us\"\nbackends = [\"http://{backend}\"]\n\
+             [region.health]\npath = \"/\"\n"
+        ),
+    )
+    .unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_meridian"))
+        .args(["run", "-c"])
+        .arg(&config)
+        .env("RUST_LOG", "warn")
+        .spawn()
+        .expect("meridian starts");
+    let pid = child.id();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_secs(1), probe_quiet(addr)).await {
+            break;
+        }
+        assert!(Instant::now() < deadline, "Meridian does not answer");
+        sleep(Duration::from_millis(100)).await;
+    }
+
+    // The normal client, and a sampler of the peak RSS.
+    let slowest = Arc::new(AtomicU64::new(0));
+    let peak = Arc::new(AtomicU64::new(0));
+    let (s, p) = (Arc::clone(&slowest), Arc::clone(&peak));
+    let background = tokio::spawn(async move {
+        loop {
+            let took = probe(addr).await;
+            s.fetch_max(took.as_micros() as u64, Ordering::Relaxed);
+            p.fetch_max(rss_kib(pid), Ordering::Relaxed);
+            sleep(Duration::from_millis(100)).await;
+        }
+    });
+
+    sleep(Duration::from_secs(1)).await;
+    let base = rss_kib(pid);
+    let mut rows = vec![("started".to_owned(), 0usize, base)];
+
+    let mut idle_conns = Vec::with_capacity(IDLE);
+    for _ in 0..IDLE / 500 {
+        let batch: Vec<_> = (0..500).map(|_| tokio::spawn(idle(addr))).collect();
+        for b in batch {
+            idle_conns.push(b.await.unwrap());
+        }
+    }
+    sleep(Duration::from_secs(2)).await;
+    rows.push((format!("+ {IDLE} idle keep-alive"), IDLE, rss_kib(pid)));
+
+    let mut slow = Vec::with_capacity(SLOWLORIS);
+    for _ in 0..SLOWLORIS {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"GET / HTTP/1.1\r\nHost: a\r\nX-Slow: ").await.unwrap();
+        slow.push(s);
+    }
+    let dripping = tokio::spawn(async move {
+        loop {
+            sleep(Duration::from_secs(5)).await;
+            for s in &mut slow {
+                let _ = s.write_all(b"a").await;
+            }
+        }
+    });
+    sleep(Duration::from_secs(2)).await;
+    rows.push((format!("+ {SLOWLORIS} slowloris"), SLOWLORIS, rss_kib(pid)));
+
+    let mut stalled = Vec::with_capacity(NON_READERS);
+    for _ in 0..NON_READERS {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"GET /big HTTP/1.1\r\nHost: a\r\n\r\n").await.unwrap();
+        stalled.push(s);
+    }
+    // Long enough for every buffer on the way to fill.
+    sleep(Duration::from_secs(10)).await;
+    rows.push((
+        format!("+ {NON_READERS} never reading 100 MB"),
+        NON_READERS,
+        rss_kib(pid),
+    ));
+    sleep(Duration::from_secs(5)).await;
+    let settled = rss_kib(pid);
+
+    background.abort();
+    dripping.abort();
+    let _ = child.kill();
+    let _ = child.wait();
+
+    println!("| phase | Meridian RSS, MB | added per connection, KB |");
+    println!("|---|---|---|");
+    let mut previous = base;
+    for (name, n, rss) in &rows {
+        let per = if *n == 0 {
+            "-".to_owned()
+        } else {
+            format!("{:.1}", (*rss as f64 - previous as f64) / *n as f64)
+        };
+        println!("| {name} | {:.1} | {per} |", *rss as f64 / 1024.0);
+        previous = *rss;
+    }
+    println!(
+        "\npeak RSS {:.1} MB; 5 s later {:.1} MB; slowest normal request {:.1} ms",
+        peak.load(Ordering::Relaxed) as f64 / 1024.0,
+        settled as f64 / 1024.0,
+        slowest.load(Ordering::Relaxed) as f64 / 1000.0
+    );
+    drop(idle_conns);
+    drop(stalled);
+}
+
+async fn probe_quiet(addr: SocketAddr) -> std::io::Result<()> {
+    let mut s = TcpStream::connect(addr).await?;
+    s.write_all(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+        .await?;
+    let mut answer = Vec::new();
+    s.read_to_end(&mut answer).await?;
+    if answer.starts_with(b"HTTP/1.1 200") {
+        Ok(())
+    } else {
+        Err(std::io::Error::other("not yet"))
+    }
+}

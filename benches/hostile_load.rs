@@ -95,7 +95,9 @@ async fn probe(addr: SocketAddr) -> Duration {
 /// A keep-alive connection left idle after one request.
 async fn idle(addr: SocketAddr) -> TcpStream {
     let mut s = TcpStream::connect(addr).await.unwrap();
-    s.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n").await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .unwrap();
     let mut buf = [0u8; 1024];
     let mut got = Vec::new();
     while !got.ends_with(b"ok") {
@@ -172,7 +174,12 @@ async fn run() {
 
     sleep(Duration::from_secs(1)).await;
     let base = rss_kib(pid);
-    let mut rows = vec![("started".to_owned(), 0usize, base)];
+    let mut rows = vec![(
+        "started".to_owned(),
+        0usize,
+        base,
+        slowest.swap(0, Ordering::Relaxed),
+    )];
 
     let mut idle_conns = Vec::with_capacity(IDLE);
     for _ in 0..IDLE / 500 {
@@ -182,12 +189,19 @@ async fn run() {
         }
     }
     sleep(Duration::from_secs(2)).await;
-    rows.push((format!("+ {IDLE} idle keep-alive"), IDLE, rss_kib(pid)));
+    rows.push((
+        format!("+ {IDLE} idle keep-alive"),
+        IDLE,
+        rss_kib(pid),
+        slowest.swap(0, Ordering::Relaxed),
+    ));
 
     let mut slow = Vec::with_capacity(SLOWLORIS);
     for _ in 0..SLOWLORIS {
         let mut s = TcpStream::connect(addr).await.unwrap();
-        s.write_all(b"GET / HTTP/1.1\r\nHost: a\r\nX-Slow: ").await.unwrap();
+        s.write_all(b"GET / HTTP/1.1\r\nHost: a\r\nX-Slow: ")
+            .await
+            .unwrap();
         slow.push(s);
     }
     let dripping = tokio::spawn(async move {
@@ -199,12 +213,19 @@ async fn run() {
         }
     });
     sleep(Duration::from_secs(2)).await;
-    rows.push((format!("+ {SLOWLORIS} slowloris"), SLOWLORIS, rss_kib(pid)));
+    rows.push((
+        format!("+ {SLOWLORIS} slowloris"),
+        SLOWLORIS,
+        rss_kib(pid),
+        slowest.swap(0, Ordering::Relaxed),
+    ));
 
     let mut stalled = Vec::with_capacity(NON_READERS);
     for _ in 0..NON_READERS {
         let mut s = TcpStream::connect(addr).await.unwrap();
-        s.write_all(b"GET /big HTTP/1.1\r\nHost: a\r\n\r\n").await.unwrap();
+        s.write_all(b"GET /big HTTP/1.1\r\nHost: a\r\n\r\n")
+            .await
+            .unwrap();
         stalled.push(s);
     }
     // Long enough for every buffer on the way to fill.
@@ -213,32 +234,40 @@ async fn run() {
         format!("+ {NON_READERS} never reading 100 MB"),
         NON_READERS,
         rss_kib(pid),
+        slowest.swap(0, Ordering::Relaxed),
     ));
     sleep(Duration::from_secs(5)).await;
     let settled = rss_kib(pid);
+    let last = slowest.swap(0, Ordering::Relaxed);
 
     background.abort();
     dripping.abort();
     let _ = child.kill();
     let _ = child.wait();
 
-    println!("| phase | Meridian RSS, MB | added per connection, KB |");
-    println!("|---|---|---|");
+    println!(
+        "| phase | Meridian RSS, MB | added per connection, KB | slowest normal request, ms |"
+    );
+    println!("|---|---|---|---|");
     let mut previous = base;
-    for (name, n, rss) in &rows {
+    for (name, n, rss, slow) in &rows {
         let per = if *n == 0 {
             "-".to_owned()
         } else {
             format!("{:.1}", (*rss as f64 - previous as f64) / *n as f64)
         };
-        println!("| {name} | {:.1} | {per} |", *rss as f64 / 1024.0);
+        println!(
+            "| {name} | {:.1} | {per} | {:.1} |",
+            *rss as f64 / 1024.0,
+            *slow as f64 / 1000.0
+        );
         previous = *rss;
     }
     println!(
-        "\npeak RSS {:.1} MB; 5 s later {:.1} MB; slowest normal request {:.1} ms",
+        "\npeak RSS {:.1} MB; 5 s later {:.1} MB (slowest normal request meanwhile {:.1} ms)",
         peak.load(Ordering::Relaxed) as f64 / 1024.0,
         settled as f64 / 1024.0,
-        slowest.load(Ordering::Relaxed) as f64 / 1000.0
+        last as f64 / 1000.0
     );
     drop(idle_conns);
     drop(stalled);

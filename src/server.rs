@@ -274,12 +274,27 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
 }
 
 /// Binds listener `what` on `addr`, returning it and its bound address.
+/// Connections the kernel may hold for a public listener before it accepts them.
+const LISTEN_BACKLOG: u32 = 4096;
+
 async fn bind(
     what: &'static str,
     addr: SocketAddr,
 ) -> Result<(TcpListener, SocketAddr), StartError> {
     let error = |source| StartError::Bind { what, addr, source };
-    let listener = TcpListener::bind(addr).await.map_err(error)?;
+    let socket = match addr {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4(),
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6(),
+    }
+    .map_err(error)?;
+    // As std's and tokio's own bind do, so that a restart can bind at once.
+    socket.set_reuseaddr(true).map_err(error)?;
+    socket.bind(addr).map_err(error)?;
+    // A burst of new clients waits in the kernel while the accept loop
+    // catches up; a backlog that overflows drops their SYNs, and each then
+    // waits a second for its retransmission. The kernel caps it at
+    // net.core.somaxconn.
+    let listener = socket.listen(LISTEN_BACKLOG).map_err(error)?;
     let bound = listener.local_addr().map_err(error)?;
     Ok((listener, bound))
 }

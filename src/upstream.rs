@@ -32,6 +32,9 @@ use tower_service::Service;
 use crate::config::{BackendTls, Config};
 use crate::request_body::UpstreamBody;
 
+/// The most a backend connection buffers, response head included.
+pub const UPSTREAM_BUFFER: usize = 64 * 1024;
+
 /// The pooled client used for live traffic.
 pub type UpstreamClient = Client<UpstreamConnector, UpstreamBody>;
 
@@ -58,6 +61,10 @@ pub fn client(config: &Config) -> UpstreamClient {
         tls: Arc::new(tls),
     };
     Client::builder(TokioExecutor::new())
+        // hyper grows a connection's read buffer to ~400 KB while a body
+        // comes faster than the client takes it; 64 KB bounds what one
+        // stalled response holds without slowing a fast one.
+        .http1_max_buf_size(UPSTREAM_BUFFER)
         .pool_timer(TokioTimer::new())
         .pool_idle_timeout(config.proxy.pool_idle_timeout)
         .pool_max_idle_per_host(config.proxy.pool_max_idle_per_backend)

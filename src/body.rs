@@ -30,22 +30,27 @@ pub enum BodyError {
     TooSlow(u64),
 }
 
-/// The span over which a body's minimum rate is measured.
+/// How long a body must have kept Meridian waiting before its rate is judged.
 pub const RATE_WINDOW: Duration = Duration::from_secs(20);
 
 /// Bounds the pause between two frames of a body and, optionally, its
-/// average rate over each [`RATE_WINDOW`]: a client dripping a byte now
-/// and then never pauses long, but never finishes either. The timer is only
-/// allocated once a body actually has to wait.
+/// average rate: a client dripping a byte now and then never pauses long,
+/// but never finishes either. Only the time Meridian spends waiting for the
+/// peer counts, so a backend that reads an upload slowly is never charged
+/// to the client. The timer is only allocated once a body actually has to
+/// wait.
 #[derive(Debug)]
 pub(crate) struct IdleTimer {
     limit: Duration,
     sleep: Option<Pin<Box<Sleep>>>,
-    waiting: bool,
+    /// Since when the body has been waiting for the peer, if it is.
+    waiting: Option<Instant>,
     /// Bytes per second below which the body is given up on; 0 is no minimum.
     min_rate: u64,
-    /// Start of the current window and the bytes received in it.
-    window: Option<(Instant, u64)>,
+    /// Time spent waiting for the peer, and the bytes that came, since the
+    /// rate was last judged.
+    waited: Duration,
+    bytes: u64,
 }
 
 impl IdleTimer {
@@ -53,41 +58,47 @@ impl IdleTimer {
         IdleTimer {
             limit,
             sleep: None,
-            waiting: false,
+            waiting: None,
             min_rate: 0,
-            window: None,
+            waited: Duration::ZERO,
+            bytes: 0,
         }
     }
 
-    /// Requires `rate` bytes per second on average over each window.
+    /// Requires `rate` bytes per second on average, judged after each
+    /// [`RATE_WINDOW`] of waiting for the peer.
     pub(crate) fn min_rate(&mut self, rate: u64) {
         self.min_rate = rate;
     }
 
     /// A frame of `len` bytes arrived: the next wait starts a new pause.
-    /// False when the window it closes fell short of the minimum rate.
+    /// False when the peer has kept the body waiting a whole window and
+    /// sent less than the minimum rate over it.
     fn frame(&mut self, len: usize) -> bool {
-        self.waiting = false;
+        let since = self.waiting.take();
         if self.min_rate == 0 {
             return true;
         }
-        let now = Instant::now();
-        let (start, bytes) = self.window.get_or_insert((now, 0));
-        *bytes = bytes.saturating_add(len as u64);
-        if now.duration_since(*start) < RATE_WINDOW {
+        if let Some(since) = since {
+            self.waited += since.elapsed();
+        }
+        self.bytes = self.bytes.saturating_add(len as u64);
+        if self.waited < RATE_WINDOW || len == 0 {
             return true;
         }
-        let wanted = self.min_rate.saturating_mul(RATE_WINDOW.as_secs());
-        let fast_enough = *bytes >= wanted;
-        self.window = Some((now, 0));
+        let wanted = (self.min_rate as f64 * self.waited.as_secs_f64()) as u64;
+        let fast_enough = self.bytes >= wanted;
+        self.waited = Duration::ZERO;
+        self.bytes = 0;
         fast_enough
     }
 
     /// The body is waiting; true once the pause has lasted `limit`.
     fn expired(&mut self, cx: &mut Context<'_>) -> bool {
-        if !self.waiting {
-            self.waiting = true;
-            let deadline = Instant::now() + self.limit;
+        if self.waiting.is_none() {
+            let now = Instant::now();
+            self.waiting = Some(now);
+            let deadline = now + self.limit;
             match &mut self.sleep {
                 Some(sleep) => sleep.as_mut().reset(deadline),
                 None => self.sleep = Some(Box::pin(tokio::time::sleep_until(deadline))),
@@ -206,17 +217,46 @@ impl Body for ResponseBody {
 mod rate_tests {
     use super::*;
 
+    /// The body waits `secs` for the peer, then gets a frame of `len` bytes.
+    async fn wait_then(t: &mut IdleTimer, secs: u64, len: usize) -> bool {
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        assert!(!t.expired(&mut cx));
+        tokio::time::advance(Duration::from_secs(secs)).await;
+        t.frame(len)
+    }
+
     #[tokio::test(start_paused = true)]
-    async fn a_body_slower_than_its_minimum_rate_over_a_window_is_given_up_on() {
+    async fn a_body_slower_than_its_minimum_rate_is_given_up_on() {
         let mut t = IdleTimer::new(Duration::from_secs(60));
-        assert!(t.frame(1), "no minimum by default");
+        assert!(wait_then(&mut t, 30, 1).await, "no minimum by default");
         t.min_rate(10);
-        assert!(t.frame(5), "the first frame opens a window");
-        tokio::time::advance(Duration::from_secs(19)).await;
-        assert!(t.frame(5), "the window is not over");
-        tokio::time::advance(Duration::from_secs(1)).await;
-        assert!(!t.frame(5), "15 bytes in 20 s, 200 wanted");
-        tokio::time::advance(Duration::from_secs(20)).await;
-        assert!(t.frame(200), "200 bytes in the next 20 s are enough");
+        assert!(
+            wait_then(&mut t, 19, 5).await,
+            "19 s of waiting: not judged yet"
+        );
+        assert!(
+            !wait_then(&mut t, 2, 5).await,
+            "10 bytes in 21 s, 210 wanted"
+        );
+        assert!(
+            wait_then(&mut t, 20, 200).await,
+            "200 bytes in 20 s are enough"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn time_the_peer_was_not_waited_for_is_not_charged() {
+        let mut t = IdleTimer::new(Duration::from_secs(60));
+        t.min_rate(10);
+        // A backend that reads slowly: long gaps between polls, but each
+        // poll finds data at once.
+        for _ in 0..10 {
+            tokio::time::advance(Duration::from_secs(10)).await;
+            assert!(t.frame(1));
+        }
+        assert!(
+            !wait_then(&mut t, 25, 1).await,
+            "then the client itself is slow"
+        );
     }
 }

@@ -181,6 +181,8 @@ macro_rules! out {
             if e.kind() == std::io::ErrorKind::BrokenPipe {
                 std::process::exit(0);
             }
+            eprintln!("meridian: cannot write to standard output: {e}");
+            std::process::exit(1);
         }
     }};
 }

@@ -273,10 +273,10 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     })
 }
 
-/// Binds listener `what` on `addr`, returning it and its bound address.
 /// Connections the kernel may hold for a public listener before it accepts them.
 const LISTEN_BACKLOG: u32 = 4096;
 
+/// Binds listener `what` on `addr`, returning it and its bound address.
 async fn bind(
     what: &'static str,
     addr: SocketAddr,

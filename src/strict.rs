@@ -72,10 +72,12 @@ pub fn check(
             false,
         ));
     }
-    let h1 = version < Version::HTTP_2;
-    if h1 {
-        framing(version, headers)?;
+    if version < Version::HTTP_2 {
+        transfer_coding(version, headers)?;
     }
+    // HTTP/2 carries its own framing, but a repeated `Content-Length` would
+    // reach an HTTP/1 backend as two lines.
+    content_length(headers)?;
     host(uri, version, headers)
 }
 
@@ -85,8 +87,8 @@ fn size(method: &Method, uri: &Uri, headers: &HeaderMap, max: usize) -> Result<(
     let target = uri.scheme_str().map_or(0, |s| s.len() + 3)
         + uri.authority().map_or(0, |a| a.as_str().len())
         + uri.path_and_query().map_or(0, |p| p.as_str().len());
-    // "METHOD TARGET HTTP/1.1\r\n"
-    let line = method.as_str().len() + target + 11;
+    // "METHOD TARGET HTTP/1.1\r\n": two spaces, eight bytes, CRLF.
+    let line = method.as_str().len() + target + 12;
     if line > max {
         return Err(Refusal::new(
             StatusCode::URI_TOO_LONG,
@@ -108,8 +110,10 @@ fn size(method: &Method, uri: &Uri, headers: &HeaderMap, max: usize) -> Result<(
     Ok(())
 }
 
-/// `Transfer-Encoding` and `Content-Length` of an HTTP/1 request.
-fn framing(version: Version, headers: &mut HeaderMap) -> Result<(), Refusal> {
+/// `Transfer-Encoding` of an HTTP/1 request. (hyper already refuses it in
+/// HTTP/1.0, and drops `Content-Length` beside it; both are checked again
+/// here so that this function alone states the rules.)
+fn transfer_coding(version: Version, headers: &HeaderMap) -> Result<(), Refusal> {
     let bad = |reason| Err(Refusal::new(StatusCode::BAD_REQUEST, reason, true));
     if headers.contains_key(TRANSFER_ENCODING) {
         if version == Version::HTTP_10 {
@@ -139,6 +143,13 @@ fn framing(version: Version, headers: &mut HeaderMap) -> Result<(), Refusal> {
             ));
         }
     }
+    Ok(())
+}
+
+/// `Content-Length`: digits only, every value the same; repeated identical
+/// values are collapsed into one.
+fn content_length(headers: &mut HeaderMap) -> Result<(), Refusal> {
+    let bad = |reason| Err(Refusal::new(StatusCode::BAD_REQUEST, reason, true));
     let mut length: Option<&str> = None;
     let mut repeated = false;
     for value in headers.get_all(CONTENT_LENGTH) {
@@ -182,17 +193,28 @@ fn host(uri: &Uri, version: Version, headers: &HeaderMap) -> Result<(), Refusal>
             Ok(())
         };
     };
+    // RFC 9112 §3.2: an empty Host is what a target without authority gets.
+    if host.is_empty() {
+        return Ok(());
+    }
     let valid = host
         .to_str()
         .ok()
-        .filter(|h| !h.is_empty() && !h.contains('@'))
+        .filter(|h| !h.contains('@'))
         .and_then(|h| h.parse::<http::uri::Authority>().ok())
         .filter(|a| a.as_str().len() == host.len());
     let Some(host) = valid else {
         return bad("The Host header is not a valid host.");
     };
     if let Some(target) = uri.authority().filter(|_| version >= Version::HTTP_2) {
-        if !target.as_str().eq_ignore_ascii_case(host.as_str()) {
+        let default = if uri.scheme_str() == Some("https") {
+            443
+        } else {
+            80
+        };
+        let same = target.host().eq_ignore_ascii_case(host.host())
+            && target.port_u16().unwrap_or(default) == host.port_u16().unwrap_or(default);
+        if !same {
             return bad("The :authority and Host headers name different hosts.");
         }
     }
@@ -299,6 +321,22 @@ mod tests {
     #[test]
     fn host_must_be_there_once_and_agree_with_the_target() {
         assert_eq!(status("GET", "/", V11, &[]), 400);
+        assert_eq!(status("GET", "/", V11, &[("host", "")]), 0, "RFC 9112 §3.2");
+        let h2 = Version::HTTP_2;
+        let https = "https://example.com/";
+        assert_eq!(status("GET", https, h2, &[("host", "example.com:443")]), 0);
+        assert_eq!(status("GET", "https://example.com:443/", h2, &[H]), 0);
+        assert_eq!(status("GET", https, h2, &[("host", "EXAMPLE.com")]), 0);
+        assert_eq!(status("GET", https, h2, &[("host", "example.com:80")]), 400);
+        assert_eq!(
+            status(
+                "POST",
+                "/",
+                h2,
+                &[("content-length", "1"), ("content-length", "2")]
+            ),
+            400
+        );
         assert_eq!(status("GET", "/", V11, &[H, ("host", "other")]), 400);
         assert_eq!(status("GET", "/", V11, &[H, H]), 400);
         assert_eq!(
@@ -343,15 +381,16 @@ mod tests {
 
     #[test]
     fn an_http1_head_over_the_cap_is_refused_with_414_or_431() {
-        // Request line "GET /aaa… HTTP/1.1\r\n": 3 + path + 11 bytes.
+        // Request line "GET /aaa… HTTP/1.1\r\n": 3 + path + 12 bytes.
         let path = |n: usize| format!("/{}", "a".repeat(n - 1));
-        // Line and final CRLF: 3 + 1008 + 11 + 2 = 1024, the cap.
+        // Line and final CRLF: 3 + 1007 + 12 + 2 = 1024, the cap.
         assert_eq!(
-            status("GET", &path(1008), V11, &[]),
+            status("GET", &path(1007), V11, &[]),
             400,
             "fits; Host missing"
         );
-        assert_eq!(status("GET", &path(1011), V11, &[H]), 414);
+        assert_eq!(status("GET", &path(1010), V11, &[H]), 414);
+        assert_ne!(status("GET", &path(1009), V11, &[H]), 414, "the line fits");
         let value = "v".repeat(1000);
         let big = [H, ("x-big", value.as_str())];
         let (result, _) = run("GET", "/", V11, &big);
@@ -363,8 +402,8 @@ mod tests {
             0,
             "HTTP/2 has its own limit"
         );
-        // "GET / HTTP/1.1\r\n" 15, Host 4 + 11 + 4, x-big 5 + n + 4, CRLF 2.
-        let fits = "v".repeat(1024 - 15 - 19 - 9 - 2);
+        // "GET / HTTP/1.1\r\n" 16, Host 4 + 11 + 4, x-big 5 + n + 4, CRLF 2.
+        let fits = "v".repeat(1024 - 16 - 19 - 9 - 2);
         assert_eq!(status("GET", "/", V11, &[H, ("x-big", fits.as_str())]), 0);
         let over = format!("{fits}v");
         assert_eq!(status("GET", "/", V11, &[H, ("x-big", over.as_str())]), 431);

@@ -284,7 +284,7 @@ async fn smuggling_attempts_reach_the_backend_with_one_framing_or_not_at_all() {
             assert!(
                 strict
                     .iter()
-                    .all(|l| !l.contains("smuggled") && l != "<unreadable>"),
+                    .all(|l| !l.contains("smuggled") && !l.starts_with('<')),
                 "{name}: {strict:?} in\n{text}"
             );
         }

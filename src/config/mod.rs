@@ -502,9 +502,10 @@ pub struct Limits {
     /// Longest pause between two pieces of a client's request body. Default
     /// 60 s (nginx's `client_body_timeout`); after it the request ends with 408.
     pub client_body_timeout: Duration,
-    /// Bytes per second a request body must average over each 20 s, once
-    /// it has started; a slower one ends with 408. 0 turns it off. Default
-    /// 500 (as Apache's `RequestReadTimeout body=…,MinRate=500`).
+    /// Bytes per second a request body must average, judged after each 20 s
+    /// spent waiting for the client; a slower one ends with 408. gRPC calls
+    /// are exempt. 0 turns it off. Default 500 (as Apache's
+    /// `RequestReadTimeout body=…,MinRate=500`).
     pub client_body_min_rate: u64,
     /// Longest a write to a client may wait for the client to read. Default
     /// 60 s (nginx's `send_timeout`); after it the connection is closed.

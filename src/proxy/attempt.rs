@@ -136,6 +136,7 @@ pub(super) fn attempt(
     // Lets a response whose framing is in doubt take its connection out
     // of the pool, even when its whole body was read with its head.
     let connection = legacy::connect::capture_connection(&mut request);
+    let head_request = request.method() == http::Method::HEAD;
     let exchange = client.request(request);
     async move {
         let deadline = async {
@@ -147,7 +148,15 @@ pub(super) fn attempt(
             () = deadline => return Err(AttemptError::Timeout(first_byte)),
         };
         let headers = response.headers();
-        if headers.contains_key(http::header::TRANSFER_ENCODING)
+        let status = response.status();
+        // A response without a body (to HEAD, 1xx, 204, 304) is framed by
+        // its head alone, whatever its length headers say.
+        let bodiless = head_request
+            || status.is_informational()
+            || status == http::StatusCode::NO_CONTENT
+            || status == http::StatusCode::NOT_MODIFIED;
+        if !bodiless
+            && headers.contains_key(http::header::TRANSFER_ENCODING)
             && headers.contains_key(http::header::CONTENT_LENGTH)
         {
             if let Some(connected) = connection.connection_metadata().as_ref() {

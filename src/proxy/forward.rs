@@ -371,7 +371,19 @@ impl<'a> Forward<'a> {
             Some(b) => {
                 let (b, returned, sent) =
                     UpstreamBody::new(b, config.limits.client_body_timeout, keep);
-                let b = b.with_min_rate(config.limits.client_body_min_rate);
+                // gRPC streams requests for as long as a call lasts, at
+                // whatever pace the application has.
+                let grpc = self
+                    .head
+                    .headers
+                    .get(http::header::CONTENT_TYPE)
+                    .is_some_and(|t| t.as_bytes().starts_with(b"application/grpc"));
+                let rate = if grpc {
+                    0
+                } else {
+                    config.limits.client_body_min_rate
+                };
+                let b = b.with_min_rate(rate);
                 (b, Some(returned), sent)
             }
             None => {

@@ -113,9 +113,10 @@ pub enum Framing {
     ChunkedFirst,
 }
 
-/// The request lines in `bytes`, read with `framing`; a trailing
-/// incomplete request is left out, and anything unreadable ends the list
-/// with `"<unreadable>"`.
+/// The request lines in `bytes`, read with `framing`; anything unreadable
+/// ends the list with `"<unreadable>"`, and bytes left over that make no
+/// complete request with `"<incomplete>"`, so that a framing leaving part of
+/// a request behind never goes unseen.
 pub fn request_lines(mut bytes: &[u8], framing: Framing) -> Vec<String> {
     let mut lines = Vec::new();
     while !bytes.is_empty() {
@@ -128,7 +129,10 @@ pub fn request_lines(mut bytes: &[u8], framing: Framing) -> Vec<String> {
                 lines.push("<unreadable>".into());
                 break;
             }
-            None => break,
+            None => {
+                lines.push("<incomplete>".into());
+                break;
+            }
         }
     }
     lines

@@ -96,18 +96,8 @@ async fn meridian(backend: SocketAddr) -> Running {
 /// Sends a GET and reads until the connection closes or a second passes
 /// without more; the answer and whether it closed.
 async fn get_raw(m: &Running, path: &str) -> (String, bool) {
-    let mut s = tokio::net::TcpStream::connect(m.http_addr).await.unwrap();
     let request = format!("GET {path} HTTP/1.1\r\nHost: a\r\n\r\n");
-    s.write_all(request.as_bytes()).await.unwrap();
-    let mut out = Vec::new();
-    let mut buf = vec![0u8; 16 * 1024];
-    loop {
-        match tokio::time::timeout(Duration::from_secs(1), s.read(&mut buf)).await {
-            Ok(Ok(0)) | Ok(Err(_)) => return (String::from_utf8_lossy(&out).into_owned(), true),
-            Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
-            Err(_) => return (String::from_utf8_lossy(&out).into_owned(), false),
-        }
-    }
+    raw_exchange(m.http_addr, request.as_bytes()).await
 }
 
 fn backend_state(m: &Running) -> String {

@@ -6,12 +6,9 @@
 
 mod common;
 
-use std::time::Duration;
-
 use common::recording::{request_lines, Framing, RecordingBackend};
 use common::*;
 use meridian::server::Running;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 async fn meridian(backend: &RecordingBackend) -> Running {
     let text = format!(
@@ -23,21 +20,9 @@ async fn meridian(backend: &RecordingBackend) -> Running {
     start_healthy(&text, &["us"]).await
 }
 
-/// Sends `bytes` on a new connection; returns what came back until the
-/// connection closed (`true`) or a second passed without more (`false`).
+/// Sends `bytes` on a new connection: the answer, and whether it closed.
 async fn exchange(m: &Running, bytes: &[u8]) -> (String, bool) {
-    let mut s = tokio::net::TcpStream::connect(m.http_addr).await.unwrap();
-    // The peer may answer and close before reading everything.
-    let _ = s.write_all(bytes).await;
-    let mut out = Vec::new();
-    let mut buf = vec![0u8; 16 * 1024];
-    loop {
-        match tokio::time::timeout(Duration::from_secs(1), s.read(&mut buf)).await {
-            Ok(Ok(0)) | Ok(Err(_)) => return (String::from_utf8_lossy(&out).into_owned(), true),
-            Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
-            Err(_) => return (String::from_utf8_lossy(&out).into_owned(), false),
-        }
-    }
+    raw_exchange(m.http_addr, bytes).await
 }
 
 fn status_of(answer: &str) -> u16 {

@@ -643,6 +643,25 @@ pub async fn get(
     )
 }
 
+/// Sends `bytes` on a new connection to `addr`; returns what came back
+/// until the connection closed (`true`) or a second passed without more
+/// (`false`).
+pub async fn raw_exchange(addr: std::net::SocketAddr, bytes: &[u8]) -> (String, bool) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    // The peer may answer and close before reading everything.
+    let _ = s.write_all(bytes).await;
+    let mut out = Vec::new();
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        match tokio::time::timeout(Duration::from_secs(1), s.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return (String::from_utf8_lossy(&out).into_owned(), true),
+            Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
+            Err(_) => return (String::from_utf8_lossy(&out).into_owned(), false),
+        }
+    }
+}
+
 /// The backend name in a JSON echo body.
 pub fn served_by(body: &str) -> String {
     let v: serde_json::Value =

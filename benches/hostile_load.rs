@@ -82,13 +82,7 @@ fn rss_kib(pid: u32) -> u64 {
 /// One request on a fresh connection; the time to its whole answer.
 async fn probe(addr: SocketAddr) -> Duration {
     let started = Instant::now();
-    let mut s = TcpStream::connect(addr).await.unwrap();
-    s.write_all(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
-        .await
-        .unwrap();
-    let mut answer = Vec::new();
-    let _ = s.read_to_end(&mut answer).await;
-    assert!(answer.starts_with(b"HTTP/1.1 200"), "the probe failed");
+    get_ok(addr).await.expect("the probe failed");
     started.elapsed()
 }
 
@@ -152,7 +146,7 @@ async fn run() {
     let pid = child.id();
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_secs(1), probe_quiet(addr)).await {
+        if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_secs(1), get_ok(addr)).await {
             break;
         }
         assert!(Instant::now() < deadline, "Meridian does not answer");
@@ -273,7 +267,8 @@ async fn run() {
     drop(stalled);
 }
 
-async fn probe_quiet(addr: SocketAddr) -> std::io::Result<()> {
+/// `GET /` on a fresh connection, answered `200`.
+async fn get_ok(addr: SocketAddr) -> std::io::Result<()> {
     let mut s = TcpStream::connect(addr).await?;
     s.write_all(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
         .await?;

@@ -355,17 +355,19 @@ impl Discovery {
 
     /// Every name, for `/api/v1/status`.
     pub fn status(&self) -> Vec<NameStatus> {
-        let now = Instant::now();
         self.names
             .iter()
-            .map(|(k, n)| NameStatus {
-                name: k.clone(),
-                addresses: n.addresses.clone().unwrap_or_default(),
-                resolved: n.addresses.is_some(),
-                failures: n.failures,
-                last_error: n.last_error.clone(),
-                next_lookup_in_s: n.next.saturating_duration_since(now).as_secs_f64(),
-                next_lookup: n.next,
+            .map(|(k, n)| {
+                NameStatus {
+                    name: k.clone(),
+                    addresses: n.addresses.clone().unwrap_or_default(),
+                    resolved: n.addresses.is_some(),
+                    failures: n.failures,
+                    last_error: n.last_error.clone(),
+                    next_lookup_in_s: 0.0,
+                    next_lookup: n.next,
+                }
+                .now()
             })
             .collect()
     }

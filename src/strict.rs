@@ -197,13 +197,7 @@ fn host(uri: &Uri, version: Version, headers: &HeaderMap) -> Result<(), Refusal>
     if host.is_empty() {
         return Ok(());
     }
-    let valid = host
-        .to_str()
-        .ok()
-        .filter(|h| !h.contains('@'))
-        .and_then(|h| h.parse::<http::uri::Authority>().ok())
-        .filter(|a| a.as_str().len() == host.len());
-    let Some(host) = valid else {
+    let Some((name, port)) = host.to_str().ok().and_then(host_and_port) else {
         return bad("The Host header is not a valid host.");
     };
     if let Some(target) = uri.authority().filter(|_| version >= Version::HTTP_2) {
@@ -212,13 +206,54 @@ fn host(uri: &Uri, version: Version, headers: &HeaderMap) -> Result<(), Refusal>
         } else {
             80
         };
-        let same = target.host().eq_ignore_ascii_case(host.host())
-            && target.port_u16().unwrap_or(default) == host.port_u16().unwrap_or(default);
+        let same = target.host().eq_ignore_ascii_case(name)
+            && target.port_u16().unwrap_or(default) == port.unwrap_or(default);
         if !same {
             return bad("The :authority and Host headers name different hosts.");
         }
     }
     Ok(())
+}
+
+/// `host[:port]` of RFC 9110 §7.2, read without allocating: a registered
+/// name (unreserved characters, sub-delimiters, percent escapes) or an IP
+/// literal in brackets, and an optional port.
+fn host_and_port(text: &str) -> Option<(&str, Option<u16>)> {
+    let (name, port) = match text.strip_prefix('[') {
+        Some(rest) => {
+            let end = rest.find(']')?;
+            let literal = &rest[..end];
+            let ok = !literal.is_empty()
+                && literal
+                    .bytes()
+                    .all(|b| b.is_ascii_hexdigit() || b == b':' || b == b'.');
+            if !ok {
+                return None;
+            }
+            (&text[..end + 2], &rest[end + 1..])
+        }
+        None => {
+            let end = text.find(':').unwrap_or(text.len());
+            let name = &text[..end];
+            let ok = !name.is_empty()
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=%".contains(&b));
+            if !ok {
+                return None;
+            }
+            (name, &text[end..])
+        }
+    };
+    let port = match port.strip_prefix(':') {
+        None if port.is_empty() => None,
+        None => return None,
+        // An empty port is allowed, and means the default.
+        Some("") => None,
+        Some(digits) if digits.bytes().all(|b| b.is_ascii_digit()) => Some(digits.parse().ok()?),
+        Some(_) => return None,
+    };
+    Some((name, port))
 }
 
 #[cfg(test)]
@@ -364,6 +399,20 @@ mod tests {
             !result.unwrap_err().close,
             "a Host problem leaves the framing sound"
         );
+    }
+
+    #[test]
+    fn host_and_port_are_read_as_rfc_9110_says() {
+        assert_eq!(host_and_port("example.com"), Some(("example.com", None)));
+        assert_eq!(host_and_port("a.b:8080"), Some(("a.b", Some(8080))));
+        assert_eq!(host_and_port("a.b:"), Some(("a.b", None)));
+        assert_eq!(host_and_port("[::1]:80"), Some(("[::1]", Some(80))));
+        assert_eq!(host_and_port("[::1]"), Some(("[::1]", None)));
+        for bad in [
+            "u@a", "a b", "a/b", ":80", "a:8x", "a:99999", "[::1", "[]", "[::1]x", "a:1:2",
+        ] {
+            assert_eq!(host_and_port(bad), None, "{bad}");
+        }
     }
 
     #[test]

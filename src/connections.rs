@@ -19,6 +19,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::activity::{Activity, InFlight};
 use crate::config::Limits;
+use crate::framing::{Ambiguous, Framed, Verdicts};
 use crate::metrics::Listener;
 use crate::proxy::Proxy;
 use crate::tls::Terminator;
@@ -216,13 +217,25 @@ async fn serve_http<IO>(
     IO: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
     let activity = Arc::new(Activity::default());
+    let verdicts = Arc::new(Verdicts::default());
     let service = {
         let activity = Arc::clone(&activity);
-        service_fn(move |request| {
+        let verdicts = Arc::clone(&verdicts);
+        service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
             let proxy = proxy.clone();
             let in_flight = InFlight::begin(&activity);
+            if request.version() < http::Version::HTTP_2 {
+                if let Some(why) = verdicts.next_request() {
+                    request.extensions_mut().insert(Ambiguous(why));
+                }
+            }
+            let verdicts = Arc::clone(&verdicts);
             async move {
                 let response = proxy.handle(request, peer, tls).await?;
+                if response.status() == http::StatusCode::SWITCHING_PROTOCOLS {
+                    // The client speaks the new protocol only after the 101.
+                    verdicts.upgraded();
+                }
                 Ok::<_, std::convert::Infallible>(response.map(|b| b.with_in_flight(in_flight)))
             }
         })
@@ -233,7 +246,7 @@ async fn serve_http<IO>(
     io.set_write_timeout(Some(limits.send_timeout));
     // With upgrades, a WebSocket's connection leaves hyper after the 101
     // for the proxy's tunnel, which keeps the send timeout set here.
-    let io = TokioIo::new(Box::pin(io));
+    let io = TokioIo::new(Framed::new(Box::pin(io), verdicts));
     match &http.both {
         Some(both) => {
             let conn = both.serve_connection_with_upgrades(io, service);

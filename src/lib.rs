@@ -24,6 +24,7 @@ mod connections;
 pub mod ctl;
 pub mod demo;
 pub mod discovery;
+pub mod framing;
 pub mod generation;
 pub mod geo;
 pub mod headers;

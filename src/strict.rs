@@ -8,7 +8,9 @@
 //! hyper already refuses malformed request lines, header names and values
 //! (NUL, bare CR, control characters), obsolete line folding, whitespace
 //! before the colon, malformed or differing `Content-Length` values and
-//! `Transfer-Encoding` whose last coding is not `chunked`. Its cap on the
+//! `Transfer-Encoding` whose last coding is not `chunked`. `Content-Length`
+//! with `Transfer-Encoding`, which hyper resolves silently, is caught
+//! beneath it by `framing`. Its cap on the
 //! head is a read buffer size, which a head sent in one piece can pass, so
 //! the head's size is checked here too. What remains is checked here, as a
 //! pure function of the head.

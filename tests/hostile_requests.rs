@@ -110,6 +110,33 @@ fn refused_cases() -> Vec<(&'static str, Vec<u8>, u16, bool)> {
             true,
         ),
         (
+            "Content-Length with Transfer-Encoding",
+            post(
+                "Content-Length: 5\r\nTransfer-Encoding: chunked\r\n",
+                "0\r\n\r\n",
+            ),
+            400,
+            true,
+        ),
+        (
+            "Transfer-Encoding before Content-Length",
+            post(
+                "Transfer-Encoding: chunked\r\nContent-Length: 5\r\n",
+                "0\r\n\r\n",
+            ),
+            400,
+            true,
+        ),
+        (
+            "Transfer-Encoding with a tab, and Content-Length",
+            post(
+                "content-length: 0\r\nTRANSFER-ENCODING:\tchunked\r\n",
+                "0\r\n\r\n",
+            ),
+            400,
+            true,
+        ),
+        (
             "Transfer-Encoding in HTTP/1.0",
             b"POST / HTTP/1.0\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n".to_vec(),
             400,
@@ -278,6 +305,34 @@ async fn smuggling_attempts_reach_the_backend_with_one_framing_or_not_at_all() {
         // the first.
         assert!(statuses.len() <= 2, "{name}: {statuses:?}");
     }
+    m.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_smuggler_behind_an_ordinary_request_is_refused_and_only_the_first_is_forwarded() {
+    let backend = RecordingBackend::start().await;
+    let m = meridian(&backend).await;
+    let bytes = b"POST /first HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhello\
+        POST /second HTTP/1.1\r\nHost: a\r\nContent-Length: 40\r\nTransfer-Encoding: chunked\r\n\r\n\
+        0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: a\r\n\r\n";
+    let (answer, closed) = exchange(&m, bytes).await;
+    let statuses: Vec<u16> = answer
+        .match_indices("HTTP/1.1 ")
+        .map(|(i, _)| status_of(&answer[i..]))
+        .collect();
+    assert_eq!(statuses, [200, 400], "{answer}");
+    assert!(closed, "the connection is closed after the refusal");
+    let seen = String::from_utf8_lossy(&backend.bytes().concat()).into_owned();
+    assert!(seen.contains("POST /first"), "{seen}");
+    assert_eq!(
+        seen.matches("POST ").count(),
+        1,
+        "only the first was forwarded: {seen}"
+    );
+    assert!(
+        !seen.contains("/second") && !seen.contains("/smuggled"),
+        "{seen}"
+    );
     m.shutdown().await;
 }
 

@@ -144,13 +144,23 @@ impl Proxy {
             max_head: snapshot.config.limits.max_header_bytes,
             tunnel,
         };
-        if let Err(refusal) = crate::strict::check(
-            &parts.method,
-            &parts.uri,
-            parts.version,
-            &mut parts.headers,
-            rules,
-        ) {
+        let framing = match parts.extensions.get::<crate::framing::Ambiguous>() {
+            Some(crate::framing::Ambiguous(why)) => Err(crate::strict::Refusal {
+                status: http::StatusCode::BAD_REQUEST,
+                reason: why.reason(),
+                close: true,
+            }),
+            None => Ok(()),
+        };
+        if let Err(refusal) = framing.and_then(|()| {
+            crate::strict::check(
+                &parts.method,
+                &parts.uri,
+                parts.version,
+                &mut parts.headers,
+                rules,
+            )
+        }) {
             tracing::debug!(client = %peer, status = refusal.status.as_u16(), reason = refusal.reason, "request refused");
             return (refuse(&refusal, parts.version), 0, None);
         }

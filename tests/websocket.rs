@@ -283,9 +283,10 @@ async fn a_drained_regions_websocket_is_closed_after_the_grace_and_not_before() 
     let (mut on_us, region) = connect(&m).await;
     assert_eq!(region, "us");
     set_drained(&m, "eu", true).await;
+    // Taken before the drain, so that the grace cannot have begun earlier.
+    let drained = tokio::time::Instant::now();
     set_drained(&m, "us", true).await;
     set_drained(&m, "eu", false).await;
-    let drained = tokio::time::Instant::now();
     let (mut on_eu, region) = connect(&m).await;
     assert_eq!(region, "eu", "new WebSockets avoid the drained region");
 

@@ -6,9 +6,11 @@
 //! 2. 1 000 slowloris connections, sending a header byte every 5 s;
 //! 3. 100 clients asking for a 100 MB response and never reading it.
 //!
-//! A normal client sends `GET /` every 100 ms throughout; the table gives
-//! Meridian's RSS after each phase, what each connection added, the peak
-//! RSS and the slowest normal request.
+//! A normal client sends `GET /` every 100 ms throughout, from a thread of
+//! its own; the backend gives each connection a thread, so that neither the
+//! hostile clients nor the 100 MB streams delay it here rather than in
+//! Meridian. The table gives Meridian's RSS after each phase, what each
+//! connection added, the peak RSS and the slowest normal request.
 //!
 //! Run with `cargo bench --bench hostile_load`. Under `cargo test
 //! --all-targets` it does nothing. Needs `ulimit -n` above 22 000.
@@ -26,7 +28,7 @@ use hyper::body::{Frame, Incoming};
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio::time::{sleep, Instant};
 
 const IDLE: usize = 10_000;
@@ -37,35 +39,61 @@ const CHUNK: usize = 64 * 1024;
 
 type Body = http_body_util::combinators::BoxBody<Bytes, Infallible>;
 
-/// `/big` streams 100 MB; anything else is a short `ok`.
-async fn backend() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+/// Runs `task` on a runtime of its own, on threads of its own, so that the
+/// hostile clients' work cannot delay it: what is measured is Meridian.
+fn on_own_runtime<F>(task: impl FnOnce() -> F + Send + 'static)
+where
+    F: std::future::Future<Output = ()> + 'static,
+{
+    std::thread::spawn(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(task());
+    });
+}
+
+/// `/big` streams 100 MB; anything else is a short `ok`. Each connection
+/// has a thread of its own, so that the kernel shares the CPU between the
+/// streams and a normal request: the backend is never what delays it.
+fn backend() -> SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((s, _)) = listener.accept().await else {
-                continue;
-            };
-            tokio::spawn(async move {
-                let service = service_fn(|req: Request<Incoming>| async move {
-                    let body: Body = if req.uri().path() == "/big" {
-                        let chunk = Bytes::from(vec![b'x'; CHUNK]);
-                        let frames = futures_util::stream::iter(
-                            (0..BIG / CHUNK).map(move |_| Ok(Frame::data(chunk.clone()))),
-                        );
-                        StreamBody::new(frames).boxed()
-                    } else {
-                        Full::new(Bytes::from_static(b"ok")).boxed()
-                    };
-                    Ok::<_, Infallible>(Response::new(body))
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(stream) = stream else { continue };
+            std::thread::spawn(move || {
+                stream.set_nonblocking(true).unwrap();
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                runtime.block_on(async move {
+                    serve_backend(TcpStream::from_std(stream).unwrap()).await;
                 });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(s), service)
-                    .await;
             });
         }
     });
     addr
+}
+
+async fn serve_backend(stream: TcpStream) {
+    let service = service_fn(|req: Request<Incoming>| async move {
+        let body: Body = if req.uri().path() == "/big" {
+            let chunk = Bytes::from(vec![b'x'; CHUNK]);
+            let frames = futures_util::stream::iter(
+                (0..BIG / CHUNK).map(move |_| Ok(Frame::data(chunk.clone()))),
+            );
+            StreamBody::new(frames).boxed()
+        } else {
+            Full::new(Bytes::from_static(b"ok")).boxed()
+        };
+        Ok::<_, Infallible>(Response::new(body))
+    });
+    let _ = hyper::server::conn::http1::Builder::new()
+        .serve_connection(TokioIo::new(stream), service)
+        .await;
 }
 
 fn rss_kib(pid: u32) -> u64 {
@@ -116,7 +144,7 @@ fn main() {
 }
 
 async fn run() {
-    let backend = backend().await;
+    let backend = backend();
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -157,8 +185,10 @@ async fn run() {
     let slowest = Arc::new(AtomicU64::new(0));
     let peak = Arc::new(AtomicU64::new(0));
     let (s, p) = (Arc::clone(&slowest), Arc::clone(&peak));
-    let background = tokio::spawn(async move {
-        loop {
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let halt = Arc::clone(&stop);
+    on_own_runtime(move || async move {
+        while !halt.load(Ordering::Relaxed) {
             let took = probe(addr).await;
             s.fetch_max(took.as_micros() as u64, Ordering::Relaxed);
             p.fetch_max(rss_kib(pid), Ordering::Relaxed);
@@ -234,7 +264,7 @@ async fn run() {
     let settled = rss_kib(pid);
     let last = slowest.swap(0, Ordering::Relaxed);
 
-    background.abort();
+    stop.store(true, Ordering::Relaxed);
     dripping.abort();
     let _ = child.kill();
     let _ = child.wait();
@@ -277,6 +307,7 @@ async fn get_ok(addr: SocketAddr) -> std::io::Result<()> {
     if answer.starts_with(b"HTTP/1.1 200") {
         Ok(())
     } else {
-        Err(std::io::Error::other("not yet"))
+        let head = String::from_utf8_lossy(&answer[..answer.len().min(400)]).into_owned();
+        Err(std::io::Error::other(format!("answered {head:?}")))
     }
 }

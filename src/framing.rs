@@ -299,23 +299,29 @@ impl Scanner {
         self.state = State::Stopped;
     }
 
-    /// Consumes the start of `bytes`, returning how much.
+    /// Consumes the start of `bytes`, returning how much, and bounds the
+    /// head.
     fn step(&mut self, bytes: &[u8]) -> usize {
-        if matches!(
+        let in_head = matches!(
             self.state,
             State::RequestLine { .. }
                 | State::LineStart
                 | State::EndCr
                 | State::Name { .. }
                 | State::Value(_)
-        ) {
-            // The head's size is counted up front, bounding the scan.
-            self.head.bytes += bytes.len();
+        );
+        let used = self.advance(bytes);
+        if in_head {
+            self.head.bytes += used;
             if self.head.bytes > MAX_HEAD {
                 self.lose(self.requests, Ambiguity::Malformed);
-                return bytes.len();
             }
         }
+        used
+    }
+
+    /// Consumes the start of `bytes`, returning how much.
+    fn advance(&mut self, bytes: &[u8]) -> usize {
         match self.state {
             State::Stopped => bytes.len(),
             State::Idle => {
@@ -351,7 +357,7 @@ impl Scanner {
                     return match end {
                         Some(end) => {
                             self.state = State::LineStart;
-                            self.uncount(bytes, i + end + 1)
+                            i + end + 1
                         }
                         None => {
                             self.state = State::RequestLine { matched: u8::MAX };
@@ -364,39 +370,36 @@ impl Scanner {
                 };
                 bytes.len()
             }
-            State::LineStart => {
-                let used = match bytes[0] {
-                    b'\r' => {
-                        self.state = State::EndCr;
-                        1
-                    }
-                    b'\n' => {
-                        self.end_head();
-                        1
-                    }
-                    // Obsolete line folding: hyper refuses it.
-                    b' ' | b'\t' => {
-                        self.lose(self.requests, Ambiguity::Malformed);
-                        bytes.len()
-                    }
-                    _ => {
-                        self.state = State::Name {
-                            matched: 0,
-                            cl: true,
-                            te: true,
-                        };
-                        0
-                    }
-                };
-                self.uncount(bytes, used)
-            }
+            State::LineStart => match bytes[0] {
+                b'\r' => {
+                    self.state = State::EndCr;
+                    1
+                }
+                b'\n' => {
+                    self.end_head();
+                    1
+                }
+                // Obsolete line folding: hyper refuses it.
+                b' ' | b'\t' => {
+                    self.lose(self.requests, Ambiguity::Malformed);
+                    bytes.len()
+                }
+                _ => {
+                    self.state = State::Name {
+                        matched: 0,
+                        cl: true,
+                        te: true,
+                    };
+                    0
+                }
+            },
             State::EndCr => {
                 if bytes[0] == b'\n' {
                     self.end_head();
                 } else {
                     self.lose(self.requests, Ambiguity::Malformed);
                 }
-                self.uncount(bytes, 1)
+                1
             }
             State::Name { matched, cl, te } => {
                 let (mut matched, mut cl, mut te) = (usize::from(matched), cl, te);
@@ -418,7 +421,7 @@ impl Scanner {
                             Field::Other
                         };
                         self.state = State::Value(field);
-                        return self.uncount(bytes, i + 1);
+                        return i + 1;
                     }
                     if b == b'\n' || b == b'\r' {
                         // A field line without a colon.
@@ -432,7 +435,7 @@ impl Scanner {
                     if !cl && !te {
                         // Neither: the rest of the line is skipped.
                         self.state = State::Value(Field::Other);
-                        return self.uncount(bytes, i + 1);
+                        return i + 1;
                     }
                 }
                 self.state = State::Name {
@@ -445,7 +448,7 @@ impl Scanner {
             State::Value(Field::Other) => match memchr(b'\n', bytes) {
                 Some(end) => {
                     self.state = State::LineStart;
-                    self.uncount(bytes, end + 1)
+                    end + 1
                 }
                 None => bytes.len(),
             },
@@ -555,12 +558,6 @@ impl Scanner {
         }
     }
 
-    /// Takes back the head bytes counted up front but not consumed.
-    fn uncount(&mut self, bytes: &[u8], used: usize) -> usize {
-        self.head.bytes -= bytes.len() - used;
-        used
-    }
-
     /// Reads a `Content-Length` or `Transfer-Encoding` value up to the end
     /// of its line.
     fn value(&mut self, mut field: Field, bytes: &[u8]) -> usize {
@@ -571,7 +568,7 @@ impl Scanner {
                 if self.state != State::Stopped {
                     self.state = State::LineStart;
                 }
-                return self.uncount(bytes, i + 1);
+                return i + 1;
             }
             match &mut field {
                 Field::Length {

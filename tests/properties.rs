@@ -1,12 +1,13 @@
 //! Property tests of the parsers and rewriters that see hostile input: the
-//! forwarding headers, the request checks, the request-head rewriting and
-//! the configuration file. Arbitrary input never panics, and never yields a
+//! forwarding headers, the request checks, the request-head rewriting, the
+//! request-framing scanner and the configuration file. Arbitrary input never panics, and never yields a
 //! header value with CR, LF or NUL.
 
 use std::net::IpAddr;
 
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Uri, Version};
 use meridian::config::{Config, ForwardingHeader};
+use meridian::framing::{Ambiguity, Scanner};
 use meridian::geo::{client_ip, TrustedProxies};
 use meridian::headers::forward_request;
 use meridian::strict::{check, Rules};
@@ -135,6 +136,79 @@ proptest! {
                 }
             }
         }
+    }
+
+    #[test]
+    fn the_framing_scanner_reads_any_bytes_the_same_however_they_are_split(
+        bytes in prop_oneof![
+            prop::collection::vec(any::<u8>(), 0..300),
+            prop::collection::vec(
+                prop::sample::select(vec![
+                    &b"POST / HTTP/1.1\r\n"[..], b"Content-Length: 3\r\n",
+                    b"Transfer-Encoding: chunked\r\n", b"\r\n", b"3\r\n", b"abc",
+                    b"0\r\n", b"\n", b" ", b":", b"PRI * HTTP/2.0\r\n", b"ffff",
+                ]),
+                0..30,
+            )
+            .prop_map(|parts| parts.concat()),
+        ],
+        split in any::<prop::sample::Index>(),
+    ) {
+        let mut whole = Scanner::default();
+        whole.feed(&bytes);
+        let at = split.index(bytes.len() + 1);
+        let mut parts = Scanner::default();
+        parts.feed(&bytes[..at]);
+        parts.feed(&bytes[at..]);
+        prop_assert_eq!(whole.ambiguous(), parts.ambiguous());
+        prop_assert_eq!(whole.stopped(), parts.stopped());
+    }
+
+    #[test]
+    fn well_framed_pipelines_pass_and_a_smuggler_among_them_is_named(
+        requests in prop::collection::vec(
+            (prop::collection::vec(any::<u8>(), 0..80), any::<bool>(), 1usize..20),
+            1..5,
+        ),
+        smuggler in any::<prop::sample::Index>(),
+    ) {
+        // Bodies of arbitrary bytes, which may look like heads themselves,
+        // framed by Content-Length or by chunks of `size` bytes.
+        let framed: Vec<Vec<u8>> = requests
+            .iter()
+            .map(|(body, chunked, size)| {
+                let mut r = b"POST /p HTTP/1.1\r\nHost: a\r\n".to_vec();
+                if *chunked {
+                    r.extend_from_slice(b"Transfer-Encoding: chunked\r\n\r\n");
+                    for chunk in body.chunks(*size) {
+                        r.extend_from_slice(format!("{:x}\r\n", chunk.len()).as_bytes());
+                        r.extend_from_slice(chunk);
+                        r.extend_from_slice(b"\r\n");
+                    }
+                    r.extend_from_slice(b"0\r\n\r\n");
+                } else {
+                    r.extend_from_slice(format!("Content-Length: {}\r\n\r\n", body.len()).as_bytes());
+                    r.extend_from_slice(body);
+                }
+                r
+            })
+            .collect();
+        let mut scanner = Scanner::default();
+        scanner.feed(&framed.concat());
+        prop_assert_eq!(scanner.ambiguous(), None);
+
+        let k = smuggler.index(framed.len());
+        let mut with_smuggler = framed[..k].concat();
+        with_smuggler.extend_from_slice(
+            b"POST /s HTTP/1.1\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        );
+        with_smuggler.extend_from_slice(&framed[k..].concat());
+        let mut scanner = Scanner::default();
+        scanner.feed(&with_smuggler);
+        prop_assert_eq!(
+            scanner.ambiguous(),
+            Some((k as u64 + 1, Ambiguity::LengthAndCoding))
+        );
     }
 
     #[test]

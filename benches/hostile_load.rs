@@ -39,8 +39,8 @@ const CHUNK: usize = 64 * 1024;
 
 type Body = http_body_util::combinators::BoxBody<Bytes, Infallible>;
 
-/// Runs `task` on a runtime of its own, on threads of its own, so that the
-/// hostile clients' work cannot delay it: what is measured is Meridian.
+/// Runs `task` on a runtime of its own, on a thread of its own, so that
+/// the hostile clients' work cannot delay it: what is measured is Meridian.
 fn on_own_runtime<F>(task: impl FnOnce() -> F + Send + 'static)
 where
     F: std::future::Future<Output = ()> + 'static,
@@ -63,15 +63,9 @@ fn backend() -> SocketAddr {
     std::thread::spawn(move || {
         for stream in listener.incoming() {
             let Ok(stream) = stream else { continue };
-            std::thread::spawn(move || {
-                stream.set_nonblocking(true).unwrap();
-                let runtime = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .unwrap();
-                runtime.block_on(async move {
-                    serve_backend(TcpStream::from_std(stream).unwrap()).await;
-                });
+            stream.set_nonblocking(true).unwrap();
+            on_own_runtime(move || async move {
+                serve_backend(TcpStream::from_std(stream).unwrap()).await;
             });
         }
     });

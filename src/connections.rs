@@ -224,17 +224,22 @@ async fn serve_http<IO>(
         service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
             let proxy = proxy.clone();
             let in_flight = InFlight::begin(&activity);
+            let mut upgrading = None;
             if request.version() < http::Version::HTTP_2 {
                 if let Some(why) = verdicts.next_request() {
                     request.extensions_mut().insert(Ambiguous(why));
                 }
+                if request.headers().contains_key(http::header::UPGRADE) {
+                    upgrading = Some(Arc::clone(&verdicts));
+                }
             }
-            let verdicts = Arc::clone(&verdicts);
             async move {
                 let response = proxy.handle(request, peer, tls).await?;
-                if response.status() == http::StatusCode::SWITCHING_PROTOCOLS {
-                    // The client speaks the new protocol only after the 101.
-                    verdicts.upgraded();
+                if let Some(verdicts) = upgrading {
+                    if response.status() == http::StatusCode::SWITCHING_PROTOCOLS {
+                        // The client speaks the new protocol only after the 101.
+                        verdicts.upgraded();
+                    }
                 }
                 Ok::<_, std::convert::Infallible>(response.map(|b| b.with_in_flight(in_flight)))
             }

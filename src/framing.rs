@@ -66,6 +66,17 @@ impl Ambiguity {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Ambiguous(pub Ambiguity);
 
+impl Ambiguous {
+    /// The answer: `400`, and the connection closed.
+    pub fn refusal(self) -> crate::strict::Refusal {
+        crate::strict::Refusal {
+            status: http::StatusCode::BAD_REQUEST,
+            reason: self.0.reason(),
+            close: true,
+        }
+    }
+}
+
 /// What the scanner found, shared between a connection's reader and its
 /// service.
 #[derive(Debug)]
@@ -272,6 +283,19 @@ const CONTENT_LENGTH: &[u8] = b"content-length";
 const TRANSFER_ENCODING: &[u8] = b"transfer-encoding";
 const CHUNKED: &[u8] = b"chunked";
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n";
+/// The start of a chunk-size line.
+const CHUNK_SIZE: State = State::ChunkSize {
+    size: 0,
+    digits: false,
+    ended: false,
+};
+
+/// How much of `bytes` a body part with `remaining` bytes left takes, and
+/// what is left of it then.
+fn take(remaining: u64, bytes: &[u8]) -> (usize, u64) {
+    let used = usize::try_from(remaining).map_or(bytes.len(), |r| r.min(bytes.len()));
+    (used, remaining - used as u64)
+}
 
 impl Scanner {
     /// The first request (1-based) whose framing is in doubt, and why.
@@ -349,21 +373,8 @@ impl Scanner {
                         continue;
                     }
                     // Not the preface: the rest of the line is skipped.
-                    let end = if b == b'\n' {
-                        Some(0)
-                    } else {
-                        memchr(b'\n', &bytes[i..])
-                    };
-                    return match end {
-                        Some(end) => {
-                            self.state = State::LineStart;
-                            i + end + 1
-                        }
-                        None => {
-                            self.state = State::RequestLine { matched: u8::MAX };
-                            bytes.len()
-                        }
-                    };
+                    self.state = State::RequestLine { matched: u8::MAX };
+                    return i + self.line_end(&bytes[i..], State::LineStart);
                 }
                 self.state = State::RequestLine {
                     matched: matched as u8,
@@ -445,17 +456,10 @@ impl Scanner {
                 };
                 bytes.len()
             }
-            State::Value(Field::Other) => match memchr(b'\n', bytes) {
-                Some(end) => {
-                    self.state = State::LineStart;
-                    end + 1
-                }
-                None => bytes.len(),
-            },
+            State::Value(Field::Other) => self.line_end(bytes, State::LineStart),
             State::Value(field) => self.value(field, bytes),
             State::Body { remaining } => {
-                let used = usize::try_from(remaining).map_or(bytes.len(), |r| r.min(bytes.len()));
-                let remaining = remaining - used as u64;
+                let (used, remaining) = take(remaining, bytes);
                 self.state = if remaining == 0 {
                     State::Idle
                 } else {
@@ -509,8 +513,7 @@ impl Scanner {
                 bytes.len()
             }
             State::ChunkData { remaining } => {
-                let used = usize::try_from(remaining).map_or(bytes.len(), |r| r.min(bytes.len()));
-                let remaining = remaining - used as u64;
+                let (used, remaining) = take(remaining, bytes);
                 self.state = if remaining == 0 {
                     State::ChunkEnd { cr: false }
                 } else {
@@ -521,13 +524,7 @@ impl Scanner {
             State::ChunkEnd { cr } => {
                 match (cr, bytes[0]) {
                     (false, b'\r') => self.state = State::ChunkEnd { cr: true },
-                    (true, b'\n') => {
-                        self.state = State::ChunkSize {
-                            size: 0,
-                            digits: false,
-                            ended: false,
-                        }
-                    }
+                    (true, b'\n') => self.state = CHUNK_SIZE,
                     _ => self.lose(self.requests + 1, Ambiguity::Malformed),
                 }
                 1
@@ -548,13 +545,18 @@ impl Scanner {
                 }
                 1
             }
-            State::Trailer => match memchr(b'\n', bytes) {
-                Some(end) => {
-                    self.state = State::TrailerStart;
-                    end + 1
-                }
-                None => bytes.len(),
-            },
+            State::Trailer => self.line_end(bytes, State::TrailerStart),
+        }
+    }
+
+    /// Skips to the end of the line, then goes to `next`.
+    fn line_end(&mut self, bytes: &[u8], next: State) -> usize {
+        match memchr(b'\n', bytes) {
+            Some(end) => {
+                self.state = next;
+                end + 1
+            }
+            None => bytes.len(),
         }
     }
 
@@ -652,11 +654,7 @@ impl Scanner {
             (Some(_), true, _) => {
                 return self.lose(self.requests, Ambiguity::LengthAndCoding);
             }
-            (None, true, true) => State::ChunkSize {
-                size: 0,
-                digits: false,
-                ended: false,
-            },
+            (None, true, true) => CHUNK_SIZE,
             (None, true, false) => return self.lose(self.requests, Ambiguity::Malformed),
             (Some(0) | None, false, _) => State::Idle,
             (Some(remaining), false, _) => State::Body { remaining },
@@ -700,6 +698,18 @@ mod tests {
         s.requests
     }
 
+    /// Checks that each of `inputs` gets the verdict `expected`.
+    fn each_gives(inputs: &[&[u8]], expected: Option<(u64, Ambiguity)>) {
+        for input in inputs {
+            assert_eq!(
+                verdict(input),
+                expected,
+                "{}",
+                String::from_utf8_lossy(input)
+            );
+        }
+    }
+
     const LC: Option<(u64, Ambiguity)> = Some((1, Ambiguity::LengthAndCoding));
 
     #[test]
@@ -711,14 +721,15 @@ mod tests {
 
     #[test]
     fn length_and_coding_together_are_caught_in_either_order_and_any_case() {
-        for head in [
+        each_gives(
+            &[
             &b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n"[..],
             b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 4\r\nHost: a\r\n\r\n",
             b"POST / HTTP/1.1\r\ncontent-LENGTH:4\r\ntransfer-encoding:  gzip, chunked \r\n\r\n",
             b"POST / HTTP/1.1\nContent-Length: 0\nTransfer-Encoding: chunked\n\n",
-        ] {
-            assert_eq!(verdict(head), LC, "{}", String::from_utf8_lossy(head));
-        }
+            ],
+            LC,
+        );
     }
 
     #[test]
@@ -749,38 +760,35 @@ mod tests {
 
     #[test]
     fn names_that_only_begin_like_framing_fields_are_other_fields() {
-        for head in [
+        each_gives(
+            &[
             &b"POST / HTTP/1.1\r\nContent-Length-X: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"[..],
             b"POST / HTTP/1.1\r\nContent-Length: 0\r\nTransfer-Encodings: chunked\r\n\r\n",
             b"POST / HTTP/1.1\r\nX-Content-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
-        ] {
-            assert_eq!(verdict(head), None, "{}", String::from_utf8_lossy(head));
-        }
+            ],
+            None,
+        );
     }
 
     #[test]
     fn malformed_framing_fields_stop_the_scan() {
-        for head in [
-            &b"POST / HTTP/1.1\r\nContent-Length: 4, 4\r\n\r\n"[..],
-            b"POST / HTTP/1.1\r\nContent-Length: +4\r\n\r\n",
-            b"POST / HTTP/1.1\r\nContent-Length: 4 4\r\n\r\n",
-            b"POST / HTTP/1.1\r\nContent-Length:\r\n\r\n",
-            b"POST / HTTP/1.1\r\nContent-Length: 4\r\nContent-Length: 5\r\n\r\n",
-            b"POST / HTTP/1.1\r\nContent-Length: 99999999999999999999999\r\n\r\n",
-            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked, gzip\r\n\r\n",
-            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunkedx\r\n\r\n",
-            b"POST / HTTP/1.1\r\nTransfer-Encoding: chun ked\r\n\r\n",
-            b"POST / HTTP/1.1\r\nHost: a\r\n folded\r\n\r\n",
-            b"POST / HTTP/1.1\r\ncontent-length\r\n\r\n",
-            b"POST / HTTP/1.1\r\nHost: a\r\n\rX",
-        ] {
-            assert_eq!(
-                verdict(head),
-                Some((1, Ambiguity::Malformed)),
-                "{}",
-                String::from_utf8_lossy(head)
-            );
-        }
+        each_gives(
+            &[
+                &b"POST / HTTP/1.1\r\nContent-Length: 4, 4\r\n\r\n"[..],
+                b"POST / HTTP/1.1\r\nContent-Length: +4\r\n\r\n",
+                b"POST / HTTP/1.1\r\nContent-Length: 4 4\r\n\r\n",
+                b"POST / HTTP/1.1\r\nContent-Length:\r\n\r\n",
+                b"POST / HTTP/1.1\r\nContent-Length: 4\r\nContent-Length: 5\r\n\r\n",
+                b"POST / HTTP/1.1\r\nContent-Length: 99999999999999999999999\r\n\r\n",
+                b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked, gzip\r\n\r\n",
+                b"POST / HTTP/1.1\r\nTransfer-Encoding: chunkedx\r\n\r\n",
+                b"POST / HTTP/1.1\r\nTransfer-Encoding: chun ked\r\n\r\n",
+                b"POST / HTTP/1.1\r\nHost: a\r\n folded\r\n\r\n",
+                b"POST / HTTP/1.1\r\ncontent-length\r\n\r\n",
+                b"POST / HTTP/1.1\r\nHost: a\r\n\rX",
+            ],
+            Some((1, Ambiguity::Malformed)),
+        );
     }
 
     #[test]
@@ -792,22 +800,20 @@ mod tests {
 
     #[test]
     fn a_broken_chunk_loses_the_requests_after_it() {
-        for body in [
-            &b"zz\r\n"[..],
-            b"5\r\nhelloXX",
-            b"fffffffffffffffff1\r\n",
-            b"\r\n",
-            b"0\r\n\rX",
-        ] {
-            let mut input = b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
-            input.extend_from_slice(body);
-            assert_eq!(
-                verdict(&input),
-                Some((2, Ambiguity::Malformed)),
-                "{}",
-                String::from_utf8_lossy(body)
-            );
-        }
+        let inputs: Vec<Vec<u8>> = [
+            "zz\r\n",
+            "5\r\nhelloXX",
+            "fffffffffffffffff1\r\n",
+            "\r\n",
+            "0\r\n\rX",
+        ]
+        .iter()
+        .map(|body| {
+            format!("POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n{body}").into_bytes()
+        })
+        .collect();
+        let inputs: Vec<&[u8]> = inputs.iter().map(Vec::as_slice).collect();
+        each_gives(&inputs, Some((2, Ambiguity::Malformed)));
     }
 
     #[test]

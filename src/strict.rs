@@ -10,10 +10,9 @@
 //! before the colon, malformed or differing `Content-Length` values and
 //! `Transfer-Encoding` whose last coding is not `chunked`. `Content-Length`
 //! with `Transfer-Encoding`, which hyper resolves silently, is caught
-//! beneath it by `framing`. Its cap on the
-//! head is a read buffer size, which a head sent in one piece can pass, so
-//! the head's size is checked here too. What remains is checked here, as a
-//! pure function of the head.
+//! beneath it by `framing`. hyper's cap on the head is a read buffer size,
+//! which a head sent in one piece can pass, so the head's size is checked
+//! here too. What remains is checked here, as a pure function of the head.
 
 use http::header::{HeaderValue, CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
 use http::{HeaderMap, Method, StatusCode, Uri, Version};

@@ -144,23 +144,17 @@ impl Proxy {
             max_head: snapshot.config.limits.max_header_bytes,
             tunnel,
         };
-        let framing = match parts.extensions.get::<crate::framing::Ambiguous>() {
-            Some(crate::framing::Ambiguous(why)) => Err(crate::strict::Refusal {
-                status: http::StatusCode::BAD_REQUEST,
-                reason: why.reason(),
-                close: true,
-            }),
-            None => Ok(()),
-        };
-        if let Err(refusal) = framing.and_then(|()| {
-            crate::strict::check(
+        let checked = match parts.extensions.get::<crate::framing::Ambiguous>() {
+            Some(ambiguous) => Err(ambiguous.refusal()),
+            None => crate::strict::check(
                 &parts.method,
                 &parts.uri,
                 parts.version,
                 &mut parts.headers,
                 rules,
-            )
-        }) {
+            ),
+        };
+        if let Err(refusal) = checked {
             tracing::debug!(client = %peer, status = refusal.status.as_u16(), reason = refusal.reason, "request refused");
             return (refuse(&refusal, parts.version), 0, None);
         }

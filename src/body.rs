@@ -15,6 +15,7 @@ use hyper::body::Incoming;
 use tokio::time::{Instant, Sleep};
 
 use crate::activity::InFlight;
+use crate::concurrency::Slot;
 
 /// Why a body stopped before its end.
 #[derive(Debug, thiserror::Error)]
@@ -149,6 +150,8 @@ enum Source {
 pub struct ResponseBody {
     source: Source,
     in_flight: Option<InFlight>,
+    /// The backend's slot, when the body is a backend's.
+    slot: Option<Slot>,
 }
 
 impl ResponseBody {
@@ -159,6 +162,7 @@ impl ResponseBody {
         ResponseBody {
             source: Source::Upstream(body, IdleTimer::new(idle)),
             in_flight: None,
+            slot: None,
         }
     }
 
@@ -167,12 +171,19 @@ impl ResponseBody {
         ResponseBody {
             source: Source::Local(body),
             in_flight: None,
+            slot: None,
         }
     }
 
     /// Holds `in_flight` until the body is finished or dropped.
     pub fn with_in_flight(mut self, in_flight: InFlight) -> Self {
         self.in_flight = Some(in_flight);
+        self
+    }
+
+    /// Holds the backend's `slot` until the body is finished or dropped.
+    pub fn with_slot(mut self, slot: Slot) -> Self {
+        self.slot = Some(slot);
         self
     }
 }
@@ -194,6 +205,7 @@ impl Body for ResponseBody {
         };
         if let Poll::Ready(None) = polled {
             this.in_flight = None;
+            this.slot = None;
         }
         polled
     }

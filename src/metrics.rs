@@ -9,6 +9,8 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+
+use crate::concurrency::Slots;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -34,13 +36,14 @@ const CHECK_BUCKETS: [f64; 8] = [0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0];
 const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 
 /// Why the status page was served, as [`Rescue::as_str`] names it.
-const RESCUES: [&str; 6] = [
+const RESCUES: [&str; 7] = [
     "no_region",
     "drained",
     "backend_failed",
     "backend_timeout",
     "client_timeout",
     "upstream_error",
+    "overloaded",
 ];
 
 /// The public listeners, as `connections_open` labels them.
@@ -145,9 +148,12 @@ pub struct Metrics {
     unrouted: Arc<RegionMetrics>,
     /// Failovers by (preferred, served) region name.
     failovers: Mutex<HashMap<(String, String), Arc<AtomicU64>>>,
+    /// Requests in flight by (region, backend address), carried over reloads.
+    slots: Mutex<HashMap<(String, String), Arc<Slots>>>,
     retries: AtomicU64,
     hedges: AtomicU64,
-    status_pages: [AtomicU64; 6],
+    queue_timeouts: AtomicU64,
+    status_pages: [AtomicU64; 7],
     connections: [AtomicI64; 2],
     reloads: [AtomicU64; 2],
     alerts: [AtomicU64; 3],
@@ -179,8 +185,10 @@ impl Default for Metrics {
             regions: Mutex::default(),
             unrouted: Arc::new(RegionMetrics::new()),
             failovers: Mutex::default(),
+            slots: Mutex::default(),
             retries: AtomicU64::new(0),
             hedges: AtomicU64::new(0),
+            queue_timeouts: AtomicU64::new(0),
             status_pages: Default::default(),
             connections: Default::default(),
             reloads: Default::default(),
@@ -219,12 +227,46 @@ impl Metrics {
                 ));
             }
         }
+        drop(failovers);
+        let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        let by_backend: Vec<Vec<Arc<Slots>>> = config
+            .regions
+            .iter()
+            .map(|r| {
+                r.backends
+                    .iter()
+                    .map(|b| {
+                        Arc::clone(
+                            slots
+                                .entry((r.name.clone(), b.address.clone()))
+                                .or_default(),
+                        )
+                    })
+                    .collect()
+            })
+            .collect();
+        // Backends gone from the configuration (addresses DNS no longer
+        // gives) are forgotten once their last request is done.
+        slots.retain(|(region, address), s| {
+            s.taken() > 0
+                || config
+                    .regions
+                    .iter()
+                    .any(|r| &r.name == region && r.backends.iter().any(|b| &b.address == address))
+        });
+        drop(slots);
         RequestMetrics {
             regions: by_index,
             unrouted: Arc::clone(&self.unrouted),
             failovers: matrix,
             width: n,
+            slots: by_backend,
         }
+    }
+
+    /// A request that waited `limits.backend_queue_timeout` for a full backend.
+    pub fn queue_timeout(&self) {
+        self.queue_timeouts.fetch_add(1, Ordering::Relaxed);
     }
 
     /// A request sent again to another backend after a failure.
@@ -329,9 +371,16 @@ pub struct RequestMetrics {
     /// `failovers[from * width + to]`.
     failovers: Vec<Arc<AtomicU64>>,
     width: usize,
+    /// Requests in flight, by region and backend index.
+    slots: Vec<Vec<Arc<Slots>>>,
 }
 
 impl RequestMetrics {
+    /// The requests in flight on backend `backend` of region `region`.
+    pub fn slots(&self, region: usize, backend: usize) -> Option<&Arc<Slots>> {
+        self.slots.get(region)?.get(backend)
+    }
+
     /// A request answered with `status` after `elapsed`, served by region
     /// `served` (none for Meridian's own answers) for a client preferring
     /// `preferred`.
@@ -488,6 +537,23 @@ impl prometheus_client::collector::Collector for Scrape {
                 })
             }),
         )?;
+        gauge(
+            &mut encoder,
+            "meridian_backend_requests_in_flight",
+            "Requests sent to the backend whose response is not finished.",
+            views().enumerate().flat_map(|(r, (rc, _))| {
+                let generation = &snapshot.generation.metrics;
+                rc.backends.iter().enumerate().map(move |(b, bc)| {
+                    (
+                        [
+                            ("region", rc.name.as_str()),
+                            ("backend", bc.address.as_str()),
+                        ],
+                        generation.slots(r, b).map_or(0, |s| s.taken() as i64),
+                    )
+                })
+            }),
+        )?;
         const STATES: [&str; 5] = ["healthy", "degraded", "down", "drained", "unknown"];
         gauge(
             &mut encoder,
@@ -530,6 +596,12 @@ impl prometheus_client::collector::Collector for Scrape {
             "meridian_hedges",
             "Requests raced on a second backend because the first was slow.",
             load(&m.hedges),
+        )?;
+        single_counter(
+            &mut encoder,
+            "meridian_backend_queue_timeouts",
+            "Requests that waited limits.backend_queue_timeout for a backend at limits.backend_max_requests.",
+            load(&m.queue_timeouts),
         )?;
         counter(
             &mut encoder,

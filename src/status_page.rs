@@ -79,13 +79,18 @@ pub enum Rescue {
     /// A backend answered with a status listed in `status_page.intercept`;
     /// the page keeps that status.
     Upstream(StatusCode),
+    /// Every backend that could serve was at `limits.backend_max_requests`
+    /// for longer than `limits.backend_queue_timeout`: load shed.
+    Overloaded,
 }
 
 impl Rescue {
     /// The status sent with the page.
     pub fn status(self) -> StatusCode {
         match self {
-            Rescue::NoRegion | Rescue::Drained => StatusCode::SERVICE_UNAVAILABLE,
+            Rescue::NoRegion | Rescue::Drained | Rescue::Overloaded => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             Rescue::BackendFailed => StatusCode::BAD_GATEWAY,
             Rescue::BackendTimeout => StatusCode::GATEWAY_TIMEOUT,
             Rescue::ClientTimeout => StatusCode::REQUEST_TIMEOUT,
@@ -104,6 +109,7 @@ impl Rescue {
             Rescue::ClientTimeout => "client_timeout",
             Rescue::ClientBody => "client_body",
             Rescue::Upstream(_) => "upstream_error",
+            Rescue::Overloaded => "overloaded",
         }
     }
 }

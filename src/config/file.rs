@@ -275,6 +275,8 @@ pub struct LimitsFile {
     pub shutdown_grace: Option<Spanned<Dur>>,
     pub http2_max_concurrent_streams: Option<Spanned<i64>>,
     pub http2_max_pending_resets: Option<Spanned<i64>>,
+    pub backend_max_requests: Option<Spanned<i64>>,
+    pub backend_queue_timeout: Option<Spanned<Dur>>,
 }
 
 /// `[status_page]`

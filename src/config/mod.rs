@@ -512,6 +512,12 @@ pub struct Limits {
     pub send_timeout: Duration,
     /// Time requests in flight get to finish on shutdown. Default 30 s.
     pub shutdown_grace: Duration,
+    /// Requests one backend serves at once, from the request sent until its
+    /// response body is done. Default 1 000.
+    pub backend_max_requests: usize,
+    /// Longest a request waits for a full backend before it goes to the next
+    /// candidate, or gets the status page. Default 1 s.
+    pub backend_queue_timeout: Duration,
 }
 
 /// `[status_page]`: branding of the page shown when nothing can serve.

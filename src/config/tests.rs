@@ -1854,6 +1854,8 @@ backends = ["http://10.2.0.10"]
     assert_eq!(l.client_body_min_rate, 500);
     assert_eq!(l.send_timeout, Duration::from_secs(60));
     assert_eq!(l.shutdown_grace, Duration::from_secs(30));
+    assert_eq!(l.backend_max_requests, 1_000);
+    assert_eq!(l.backend_queue_timeout, Duration::from_secs(1));
 
     let s = &config.status_page;
     assert_eq!(s.brand, "Meridian");
@@ -1953,6 +1955,8 @@ client_body_timeout = "7s"
 client_body_min_rate = 0
 send_timeout = "8s"
 shutdown_grace = "15s"
+backend_max_requests = 64
+backend_queue_timeout = "0s"
 
 [status_page]
 brand = "Example"
@@ -2058,6 +2062,8 @@ retry_after = "1m"
     assert_eq!(l.client_body_min_rate, 0, "0 turns it off");
     assert_eq!(l.send_timeout, Duration::from_secs(8));
     assert_eq!(l.shutdown_grace, Duration::from_secs(15));
+    assert_eq!(l.backend_max_requests, 64);
+    assert_eq!(l.backend_queue_timeout, Duration::ZERO, "0 sheds at once");
 
     let s = &config.status_page;
     assert_eq!(s.brand, "Example");
@@ -2378,6 +2384,8 @@ fn https_and_tls_and_redirects_need_each_other() {
     for (key, value, fragment) in [
         ("http2_max_concurrent_streams", "0", "out of range"),
         ("http2_max_pending_resets", "100000", "out of range"),
+        ("backend_max_requests", "0", "out of range"),
+        ("backend_queue_timeout", "\"2m\"", "out of range"),
     ] {
         let text = format!("[limits]\n{key} = {value}\n{ONE_REGION}");
         assert_only_issue(&text, key, &format!("limits.{key}"), fragment);

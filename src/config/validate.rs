@@ -1727,6 +1727,8 @@ fn check_limits(issues: &mut Issues, raw: file::LimitsFile) -> Limits {
         shutdown_grace,
         http2_max_concurrent_streams,
         http2_max_pending_resets,
+        backend_max_requests,
+        backend_queue_timeout,
     } = raw;
     let max_header_bytes = match max_header_bytes {
         Some(v) if *v.get_ref() < MIN_HEADER_BYTES || *v.get_ref() > 1 << 20 => {
@@ -1807,6 +1809,20 @@ fn check_limits(issues: &mut Issues, raw: file::LimitsFile) -> Limits {
             "limits.shutdown_grace",
             shutdown_grace.as_ref(),
             Duration::from_secs(30),
+        ),
+        backend_max_requests: count(
+            issues,
+            "limits.backend_max_requests",
+            backend_max_requests.as_ref(),
+            1_000,
+            1_000_000,
+        ),
+        backend_queue_timeout: duration_within(
+            issues,
+            "limits.backend_queue_timeout",
+            backend_queue_timeout.as_ref(),
+            Duration::from_secs(1),
+            (Duration::ZERO, Duration::from_secs(60)),
         ),
     }
 }

@@ -46,6 +46,10 @@ pub(super) enum AttemptError {
     /// its connection never reused.
     #[error("ambiguous response framing: {0}")]
     Framing(&'static str),
+    /// The backend had `limits.backend_max_requests` in flight throughout
+    /// the wait: the request never left Meridian.
+    #[error("backend at its limit of {0} requests in flight")]
+    Full(usize),
 }
 
 impl AttemptError {
@@ -85,16 +89,16 @@ impl AttemptError {
     /// method may be retried; one whose client broke never.
     pub(super) fn may_retry(&self, retry_method: bool) -> bool {
         match self {
-            AttemptError::Connect(_) => true,
+            AttemptError::Connect(_) | AttemptError::Full(_) => true,
             AttemptError::ClientBody { .. } => false,
             _ => retry_method,
         }
     }
 
     /// Whether another try costs the backends something, and so draws on the
-    /// retry budget: all but a connection that was never made.
+    /// retry budget: all but a request that never left Meridian.
     pub(super) fn reached_backend(&self) -> bool {
-        !matches!(self, AttemptError::Connect(_))
+        !matches!(self, AttemptError::Connect(_) | AttemptError::Full(_))
     }
 
     /// What it says about the backend's health, if anything.
@@ -105,7 +109,8 @@ impl AttemptError {
             | AttemptError::Exchange(_)
             | AttemptError::Framing(_) => Some(Failure::Reset),
             AttemptError::Timeout(_) => Some(Failure::Timeout),
-            AttemptError::ClientBody { .. } => None,
+            // Busy is not broken: a full backend is not ejected for it.
+            AttemptError::ClientBody { .. } | AttemptError::Full(_) => None,
         }
     }
 
@@ -116,6 +121,7 @@ impl AttemptError {
                 timed_out: true, ..
             } => Rescue::ClientTimeout,
             AttemptError::ClientBody { .. } => Rescue::ClientBody,
+            AttemptError::Full(_) => Rescue::Overloaded,
             _ => Rescue::BackendFailed,
         }
     }

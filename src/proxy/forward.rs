@@ -24,6 +24,7 @@ use tokio::time::{Instant, Sleep};
 use super::attempt::{attempt, AttemptError};
 use super::{build_upstream, Head, Proxy};
 use crate::body::ResponseBody;
+use crate::concurrency::Slot;
 use crate::health::Failure;
 use crate::request_body::{Replay, Returned, UpstreamBody};
 use crate::routing::Plan;
@@ -33,7 +34,10 @@ use crate::status_page::Rescue;
 /// Longest wait for a failed connection to give back the request body.
 const BODY_RETURN_WAIT: Duration = Duration::from_millis(50);
 
-type AttemptFuture = Pin<Box<dyn Future<Output = Result<Response<Incoming>, AttemptError>> + Send>>;
+/// A response head and the backend slot its request holds.
+type Answer = (Response<Incoming>, Slot);
+
+type AttemptFuture = Pin<Box<dyn Future<Output = Result<Answer, AttemptError>> + Send>>;
 
 /// A backend's response on its way to the client, and the region that gave it.
 pub(super) struct Served {
@@ -85,7 +89,7 @@ impl HedgeTimer {
 }
 
 enum Event {
-    Done(usize, Result<Response<Incoming>, AttemptError>),
+    Done(usize, Result<Answer, AttemptError>),
     Hedge,
 }
 
@@ -110,7 +114,10 @@ pub(super) struct Forward<'a> {
     running: Vec<Running>,
     last_error: Option<(AttemptError, usize)>,
     /// A 502/503/504 answer kept while a retry may do better.
-    fallback: Option<(Response<Incoming>, usize)>,
+    fallback: Option<(Answer, usize)>,
+    /// When waits for a full backend must end: one
+    /// `limits.backend_queue_timeout` per request, however many backends.
+    queue_deadline: Option<Instant>,
 }
 
 impl<'a> Forward<'a> {
@@ -141,6 +148,7 @@ impl<'a> Forward<'a> {
             running: Vec::new(),
             last_error: None,
             fallback: None,
+            queue_deadline: None,
         }
     }
 
@@ -177,9 +185,9 @@ impl<'a> Forward<'a> {
                         self.hedging = false;
                     }
                 }
-                Event::Done(i, Ok(response)) => {
+                Event::Done(i, Ok(answer)) => {
                     let running = self.running.swap_remove(i);
-                    if let Some(response) = self.answered(running, response) {
+                    if let Some(response) = self.answered(running, answer) {
                         return Ok(response);
                     }
                 }
@@ -194,7 +202,7 @@ impl<'a> Forward<'a> {
                     }
                     if let Err(rescue) = self.failed(running.candidate, e) {
                         return match self.fallback.take() {
-                            Some((response, candidate)) => Ok(self.deliver(response, candidate)),
+                            Some((answer, candidate)) => Ok(self.deliver(answer, candidate)),
                             None => Err(rescue),
                         };
                     }
@@ -202,15 +210,16 @@ impl<'a> Forward<'a> {
             }
             hedge_timer.set(self.hedge_deadline());
         }
-        if let Some((response, candidate)) = self.fallback.take() {
-            return Ok(self.deliver(response, candidate));
+        if let Some((answer, candidate)) = self.fallback.take() {
+            return Ok(self.deliver(answer, candidate));
         }
         Err(self.give_up())
     }
 
     /// A response head arrived: hands it on, or keeps a 502/503/504 aside
     /// while another try may do better.
-    fn answered(&mut self, mut running: Running, response: Response<Incoming>) -> Option<Served> {
+    fn answered(&mut self, mut running: Running, answer: Answer) -> Option<Served> {
+        let response = &answer.0;
         let c = self.plan.candidates[running.candidate];
         let shared = &self.proxy.shared;
         let generation = &*self.snapshot.generation;
@@ -228,7 +237,7 @@ impl<'a> Forward<'a> {
             }
             if !self.running.is_empty() || retried {
                 tracing::debug!(region = %self.region_name(running.candidate), status, "retrying a gateway error");
-                self.fallback = Some((response, running.candidate));
+                self.fallback = Some((answer, running.candidate));
                 return None;
             }
         }
@@ -244,12 +253,15 @@ impl<'a> Forward<'a> {
                 shared.passive_failure(generation, o.region, o.backend, Failure::Timeout);
             }
         }
-        Some(self.deliver(response, running.candidate))
+        Some(self.deliver(answer, running.candidate))
     }
 
     /// An attempt failed: counts it against the backend and tries again where allowed.
     fn failed(&mut self, candidate: usize, e: AttemptError) -> Result<(), Rescue> {
         let c = self.plan.candidates[candidate];
+        if let AttemptError::Full(_) = e {
+            self.proxy.shared.metrics().queue_timeout();
+        }
         if let Some(failure) = e.failure() {
             self.proxy.shared.passive_failure(
                 &self.snapshot.generation,
@@ -399,28 +411,51 @@ impl<'a> Forward<'a> {
         let first_byte = region
             .first_byte_timeout
             .unwrap_or(config.proxy.first_byte_timeout);
+        let generation = &self.snapshot.generation;
+        // Every configured backend has its slots; the default is never used.
+        let slots = generation
+            .metrics
+            .slots(c.region, c.backend)
+            .cloned()
+            .unwrap_or_default();
+        let max = config.limits.backend_max_requests;
+        let future: AttemptFuture = match slots.try_take(max) {
+            Some(slot) => {
+                let exchange = attempt(&generation.client, request, sent, first_byte);
+                Box::pin(async move { Ok((exchange.await?, slot)) })
+            }
+            None => {
+                // The backend is full: wait for a slot, within what is
+                // left of this request's queue time.
+                let now = Instant::now();
+                let deadline = *self
+                    .queue_deadline
+                    .get_or_insert(now + config.limits.backend_queue_timeout);
+                let wait = deadline.saturating_duration_since(now);
+                let client = generation.client.clone();
+                Box::pin(async move {
+                    let slot = slots.take(max, wait).await.ok_or(AttemptError::Full(max))?;
+                    Ok((attempt(&client, request, sent, first_byte).await?, slot))
+                })
+            }
+        };
         self.running.push(Running {
             candidate,
             started: Instant::now(),
             returned,
-            future: Box::pin(attempt(
-                &self.snapshot.generation.client,
-                request,
-                sent,
-                first_byte,
-            )),
+            future,
         });
         Ok(true)
     }
 
     /// The response as the client gets it.
-    fn deliver(&self, mut response: Response<Incoming>, candidate: usize) -> Served {
+    fn deliver(&self, (mut response, slot): Answer, candidate: usize) -> Served {
         let config = &self.snapshot.config;
         let version = response.version();
         crate::headers::forward_response(response.headers_mut(), version);
         let read_timeout = config.proxy.read_timeout;
         Served {
-            response: response.map(|b| ResponseBody::upstream(b, read_timeout)),
+            response: response.map(|b| ResponseBody::upstream(b, read_timeout).with_slot(slot)),
             region: self.plan.candidates[candidate].region,
             as_is: false,
         }
@@ -433,6 +468,12 @@ impl<'a> Forward<'a> {
             // The client's own doing: nothing an operator needs to hear about.
             Some((e @ AttemptError::ClientBody { .. }, _)) => {
                 tracing::debug!(error = %e, "request body failed");
+                e.rescue()
+            }
+            // Counted in metrics: a line per shed request would flood the
+            // log just when the machine is busiest.
+            Some((e @ AttemptError::Full(_), candidate)) => {
+                tracing::debug!(region = %self.region_name(candidate), error = %e, "request shed");
                 e.rescue()
             }
             Some((e, candidate)) => {

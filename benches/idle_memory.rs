@@ -143,8 +143,8 @@ fn main() {
         drop(warm);
         tokio::time::sleep(Duration::from_millis(300)).await;
 
-        let (before, classes_before) = snapshot();
         let mut clients = Vec::with_capacity(n);
+        let (before, classes_before) = snapshot();
         for _ in 0..n {
             clients.push(idle_client(m.http_addr).await);
         }

@@ -249,7 +249,7 @@ async fn serve_http<IO>(
             }
             // Boxed, so that an idle connection does not keep a request's
             // worth of state (about 4 KB) in hyper's slot for the next one.
-            let serving: ServiceFuture = Box::pin(async move {
+            Box::pin(async move {
                 let response = proxy.handle(request, peer, tls).await?;
                 if let Some(verdicts) = upgrading {
                     if response.status() == http::StatusCode::SWITCHING_PROTOCOLS {
@@ -258,8 +258,7 @@ async fn serve_http<IO>(
                     }
                 }
                 Ok(response.map(|b| b.with_in_flight(in_flight)))
-            });
-            serving
+            }) as ServiceFuture
         })
     };
     // A client that stops reading holds its connection and the response's

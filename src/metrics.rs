@@ -9,8 +9,6 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-
-use crate::concurrency::Slots;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -20,6 +18,7 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
+use crate::concurrency::Slots;
 use crate::config::Config;
 use crate::state::Snapshot;
 use crate::status_page::Rescue;
@@ -245,15 +244,9 @@ impl Metrics {
                     .collect()
             })
             .collect();
-        // Backends gone from the configuration (addresses DNS no longer
-        // gives) are forgotten once their last request is done.
-        slots.retain(|(region, address), s| {
-            s.taken() > 0
-                || config
-                    .regions
-                    .iter()
-                    .any(|r| &r.name == region && r.backends.iter().any(|b| &b.address == address))
-        });
+        // Backends gone from every generation still in use (addresses DNS
+        // no longer gives) are forgotten; a slot in flight holds its count.
+        slots.retain(|_, s| Arc::strong_count(s) > 1);
         drop(slots);
         RequestMetrics {
             regions: by_index,
@@ -541,18 +534,23 @@ impl prometheus_client::collector::Collector for Scrape {
             &mut encoder,
             "meridian_backend_requests_in_flight",
             "Requests sent to the backend whose response is not finished.",
-            views().enumerate().flat_map(|(r, (rc, _))| {
-                let generation = &snapshot.generation.metrics;
-                rc.backends.iter().enumerate().map(move |(b, bc)| {
-                    (
-                        [
-                            ("region", rc.name.as_str()),
-                            ("backend", bc.address.as_str()),
-                        ],
-                        generation.slots(r, b).map_or(0, |s| s.taken() as i64),
-                    )
-                })
-            }),
+            snapshot
+                .config
+                .regions
+                .iter()
+                .enumerate()
+                .flat_map(|(r, rc)| {
+                    let requests = &snapshot.generation.metrics;
+                    rc.backends.iter().enumerate().map(move |(b, bc)| {
+                        (
+                            [
+                                ("region", rc.name.as_str()),
+                                ("backend", bc.address.as_str()),
+                            ],
+                            requests.slots(r, b).map_or(0, |s| s.taken() as i64),
+                        )
+                    })
+                }),
         )?;
         const STATES: [&str; 5] = ["healthy", "degraded", "down", "drained", "unknown"];
         gauge(
@@ -600,7 +598,7 @@ impl prometheus_client::collector::Collector for Scrape {
         single_counter(
             &mut encoder,
             "meridian_backend_queue_timeouts",
-            "Requests that waited limits.backend_queue_timeout for a backend at limits.backend_max_requests.",
+            "Attempts given up on a backend at limits.backend_max_requests once the request's limits.backend_queue_timeout was spent.",
             load(&m.queue_timeouts),
         )?;
         counter(

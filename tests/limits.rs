@@ -152,3 +152,35 @@ async fn a_full_backend_sends_requests_to_the_next_region_after_the_wait() {
         0.0
     );
 }
+
+#[tokio::test]
+async fn a_hedge_around_a_full_backend_does_not_count_it_as_slow() {
+    let a = Backend::start("a").await;
+    let c = Backend::start("c").await;
+    let text = config_text(&[R("us", &[&a], &["eu"]), R("eu", &[&c], &[])], LIMITS);
+    let m = start_healthy(&text, &["us", "eu"]).await;
+    let _held = [hold_gated(&m).await, hold_gated(&m).await];
+
+    // More in a row than passive checks need to eject a backend (5).
+    for _ in 0..7 {
+        let started = Instant::now();
+        let (status, headers, _) = get(&m, "/", &[]).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(headers["x-meridian-region"], "eu");
+        assert!(
+            started.elapsed() < Duration::from_millis(300),
+            "hedged to eu before the queue timeout: {:?}",
+            started.elapsed()
+        );
+    }
+    let up = format!(
+        "meridian_backend_up{{region=\"us\",backend=\"{}\"}}",
+        a.addr
+    );
+    assert_eq!(
+        metric(&m, &up).await,
+        1.0,
+        "waiting for a slot is not a timeout: the full backend stays in"
+    );
+    assert_eq!(region_state(&m, "us").await, "healthy");
+}

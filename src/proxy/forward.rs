@@ -14,6 +14,7 @@
 
 use std::future::{poll_fn, Future};
 use std::pin::Pin;
+use std::sync::{Arc, OnceLock};
 use std::task::Poll;
 use std::time::Duration;
 
@@ -53,9 +54,23 @@ struct Running {
     /// Index in the plan's candidates.
     candidate: usize,
     started: Instant,
+    /// When a request that had to wait for a full backend got its slot:
+    /// `None` for one admitted at once.
+    queued: Option<Arc<OnceLock<Instant>>>,
     /// Takes back the body; `None` for a request without one.
     returned: Option<Returned>,
     future: AttemptFuture,
+}
+
+impl Running {
+    /// When its request got its backend slot; `None` while it still waits,
+    /// never having reached the backend.
+    fn admitted(&self) -> Option<Instant> {
+        match &self.queued {
+            None => Some(self.started),
+            Some(at) => at.get().copied(),
+        }
+    }
 }
 
 /// The timer of the next hedge: one allocation per request at most,
@@ -241,14 +256,16 @@ impl<'a> Forward<'a> {
                 return None;
             }
         }
-        self.snapshot
-            .generation
-            .latency
-            .observe(c.region, running.started.elapsed());
+        self.snapshot.generation.latency.observe(
+            c.region,
+            running.admitted().unwrap_or(running.started).elapsed(),
+        );
         // Attempts started earlier and still waiting lost to a good answer:
-        // as slow as a timeout, as far as their backends' health goes.
+        // as slow as a timeout, as far as their backends' health goes —
+        // unless they are still waiting for a slot, which is busy, not slow.
         if status < 500 {
-            for other in self.running.iter().filter(|o| o.started < running.started) {
+            let slow = |o: &&Running| o.started < running.started && o.admitted().is_some();
+            for other in self.running.iter().filter(slow) {
                 let o = self.plan.candidates[other.candidate];
                 shared.passive_failure(generation, o.region, o.backend, Failure::Timeout);
             }
@@ -273,6 +290,8 @@ impl<'a> Forward<'a> {
         tracing::debug!(region = %self.region_name(candidate), backend = %self.backend_address(candidate), error = %e, "attempt failed");
         let retry = e.may_retry(self.retry_method);
         let reached = e.reached_backend();
+        // Moving past a full backend is not a retry: the request never left.
+        let full = matches!(e, AttemptError::Full(_));
         // A dropped keep-alive connection says little about the backend: it
         // gets one more try before the next candidate, once per request, so
         // a request that kills backends cannot take twice its share of them.
@@ -289,7 +308,7 @@ impl<'a> Forward<'a> {
             if self.start(Some(candidate), false)? {
                 self.proxy.shared.metrics().retry();
             }
-        } else if self.start(None, reached)? {
+        } else if self.start(None, reached)? && !full {
             self.proxy.shared.metrics().retry();
         }
         Ok(())
@@ -419,10 +438,10 @@ impl<'a> Forward<'a> {
             .cloned()
             .unwrap_or_default();
         let max = config.limits.backend_max_requests;
-        let future: AttemptFuture = match slots.try_take(max) {
+        let (future, queued): (AttemptFuture, _) = match slots.try_take(max) {
             Some(slot) => {
                 let exchange = attempt(&generation.client, request, sent, first_byte);
-                Box::pin(async move { Ok((exchange.await?, slot)) })
+                (Box::pin(async move { Ok((exchange.await?, slot)) }), None)
             }
             None => {
                 // The backend is full: wait for a slot, within what is
@@ -433,15 +452,20 @@ impl<'a> Forward<'a> {
                     .get_or_insert(now + config.limits.backend_queue_timeout);
                 let wait = deadline.saturating_duration_since(now);
                 let client = generation.client.clone();
-                Box::pin(async move {
+                let queued = Arc::new(OnceLock::new());
+                let admitted = Arc::clone(&queued);
+                let future = Box::pin(async move {
                     let slot = slots.take(max, wait).await.ok_or(AttemptError::Full(max))?;
+                    let _ = admitted.set(Instant::now());
                     Ok((attempt(&client, request, sent, first_byte).await?, slot))
-                })
+                });
+                (future, Some(queued))
             }
         };
         self.running.push(Running {
             candidate,
             started: Instant::now(),
+            queued,
             returned,
             future,
         });

@@ -276,7 +276,9 @@ impl<'a> Forward<'a> {
     /// An attempt failed: counts it against the backend and tries again where allowed.
     fn failed(&mut self, candidate: usize, e: AttemptError) -> Result<(), Rescue> {
         let c = self.plan.candidates[candidate];
-        if let AttemptError::Full(_) = e {
+        // Moving past a full backend is not a retry: the request never left.
+        let full = matches!(e, AttemptError::Full(_));
+        if full {
             self.proxy.shared.metrics().queue_timeout();
         }
         if let Some(failure) = e.failure() {
@@ -290,8 +292,6 @@ impl<'a> Forward<'a> {
         tracing::debug!(region = %self.region_name(candidate), backend = %self.backend_address(candidate), error = %e, "attempt failed");
         let retry = e.may_retry(self.retry_method);
         let reached = e.reached_backend();
-        // Moving past a full backend is not a retry: the request never left.
-        let full = matches!(e, AttemptError::Full(_));
         // A dropped keep-alive connection says little about the backend: it
         // gets one more try before the next candidate, once per request, so
         // a request that kills backends cannot take twice its share of them.
@@ -431,12 +431,15 @@ impl<'a> Forward<'a> {
             .first_byte_timeout
             .unwrap_or(config.proxy.first_byte_timeout);
         let generation = &self.snapshot.generation;
-        // Every configured backend has its slots; the default is never used.
-        let slots = generation
-            .metrics
-            .slots(c.region, c.backend)
-            .cloned()
-            .unwrap_or_default();
+        // Every configured backend has its slots; the spare is never used.
+        let spare;
+        let slots = match generation.metrics.slots(c.region, c.backend) {
+            Some(slots) => slots,
+            None => {
+                spare = Arc::default();
+                &spare
+            }
+        };
         let max = config.limits.backend_max_requests;
         let (future, queued): (AttemptFuture, _) = match slots.try_take(max) {
             Some(slot) => {
@@ -452,6 +455,7 @@ impl<'a> Forward<'a> {
                     .get_or_insert(now + config.limits.backend_queue_timeout);
                 let wait = deadline.saturating_duration_since(now);
                 let client = generation.client.clone();
+                let slots = Arc::clone(slots);
                 let queued = Arc::new(OnceLock::new());
                 let admitted = Arc::clone(&queued);
                 let future = Box::pin(async move {

@@ -16,6 +16,7 @@ use tokio::time::{Instant, Sleep};
 
 use crate::activity::InFlight;
 use crate::concurrency::Slot;
+use crate::pool::Lease;
 
 /// Why a body stopped before its end.
 #[derive(Debug, thiserror::Error)]
@@ -152,6 +153,8 @@ pub struct ResponseBody {
     in_flight: Option<InFlight>,
     /// The backend's slot, when the body is a backend's.
     slot: Option<Slot>,
+    /// The backend connection, given back to its pool at the end of the body.
+    lease: Option<Lease>,
 }
 
 impl ResponseBody {
@@ -163,6 +166,7 @@ impl ResponseBody {
             source: Source::Upstream(body, IdleTimer::new(idle)),
             in_flight: None,
             slot: None,
+            lease: None,
         }
     }
 
@@ -172,6 +176,7 @@ impl ResponseBody {
             source: Source::Local(body),
             in_flight: None,
             slot: None,
+            lease: None,
         }
     }
 
@@ -185,6 +190,32 @@ impl ResponseBody {
     pub fn with_slot(mut self, slot: Slot) -> Self {
         self.slot = Some(slot);
         self
+    }
+
+    /// Gives the backend connection back to its pool once the body has been
+    /// read to its end; a body dropped before its end closes it.
+    pub fn with_lease(mut self, lease: Lease) -> Self {
+        self.lease = Some(lease);
+        self
+    }
+
+    /// The body is over: the connection can serve another request.
+    fn finished(&mut self) {
+        self.in_flight = None;
+        self.slot = None;
+        if let Some(lease) = self.lease.take() {
+            lease.release();
+        }
+    }
+}
+
+impl Drop for ResponseBody {
+    fn drop(&mut self) {
+        // hyper never polls a body that is empty from the start (a 204, an
+        // answer to HEAD, `Content-Length: 0`): it is over all the same.
+        if self.lease.is_some() && self.is_end_stream() {
+            self.finished();
+        }
     }
 }
 
@@ -204,8 +235,7 @@ impl Body for ResponseBody {
                 .map_err(|never| match never {}),
         };
         if let Poll::Ready(None) = polled {
-            this.in_flight = None;
-            this.slot = None;
+            this.finished();
         }
         polled
     }

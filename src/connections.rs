@@ -98,6 +98,11 @@ pub(crate) async fn accept_loop(
     }
 }
 
+/// hyper's own limit on request header lines. Setting any limit, even this
+/// one, makes hyper fill a header array of that length for every request
+/// it parses; hyper's default keeps the array uninitialised.
+const HYPER_MAX_HEADERS: usize = 100;
+
 /// The HTTP server settings of `[limits]`, for HTTP/1.1 alone or HTTP/1.1
 /// and HTTP/2 where HTTP/2 is offered.
 pub(crate) struct HttpServer {
@@ -115,8 +120,10 @@ impl HttpServer {
             .timer(TokioTimer::new())
             .keep_alive(true)
             .header_read_timeout(limits.header_read_timeout)
-            .max_buf_size(limits.max_header_bytes)
-            .max_headers(limits.max_headers);
+            .max_buf_size(limits.max_header_bytes);
+        if limits.max_headers != HYPER_MAX_HEADERS {
+            http1.max_headers(limits.max_headers);
+        }
         HttpServer {
             http1,
             both: http2.then(|| auto_builder(limits)),
@@ -132,8 +139,10 @@ fn auto_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
         .timer(TokioTimer::new())
         .keep_alive(true)
         .header_read_timeout(limits.header_read_timeout)
-        .max_buf_size(limits.max_header_bytes)
-        .max_headers(limits.max_headers);
+        .max_buf_size(limits.max_header_bytes);
+    if limits.max_headers != HYPER_MAX_HEADERS {
+        builder.http1().max_headers(limits.max_headers);
+    }
     builder
         .http2()
         .timer(TokioTimer::new())

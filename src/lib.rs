@@ -32,6 +32,7 @@ pub mod headers;
 pub mod health;
 pub mod latency;
 pub mod metrics;
+pub mod pool;
 pub mod proxy;
 pub mod proxy_protocol;
 pub mod reload;

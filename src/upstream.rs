@@ -1,13 +1,14 @@
-//! Connections to backends: hyper-util's pooled client over its HTTP
-//! connector, with a write timeout on every connection so that a backend
-//! that stops reading a request body cannot hold the request, its client and
-//! its connection slot forever.
+//! Connections to backends: a pool of idle keep-alive connections per
+//! backend (see [`crate::pool`]), hyper's HTTP/1.1 client on each, and
+//! hyper-util's HTTP connector with a write timeout on every connection, so
+//! that a backend that stops reading a request body cannot hold the
+//! request, its client and its connection slot forever.
 //!
 //! `https://` backends get TLS over the same timed connection, with the
-//! rustls settings of their region (see [`crate::config::TlsSettings`]). The
-//! pool is keyed by scheme and address, so an http and an https backend on
-//! one address never share a connection. A failed or slow handshake fails
-//! the connection: to the client and to passive health it is a failure to
+//! rustls settings of their region (see [`crate::config::TlsSettings`]). A
+//! pool belongs to one backend URL, so an http and an https backend on one
+//! address never share a connection. A failed or slow handshake fails the
+//! connection: to the client and to passive health it is a failure to
 //! connect, and the request may go to another backend.
 
 use std::collections::HashMap;
@@ -18,10 +19,10 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use http::Uri;
+use http::{Request, Response, Uri};
+use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_io_timeout::TimeoutStream;
@@ -30,16 +31,44 @@ use tokio_rustls::TlsConnector;
 use tower_service::Service;
 
 use crate::config::{BackendTls, Config};
+use crate::pool::{Lease, Pool};
 use crate::request_body::UpstreamBody;
 
 /// The most a backend connection buffers, response head included.
 pub const UPSTREAM_BUFFER: usize = 64 * 1024;
 
-/// The pooled client used for live traffic.
-pub type UpstreamClient = Client<UpstreamConnector, UpstreamBody>;
+/// The connections to the backends of one configuration.
+#[derive(Debug, Clone)]
+pub struct UpstreamClient {
+    inner: Arc<ClientInner>,
+}
 
-/// Builds the pooled client for live traffic from `[proxy]` and the TLS
-/// settings of the https backends.
+#[derive(Debug)]
+struct ClientInner {
+    connector: UpstreamConnector,
+    http1: hyper::client::conn::http1::Builder,
+    /// The pool of each backend, by region and backend index; backends
+    /// with one URL share one.
+    pools: Vec<Vec<Arc<Pool>>>,
+}
+
+/// Why a request got no response from a backend.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    /// No connection could be made: the request never left Meridian.
+    #[error("{0}")]
+    Connect(#[source] BoxError),
+    /// The exchange failed on the connection.
+    #[error(transparent)]
+    Exchange(#[from] hyper::Error),
+    /// The request names a backend the configuration does not have; the
+    /// request path only names configured ones, so this is a bug.
+    #[error("no backend {1} in region {0}")]
+    NoBackend(usize, usize),
+}
+
+/// Builds the connections to the backends of `config`, from `[proxy]` and
+/// the TLS settings of the https backends.
 pub fn client(config: &Config) -> UpstreamClient {
     let mut http = HttpConnector::new();
     http.set_connect_timeout(Some(config.proxy.connect_timeout));
@@ -60,15 +89,94 @@ pub fn client(config: &Config) -> UpstreamClient {
         handshake_timeout: config.proxy.connect_timeout,
         tls: Arc::new(tls),
     };
-    Client::builder(TokioExecutor::new())
-        // hyper grows a connection's read buffer to ~400 KB while a body
-        // comes faster than the client takes it; 64 KB bounds what one
-        // stalled response holds without slowing a fast one.
-        .http1_max_buf_size(UPSTREAM_BUFFER)
-        .pool_timer(TokioTimer::new())
-        .pool_idle_timeout(config.proxy.pool_idle_timeout)
-        .pool_max_idle_per_host(config.proxy.pool_max_idle_per_backend)
-        .build(connector)
+    let mut http1 = hyper::client::conn::http1::Builder::new();
+    // hyper grows a connection's read buffer to ~400 KB while a body comes
+    // faster than the client takes it; 64 KB bounds what one stalled
+    // response holds without slowing a fast one.
+    http1.max_buf_size(UPSTREAM_BUFFER);
+    let mut by_url: HashMap<&Uri, Arc<Pool>> = HashMap::new();
+    let pools = config
+        .regions
+        .iter()
+        .map(|r| {
+            r.backends
+                .iter()
+                .map(|b| {
+                    let pool = by_url.entry(&b.url).or_insert_with(|| {
+                        Arc::new(Pool::new(
+                            b.url.clone(),
+                            config.proxy.pool_max_idle_per_backend,
+                            config.proxy.pool_idle_timeout,
+                        ))
+                    });
+                    Arc::clone(pool)
+                })
+                .collect()
+        })
+        .collect();
+    UpstreamClient {
+        inner: Arc::new(ClientInner {
+            connector,
+            http1,
+            pools,
+        }),
+    }
+}
+
+impl UpstreamClient {
+    /// Sends `request`, whose target is in origin form and which has its
+    /// `Host`, to backend `backend` of region `region`: on an idle pooled
+    /// connection when there is one, else on a new one. Returns the
+    /// response head and the connection it came on, to give back once the
+    /// body has been read.
+    pub fn send(
+        &self,
+        region: usize,
+        backend: usize,
+        request: Request<UpstreamBody>,
+    ) -> impl Future<Output = Result<(Response<Incoming>, Lease), UpstreamError>> + Send + 'static
+    {
+        let inner = Arc::clone(&self.inner);
+        let pool = self
+            .inner
+            .pools
+            .get(region)
+            .and_then(|r| r.get(backend))
+            .cloned();
+        async move {
+            let pool = pool.ok_or(UpstreamError::NoBackend(region, backend))?;
+            let mut request = request;
+            while let Some(mut sender) = pool.take() {
+                match sender.try_send_request(request).await {
+                    Ok(response) => return Ok((response, Lease::new(sender, pool))),
+                    // Never written: the backend closed the connection just
+                    // as it was taken. The request is whole; on to the next.
+                    Err(mut e) => match e.take_message() {
+                        Some(unsent) => request = unsent,
+                        None => return Err(UpstreamError::Exchange(e.into_error())),
+                    },
+                }
+            }
+            let io = inner
+                .connector
+                .clone()
+                .call(pool.target().clone())
+                .await
+                .map_err(UpstreamError::Connect)?;
+            let (mut sender, connection) = inner
+                .http1
+                .handshake(io)
+                .await
+                .map_err(|e| UpstreamError::Connect(e.into()))?;
+            tokio::spawn(async move {
+                if let Err(e) = connection.with_upgrades().await {
+                    tracing::debug!(error = %e, "backend connection ended");
+                }
+            });
+            let response = sender.send_request(request).await?;
+            Ok((response, Lease::new(sender, pool)))
+        }
+    }
 }
 
 /// Why a backend connection could not be made, beyond what the HTTP

@@ -112,7 +112,7 @@ impl HttpProbe {
         // that never answers leaves nothing behind.
         let driver = AbortOnDrop(tokio::spawn(connection).abort_handle());
         // Sent on a connection of its own, the request names only its path;
-        // the authority goes in Host, as the pooled client does it.
+        // the authority goes in Host, as on live traffic.
         let path = request
             .uri()
             .path_and_query()

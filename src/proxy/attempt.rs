@@ -7,26 +7,26 @@ use std::time::Duration;
 
 use http::{Request, Response};
 use hyper::body::Incoming;
-use hyper_util::client::legacy;
 
 use crate::body::BodyError;
 use crate::health::Failure;
+use crate::pool::Lease;
 use crate::request_body::{Sent, UpstreamBody};
 use crate::status_page::Rescue;
 use crate::telemetry::error_chain;
-use crate::upstream::UpstreamClient;
+use crate::upstream::{UpstreamClient, UpstreamError};
 
 /// How one forwarding attempt ended without a response.
 #[derive(Debug, thiserror::Error)]
 pub(super) enum AttemptError {
     /// No connection to the backend: the request never left Meridian.
     #[error("cannot connect: {}", error_chain(.0))]
-    Connect(legacy::Error),
+    Connect(UpstreamError),
     /// The connection closed or was reset before any response, as when a
     /// pooled keep-alive connection was closed by the backend just as it was
     /// reused. The backend may have seen the request.
     #[error("connection lost before a response: {}", error_chain(.0))]
-    Disconnected(legacy::Error),
+    Disconnected(hyper::Error),
     /// No response head within the first-byte timeout after the request was sent.
     #[error("no response within {0:?}")]
     Timeout(Duration),
@@ -40,7 +40,7 @@ pub(super) enum AttemptError {
     },
     /// Any other failure of the exchange, such as a response that is not HTTP.
     #[error("{}", error_chain(.0))]
-    Exchange(legacy::Error),
+    Exchange(hyper::Error),
     /// A response whose framing two parsers could read differently
     /// (`Content-Length` with `Transfer-Encoding`): never passed on, and
     /// its connection never reused.
@@ -53,11 +53,12 @@ pub(super) enum AttemptError {
 }
 
 impl AttemptError {
-    fn from_client(e: legacy::Error) -> Self {
-        if e.is_connect() {
-            return AttemptError::Connect(e);
-        }
-        let mut source = std::error::Error::source(&e);
+    fn from_client(e: UpstreamError) -> Self {
+        let e = match e {
+            UpstreamError::Exchange(e) => e,
+            other => return AttemptError::Connect(other),
+        };
+        let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&e);
         while let Some(s) = source {
             if let Some(body) = s.downcast_ref::<BodyError>() {
                 return AttemptError::ClientBody {
@@ -127,7 +128,8 @@ impl AttemptError {
     }
 }
 
-/// Sends `request` and waits for the response head. The first-byte timeout
+/// Sends `request` to backend `backend` of region `region` and waits for
+/// the response head. The first-byte timeout
 /// starts once the request has been handed to a backend connection with its
 /// body read whole from the client: connecting is bounded by the connect
 /// timeout (and a failure to connect goes to the next candidate), a slow
@@ -135,21 +137,19 @@ impl AttemptError {
 /// the send timeout.
 pub(super) fn attempt(
     client: &UpstreamClient,
-    mut request: Request<UpstreamBody>,
+    (region, backend): (usize, usize),
+    request: Request<UpstreamBody>,
     sent: Sent,
     first_byte: Duration,
-) -> impl Future<Output = Result<Response<Incoming>, AttemptError>> + Send + 'static {
-    // Lets a response whose framing is in doubt take its connection out
-    // of the pool, even when its whole body was read with its head.
-    let connection = legacy::connect::capture_connection(&mut request);
+) -> impl Future<Output = Result<(Response<Incoming>, Lease), AttemptError>> + Send + 'static {
     let head_request = request.method() == http::Method::HEAD;
-    let exchange = client.request(request);
+    let exchange = client.send(region, backend, request);
     async move {
         let deadline = async {
             sent.wait().await;
             tokio::time::sleep(first_byte).await;
         };
-        let response = tokio::select! {
+        let (response, lease) = tokio::select! {
             result = exchange => result.map_err(AttemptError::from_client)?,
             () = deadline => return Err(AttemptError::Timeout(first_byte)),
         };
@@ -165,13 +165,13 @@ pub(super) fn attempt(
             && headers.contains_key(http::header::TRANSFER_ENCODING)
             && headers.contains_key(http::header::CONTENT_LENGTH)
         {
-            if let Some(connected) = connection.connection_metadata().as_ref() {
-                connected.poison();
-            }
+            // The lease is dropped, not released: the connection closes
+            // instead of going back to the pool.
+            drop(lease);
             return Err(AttemptError::Framing(
                 "Content-Length with Transfer-Encoding",
             ));
         }
-        Ok(response)
+        Ok((response, lease))
     }
 }

@@ -27,6 +27,7 @@ use super::{build_upstream, Head, Proxy};
 use crate::body::ResponseBody;
 use crate::concurrency::Slot;
 use crate::health::Failure;
+use crate::pool::Lease;
 use crate::request_body::{Replay, Returned, UpstreamBody};
 use crate::routing::Plan;
 use crate::state::{RegionState, Snapshot};
@@ -35,8 +36,9 @@ use crate::status_page::Rescue;
 /// Longest wait for a failed connection to give back the request body.
 const BODY_RETURN_WAIT: Duration = Duration::from_millis(50);
 
-/// A response head and the backend slot its request holds.
-type Answer = (Response<Incoming>, Slot);
+/// A response head, the connection it came on and the backend slot its
+/// request holds.
+type Answer = (Response<Incoming>, Lease, Slot);
 
 type AttemptFuture = Pin<Box<dyn Future<Output = Result<Answer, AttemptError>> + Send>>;
 
@@ -441,10 +443,15 @@ impl<'a> Forward<'a> {
             }
         };
         let max = config.limits.backend_max_requests;
+        let at = (c.region, c.backend);
         let (future, queued): (AttemptFuture, _) = match slots.try_take(max) {
             Some(slot) => {
-                let exchange = attempt(&generation.client, request, sent, first_byte);
-                (Box::pin(async move { Ok((exchange.await?, slot)) }), None)
+                let exchange = attempt(&generation.client, at, request, sent, first_byte);
+                let future = async move {
+                    let (response, lease) = exchange.await?;
+                    Ok((response, lease, slot))
+                };
+                (Box::pin(future), None)
             }
             None => {
                 // The backend is full: wait for a slot, within what is
@@ -461,7 +468,8 @@ impl<'a> Forward<'a> {
                 let future = Box::pin(async move {
                     let slot = slots.take(max, wait).await.ok_or(AttemptError::Full(max))?;
                     let _ = admitted.set(Instant::now());
-                    Ok((attempt(&client, request, sent, first_byte).await?, slot))
+                    let (response, lease) = attempt(&client, at, request, sent, first_byte).await?;
+                    Ok((response, lease, slot))
                 });
                 (future, Some(queued))
             }
@@ -477,13 +485,17 @@ impl<'a> Forward<'a> {
     }
 
     /// The response as the client gets it.
-    fn deliver(&self, (mut response, slot): Answer, candidate: usize) -> Served {
+    fn deliver(&self, (mut response, lease, slot): Answer, candidate: usize) -> Served {
         let config = &self.snapshot.config;
         let version = response.version();
         crate::headers::forward_response(response.headers_mut(), version);
         let read_timeout = config.proxy.read_timeout;
         Served {
-            response: response.map(|b| ResponseBody::upstream(b, read_timeout).with_slot(slot)),
+            response: response.map(|b| {
+                ResponseBody::upstream(b, read_timeout)
+                    .with_slot(slot)
+                    .with_lease(lease)
+            }),
             region: self.plan.candidates[candidate].region,
             as_is: false,
         }

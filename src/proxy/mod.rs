@@ -496,19 +496,12 @@ fn build_upstream(
     keep_host: bool,
     body: UpstreamBody,
 ) -> Result<Request<UpstreamBody>, http::Error> {
-    let path = head.uri.path_and_query().map_or("/", |p| p.as_str());
-    // The scheme picks plain text or TLS in the connector, and keeps an http
-    // and an https backend on one address apart in the pool.
-    let scheme = if backend.tls.is_some() {
-        "https"
-    } else {
-        "http"
+    // The connection is chosen by backend, not by the target: the target
+    // is the path and query alone.
+    let uri = match head.uri.path_and_query() {
+        Some(path) => Uri::from(path.clone()),
+        None => Uri::from_static("/"),
     };
-    let uri = Uri::builder()
-        .scheme(scheme)
-        .authority(backend.address.as_str())
-        .path_and_query(path)
-        .build()?;
     let mut request = Request::builder()
         .method(head.method.clone())
         .uri(uri)

@@ -23,6 +23,7 @@ use super::{build_upstream, Head, Proxy};
 use crate::body::ResponseBody;
 use crate::headers;
 use crate::health::Failure;
+use crate::pool::Lease;
 use crate::request_body::UpstreamBody;
 use crate::routing::Plan;
 use crate::state::Snapshot;
@@ -80,8 +81,9 @@ pub(super) async fn forward(
         let first_byte = region
             .first_byte_timeout
             .unwrap_or(config.proxy.first_byte_timeout);
-        match attempt(&generation.client, request, sent, first_byte).await {
-            Ok(response) => {
+        let at = (c.region, c.backend);
+        match attempt(&generation.client, at, request, sent, first_byte).await {
+            Ok((response, lease)) => {
                 let status = response.status().as_u16();
                 if status >= 500 {
                     shared.passive_failure(
@@ -98,7 +100,7 @@ pub(super) async fn forward(
                     region: region.name.clone(),
                     backend: backend.address.clone(),
                 };
-                let response = answer(proxy, snapshot, response, route, handshake)?;
+                let response = answer(proxy, snapshot, response, lease, route, handshake)?;
                 return Ok(Served {
                     response,
                     region: c.region,
@@ -132,6 +134,7 @@ fn answer(
     proxy: &Proxy,
     snapshot: &Snapshot,
     mut response: Response<Incoming>,
+    lease: Lease,
     route: Route,
     handshake: Handshake,
 ) -> Result<Response<ResponseBody>, Rescue> {
@@ -145,7 +148,7 @@ fn answer(
     if response.status() != StatusCode::SWITCHING_PROTOCOLS {
         headers::forward_response(response.headers_mut(), version);
         let read_timeout = snapshot.config.proxy.read_timeout;
-        return Ok(response.map(|b| ResponseBody::upstream(b, read_timeout)));
+        return Ok(response.map(|b| ResponseBody::upstream(b, read_timeout).with_lease(lease)));
     }
     let Some(protocol) = response
         .headers()

@@ -36,29 +36,47 @@ const HOP_BY_HOP: [HeaderName; 9] = [
 
 /// Removes hop-by-hop headers, including every header named in `Connection`.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // Names listed in Connection are hop-by-hop too; collect before removing
-    // Connection itself. Most messages have none, so nothing is allocated.
-    if !headers.contains_key(CONNECTION) {
-        for name in &HOP_BY_HOP[1..] {
-            headers.remove(name);
+    // One pass over the names present, instead of a hashed lookup for each
+    // of the nine: most messages carry none of them, or only
+    // `Connection: keep-alive`.
+    let mut present = 0u16;
+    for name in headers.keys() {
+        if let Some(i) = HOP_BY_HOP.iter().position(|h| h == name) {
+            present |= 1 << i;
         }
+    }
+    if present == 0 {
         return;
     }
-    let named: Vec<HeaderName> = headers
-        .get_all(CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-        .collect();
-    for name in named {
-        // Connection cannot make Meridian drop the headers it relies on.
-        if name != HOST {
+    if present & 1 != 0 {
+        // Names listed in Connection are hop-by-hop too; collect before
+        // removing Connection itself. Only names the message carries are
+        // collected, so the usual tokens (`keep-alive`, `close`) cost no
+        // allocation.
+        let mut named: Vec<HeaderName> = Vec::new();
+        let tokens = headers
+            .get_all(CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(str::trim);
+        for token in tokens {
+            let listed = headers
+                .keys()
+                .find(|k| k.as_str().eq_ignore_ascii_case(token));
+            // Connection cannot make Meridian drop the headers it relies on.
+            if let Some(name) = listed.filter(|&n| *n != HOST) {
+                named.push(name.clone());
+            }
+        }
+        for name in named {
             headers.remove(&name);
         }
     }
-    for name in &HOP_BY_HOP {
-        headers.remove(name);
+    for (i, name) in HOP_BY_HOP.iter().enumerate() {
+        if present & (1 << i) != 0 {
+            headers.remove(name);
+        }
     }
 }
 
@@ -389,6 +407,37 @@ mod tests {
         );
         assert!(switches_to_websocket(&h));
         assert!(!switches_to_websocket(&map(&[("upgrade", "h2c")])));
+    }
+
+    #[test]
+    fn each_hop_by_hop_header_alone_is_removed() {
+        for hop in &HOP_BY_HOP {
+            let mut h = map(&[("x-kept", "1"), (hop.as_str(), "v"), ("cookie", "a=b")]);
+            strip_hop_by_hop(&mut h);
+            let names: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+            assert_eq!(names, vec!["x-kept", "cookie"], "{hop}");
+        }
+    }
+
+    #[test]
+    fn a_message_without_hop_by_hop_headers_is_untouched() {
+        let pairs = [("host", "app.example"), ("x-one", "1"), ("accept", "*/*")];
+        let mut h = map(&pairs);
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h, map(&pairs));
+    }
+
+    #[test]
+    fn any_header_named_in_connection_goes_whatever_its_case() {
+        let mut h = map(&[
+            ("connection", "Close, X-Hop"),
+            ("close", "a header, oddly"),
+            ("x-hop", "1"),
+            ("x-kept", "2"),
+        ]);
+        strip_hop_by_hop(&mut h);
+        let names: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, vec!["x-kept"]);
     }
 
     #[test]

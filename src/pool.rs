@@ -16,6 +16,7 @@ use std::time::Duration;
 use crossbeam_queue::SegQueue;
 use http::Uri;
 use hyper::client::conn::http1::SendRequest;
+use tokio::runtime::Handle;
 use tokio::time::Instant;
 
 use crate::request_body::UpstreamBody;
@@ -95,9 +96,14 @@ impl Pool {
             self.keep(sender);
         } else if !sender.is_closed() {
             // The connection task has not yet seen the end of the exchange.
+            // Outside a runtime (a body dropped at shutdown) nothing could
+            // wait for it, and the connection is simply closed.
+            let Ok(runtime) = Handle::try_current() else {
+                return;
+            };
             let pool = Arc::clone(self);
             let mut sender = sender;
-            tokio::spawn(async move {
+            runtime.spawn(async move {
                 let ready = poll_fn(|cx| sender.poll_ready(cx));
                 if let Ok(Ok(())) = tokio::time::timeout(READY_WAIT, ready).await {
                     pool.keep(sender);
@@ -115,8 +121,12 @@ impl Pool {
             sender,
             since: Instant::now(),
         });
-        if !self.reaper.swap(true, Ordering::Relaxed) {
-            tokio::spawn(reap(Arc::downgrade(self)));
+        if !self.reaper.load(Ordering::Relaxed) {
+            if let Ok(runtime) = Handle::try_current() {
+                if !self.reaper.swap(true, Ordering::Relaxed) {
+                    runtime.spawn(reap(Arc::downgrade(self)));
+                }
+            }
         }
     }
 
@@ -185,8 +195,9 @@ mod tests {
     use tokio::net::{TcpListener, TcpStream};
 
     /// A backend that answers "ok" on every request of every connection,
-    /// and counts its connections.
-    async fn backend() -> (std::net::SocketAddr, Arc<AtomicUsize>) {
+    /// or on only the first when `keep_alive` is off, and counts its
+    /// connections.
+    async fn backend(keep_alive: bool) -> (std::net::SocketAddr, Arc<AtomicUsize>) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let accepted = Arc::new(AtomicUsize::new(0));
@@ -201,12 +212,25 @@ mod tests {
                         )))
                     });
                     let _ = server::Builder::new()
+                        .keep_alive(keep_alive)
                         .serve_connection(TokioIo::new(stream), service)
                         .await;
                 });
             }
         });
         (addr, accepted)
+    }
+
+    /// Waits up to two seconds for `done`, checking every 10 ms.
+    async fn eventually(mut done: impl FnMut() -> bool) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while Instant::now() < deadline {
+            if done() {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        done()
     }
 
     async fn connect(addr: std::net::SocketAddr) -> Sender {
@@ -238,7 +262,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_released_connection_serves_the_next_request() {
-        let (addr, accepted) = backend().await;
+        let (addr, accepted) = backend(true).await;
         let pool = pool(addr, 8, Duration::from_secs(60));
         assert!(pool.take().is_none(), "a new pool is empty");
         let mut sender = connect(addr).await;
@@ -258,7 +282,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_dropped_lease_never_comes_back() {
-        let (addr, _) = backend().await;
+        let (addr, _) = backend(true).await;
         let pool = pool(addr, 8, Duration::from_secs(60));
         let mut sender = connect(addr).await;
         exchange(&mut sender).await;
@@ -270,7 +294,7 @@ mod tests {
 
     #[tokio::test]
     async fn idle_connections_are_capped() {
-        let (addr, _) = backend().await;
+        let (addr, _) = backend(true).await;
         let pool = pool(addr, 2, Duration::from_secs(60));
         for _ in 0..4 {
             let mut sender = connect(addr).await;
@@ -283,32 +307,28 @@ mod tests {
 
     #[tokio::test]
     async fn connections_closed_by_the_backend_are_not_lent() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        // Answers one request, then closes the connection.
-        tokio::spawn(async move {
-            let (stream, _) = listener.accept().await.unwrap();
-            let service = service_fn(|_req| async {
-                Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(
-                    Bytes::from_static(b"ok"),
-                )))
-            });
-            let _ = server::Builder::new()
-                .keep_alive(false)
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
-        });
+        let (addr, _) = backend(false).await;
         let pool = pool(addr, 8, Duration::from_secs(60));
         let mut sender = connect(addr).await;
         exchange(&mut sender).await;
         Lease::new(sender, Arc::clone(&pool)).release();
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        assert!(pool.take().is_none(), "the backend closed it");
+        // Until the connection task has seen the close, the connection may
+        // still look open; once it has, it is never lent again.
+        let closed = eventually(|| match pool.take() {
+            Some(open) => {
+                pool.keep(open);
+                false
+            }
+            None => true,
+        })
+        .await;
+        assert!(closed, "the backend closed it, and it is not lent");
+        assert_eq!(pool.idle(), 0);
     }
 
     #[tokio::test]
     async fn connections_idle_past_the_timeout_are_closed() {
-        let (addr, _) = backend().await;
+        let (addr, _) = backend(true).await;
         let pool = pool(addr, 8, Duration::from_millis(200));
         let mut sender = connect(addr).await;
         exchange(&mut sender).await;
@@ -316,7 +336,6 @@ mod tests {
         tokio::task::yield_now().await;
         assert_eq!(pool.idle(), 1);
         // Nothing takes it: the reaper closes it.
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        assert_eq!(pool.idle(), 0, "reaped");
+        assert!(eventually(|| pool.idle() == 0).await, "reaped");
     }
 }

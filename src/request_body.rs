@@ -148,8 +148,19 @@ impl UpstreamBody {
 
     /// No body at all.
     pub fn empty() -> (UpstreamBody, Sent) {
-        let (body, _, sent) = UpstreamBody::new(Replay::default(), Duration::MAX, None);
-        (body, sent)
+        // Nothing to give back, so no channel for it.
+        let (sent_tx, sent_rx) = oneshot::channel();
+        let body = UpstreamBody {
+            replay: VecDeque::new(),
+            trailers: None,
+            rest: None,
+            record: None,
+            produced: false,
+            failed: false,
+            returned: None,
+            sent: Some(sent_tx),
+        };
+        (body, Sent(sent_rx))
     }
 
     fn keep_data(&mut self, data: &Bytes, copy: bool) {

@@ -157,26 +157,40 @@ impl UpstreamClient {
                     },
                 }
             }
-            let io = inner
-                .connector
-                .clone()
-                .call(pool.target().clone())
-                .await
-                .map_err(UpstreamError::Connect)?;
-            let (mut sender, connection) = inner
-                .http1
-                .handshake(io)
-                .await
-                .map_err(|e| UpstreamError::Connect(e.into()))?;
-            tokio::spawn(async move {
-                if let Err(e) = connection.with_upgrades().await {
-                    tracing::debug!(error = %e, "backend connection ended");
-                }
-            });
-            let response = sender.send_request(request).await?;
-            Ok((response, Lease::new(sender, pool)))
+            // Boxed so that the common, pooled path's future does not carry
+            // the connector's and the handshake's state inline: every
+            // request's future is moved into a box by its caller, and a large
+            // one costs a large copy each time.
+            Box::pin(connect_and_send(inner, pool, request)).await
         }
     }
+}
+
+/// Opens a new connection to `pool`'s backend, sends `request` on it and
+/// lends the connection to the response.
+async fn connect_and_send(
+    inner: Arc<ClientInner>,
+    pool: Arc<Pool>,
+    request: Request<UpstreamBody>,
+) -> Result<(Response<Incoming>, Lease), UpstreamError> {
+    let io = inner
+        .connector
+        .clone()
+        .call(pool.target().clone())
+        .await
+        .map_err(UpstreamError::Connect)?;
+    let (mut sender, connection) = inner
+        .http1
+        .handshake(io)
+        .await
+        .map_err(|e| UpstreamError::Connect(e.into()))?;
+    tokio::spawn(async move {
+        if let Err(e) = connection.with_upgrades().await {
+            tracing::debug!(error = %e, "backend connection ended");
+        }
+    });
+    let response = sender.send_request(request).await?;
+    Ok((response, Lease::new(sender, pool)))
 }
 
 /// Why a backend connection could not be made, beyond what the HTTP

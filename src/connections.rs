@@ -319,22 +319,35 @@ async fn drive<C, E>(
     C: std::future::Future<Output = Result<(), E>>,
     E: std::fmt::Display,
 {
-    tokio::pin!(conn);
+    use crate::closing::{watched, Ended};
+    /// Why a connection is closed before it ends by itself.
+    enum Close {
+        Now,
+        Gracefully,
+    }
+    let mut conn = std::pin::pin!(conn);
     let mut closing = false;
     loop {
-        tokio::select! {
-            result = conn.as_mut() => {
+        let open = !closing;
+        let signal = async move {
+            tokio::select! {
+                _ = stops.hard.cancelled() => Close::Now,
+                _ = stops.graceful.cancelled(), if open => Close::Gracefully,
+                _ = activity.idle_for(limits.keepalive_idle_timeout), if open => {
+                    Close::Gracefully
+                }
+            }
+        };
+        let ended = watched(conn.as_mut(), std::pin::pin!(signal)).await;
+        match ended {
+            Ended::Done(result) => {
                 if let Err(e) = result {
                     tracing::debug!(%peer, error = %e, "connection ended with an error");
                 }
                 return;
             }
-            _ = stops.hard.cancelled() => return,
-            _ = stops.graceful.cancelled(), if !closing => {
-                closing = true;
-                shutdown(conn.as_mut());
-            }
-            _ = activity.idle_for(limits.keepalive_idle_timeout), if !closing => {
+            Ended::Signal(Close::Now) => return,
+            Ended::Signal(Close::Gracefully) => {
                 closing = true;
                 shutdown(conn.as_mut());
             }

@@ -7,7 +7,7 @@ use std::fmt::Write as _;
 use std::net::IpAddr;
 
 use http::header::{
-    HeaderName, HeaderValue, CONNECTION, HOST, PROXY_AUTHENTICATE, PROXY_AUTHORIZATION,
+    Entry, HeaderName, HeaderValue, CONNECTION, HOST, PROXY_AUTHENTICATE, PROXY_AUTHORIZATION,
     SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_KEY, SEC_WEBSOCKET_VERSION, TE, TRAILER, TRANSFER_ENCODING,
     UPGRADE, VIA,
 };
@@ -106,19 +106,31 @@ pub fn forward_request(
     proto: &'static str,
 ) {
     strip_hop_by_hop(headers);
+    // Up to four headers are added; one growth instead of several.
+    headers.reserve(4);
 
     // Several X-Forwarded-For lines are one comma-separated list; one
     // string holds it all, with the client last.
     let mut forwarded_for = String::new();
-    for value in headers.get_all(X_FORWARDED_FOR) {
-        if let Ok(v) = value.to_str() {
-            forwarded_for.push_str(v);
-            forwarded_for.push_str(", ");
+    match headers.entry(X_FORWARDED_FOR) {
+        Entry::Occupied(mut earlier) => {
+            for value in earlier.iter() {
+                if let Ok(v) = value.to_str() {
+                    forwarded_for.push_str(v);
+                    forwarded_for.push_str(", ");
+                }
+            }
+            push_ip(&mut forwarded_for, client);
+            if let Ok(v) = HeaderValue::try_from(forwarded_for) {
+                earlier.insert(v);
+            }
         }
-    }
-    push_ip(&mut forwarded_for, client);
-    if let Ok(v) = HeaderValue::try_from(forwarded_for) {
-        headers.insert(X_FORWARDED_FOR, v);
+        Entry::Vacant(first) => {
+            push_ip(&mut forwarded_for, client);
+            if let Ok(v) = HeaderValue::try_from(forwarded_for) {
+                first.insert(v);
+            }
+        }
     }
     headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
     match headers.get(HOST).cloned() {

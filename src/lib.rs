@@ -19,6 +19,7 @@ pub mod alerts;
 pub mod atomic_file;
 pub mod body;
 pub mod budget;
+pub mod closing;
 pub mod concurrency;
 pub mod config;
 mod connections;

@@ -22,7 +22,7 @@ pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-ho
 
 /// Headers that describe one connection and are never forwarded. Parsed
 /// names, not strings: removing by a string parses it on every call.
-const HOP_BY_HOP: [HeaderName; 9] = [
+static HOP_BY_HOP: [HeaderName; 9] = [
     CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
@@ -36,9 +36,9 @@ const HOP_BY_HOP: [HeaderName; 9] = [
 
 /// Removes hop-by-hop headers, including every header named in `Connection`.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // One pass over the names present, instead of a hashed lookup for each
-    // of the nine: most messages carry none of them, or only
-    // `Connection: keep-alive`.
+    // One pass over the names present, each compared with the nine, instead
+    // of a hashed lookup per hop-by-hop name: most messages carry none of
+    // them, or only `Connection: keep-alive`.
     let mut present = 0u16;
     for name in headers.keys() {
         if let Some(i) = HOP_BY_HOP.iter().position(|h| h == name) {
@@ -50,9 +50,9 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
     if present & 1 != 0 {
         // Names listed in Connection are hop-by-hop too; collect before
-        // removing Connection itself. Only names the message carries are
-        // collected, so the usual tokens (`keep-alive`, `close`) cost no
-        // allocation.
+        // removing Connection itself. Tokens that are hop-by-hop anyway
+        // (`keep-alive`, `upgrade`) or name nothing present (`close`) cost
+        // no allocation.
         let mut named: Vec<HeaderName> = Vec::new();
         let tokens = headers
             .get_all(CONNECTION)
@@ -61,12 +61,18 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
             .flat_map(|v| v.split(','))
             .map(str::trim);
         for token in tokens {
-            let listed = headers
-                .keys()
-                .find(|k| k.as_str().eq_ignore_ascii_case(token));
-            // Connection cannot make Meridian drop the headers it relies on.
-            if let Some(name) = listed.filter(|&n| *n != HOST) {
-                named.push(name.clone());
+            let hop = HOP_BY_HOP
+                .iter()
+                .any(|h| h.as_str().eq_ignore_ascii_case(token));
+            // A hashed lookup: a client's long list costs one per token.
+            if hop || !headers.contains_key(token) {
+                continue;
+            }
+            if let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {
+                // Connection cannot make Meridian drop the headers it relies on.
+                if name != HOST {
+                    named.push(name);
+                }
             }
         }
         for name in named {
@@ -311,8 +317,11 @@ mod tests {
             ("cookie", "a=b"),
         ]);
         strip_hop_by_hop(&mut h);
-        let names: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
-        assert_eq!(names, vec!["x-kept", "cookie"]);
+        // Removal reorders the rest; the order of different names carries
+        // no meaning (RFC 9110 §5.3).
+        let mut names: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        names.sort_unstable();
+        assert_eq!(names, vec!["cookie", "x-kept"]);
     }
 
     #[test]

@@ -117,26 +117,19 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_signal_fired_from_another_thread_wakes_the_run() {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
-        runtime.block_on(async {
-            for _ in 0..200 {
-                let token = CancellationToken::new();
-                let cancel = token.clone();
-                let canceller = std::thread::spawn(move || cancel.cancel());
-                let conn = pin!(std::future::pending::<()>());
-                let signal = pin!(token.cancelled());
-                let run = watched(conn, signal);
-                let ended = tokio::time::timeout(Duration::from_secs(10), run).await;
-                assert_eq!(ended.ok(), Some(Ended::Signal(())), "a wake-up was lost");
-                canceller.join().unwrap();
-            }
-        });
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_signal_fired_from_another_thread_wakes_the_run() {
+        for _ in 0..200 {
+            let token = CancellationToken::new();
+            let cancel = token.clone();
+            let canceller = std::thread::spawn(move || cancel.cancel());
+            let conn = pin!(std::future::pending::<()>());
+            let signal = pin!(token.cancelled());
+            let run = watched(conn, signal);
+            let ended = tokio::time::timeout(Duration::from_secs(10), run).await;
+            assert_eq!(ended.ok(), Some(Ended::Signal(())), "a wake-up was lost");
+            canceller.join().unwrap();
+        }
     }
 
     #[tokio::test]

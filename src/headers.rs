@@ -118,22 +118,23 @@ pub fn forward_request(
     // Several X-Forwarded-For lines are one comma-separated list; one
     // string holds it all, with the client last.
     let mut forwarded_for = String::new();
-    match headers.entry(X_FORWARDED_FOR) {
-        Entry::Occupied(mut earlier) => {
-            for value in earlier.iter() {
-                if let Ok(v) = value.to_str() {
-                    forwarded_for.push_str(v);
-                    forwarded_for.push_str(", ");
-                }
-            }
-            push_ip(&mut forwarded_for, client);
-            if let Ok(v) = HeaderValue::try_from(forwarded_for) {
-                earlier.insert(v);
+    let entry = headers.entry(X_FORWARDED_FOR);
+    if let Entry::Occupied(earlier) = &entry {
+        for value in earlier.iter() {
+            if let Ok(v) = value.to_str() {
+                forwarded_for.push_str(v);
+                forwarded_for.push_str(", ");
             }
         }
-        Entry::Vacant(first) => {
-            push_ip(&mut forwarded_for, client);
-            if let Ok(v) = HeaderValue::try_from(forwarded_for) {
+    }
+    push_ip(&mut forwarded_for, client);
+    if let Ok(v) = HeaderValue::try_from(forwarded_for) {
+        // Replaces every earlier line with the one list.
+        match entry {
+            Entry::Occupied(mut earlier) => {
+                earlier.insert(v);
+            }
+            Entry::Vacant(first) => {
                 first.insert(v);
             }
         }

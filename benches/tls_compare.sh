@@ -8,19 +8,46 @@
 #   - full handshakes: batches of `h2load --h1 -c256 -n256` (one request per
 #     new connection; each batch is a new process, so no session resumes);
 # and reports requests/s and the proxy's CPU seconds (from /proc/PID/stat)
-# per 100 000 requests and per 1 000 handshakes, as a Markdown table.
+# per 100 000 requests and per 1 000 handshakes. The proxies take turns
+# within each round (meridian, nginx, haproxy), each freshly started, and
+# every figure is the median over the rounds, printed as a Markdown table and
+# written to target/tls-compare.md.
 #
-#   bash benches/tls_compare.sh [seconds per run, default 10]
+#   bash benches/tls_compare.sh [--rounds N (3)] [--secs S (10)]
 #
+# MERIDIAN_BIN=path uses that binary instead of `cargo build --release`.
 # Needs nginx, haproxy, h2load (nghttp2-client), wrk and openssl:
 #   apt-get install nginx haproxy nghttp2-client wrk openssl
 set -euo pipefail
+
+usage() { echo "usage: bash benches/tls_compare.sh [--rounds N] [--secs S]" >&2; exit 2; }
+cmdline="bash benches/tls_compare.sh${*:+ $*}"
+[ -n "${MERIDIAN_BIN:-}" ] && cmdline="MERIDIAN_BIN=$MERIDIAN_BIN $cmdline"
+rounds=3 secs=10
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --rounds) [ $# -ge 2 ] || usage; rounds="$2"; shift 2 ;;
+    --secs) [ $# -ge 2 ] || usage; secs="$2"; shift 2 ;;
+    -h|--help) usage ;;
+    *) echo "unknown argument: $1" >&2; usage ;;
+  esac
+done
+for n in "$rounds" "$secs"; do
+  [[ "$n" =~ ^[1-9][0-9]*$ ]] || { echo "not a positive whole number: $n" >&2; usage; }
+done
+bin=""
+if [ -n "${MERIDIAN_BIN:-}" ]; then
+  bin=$(realpath "$MERIDIAN_BIN" 2>/dev/null || true)
+  [ -n "$bin" ] && [ -x "$bin" ] || { echo "MERIDIAN_BIN=$MERIDIAN_BIN is not an executable" >&2; exit 1; }
+fi
 cd "$(dirname "$0")/.."
-secs="${1:-10}"
-for tool in nginx haproxy h2load wrk openssl taskset; do
+for tool in nginx haproxy h2load wrk openssl taskset curl; do
   command -v "$tool" >/dev/null || { echo "$tool is needed" >&2; exit 1; }
 done
-cargo build --release --quiet
+if [ -z "$bin" ]; then
+  cargo build --release --quiet
+  bin="${CARGO_TARGET_DIR:-target}/release/meridian"
+fi
 work=$(mktemp -d)
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
@@ -55,6 +82,8 @@ backends = ["http://127.0.0.1:$backend"]
 path = "/"
 [proxy]
 region_header = false
+[log]
+access = false
 TOML
 
 cat >"$work/nginx.conf" <<NGINX
@@ -89,7 +118,7 @@ CFG
 
 start_proxy() { # name -> sets proxy_pid
   case "$1" in
-    meridian) RUST_LOG=warn taskset -c 0 target/release/meridian run -c "$work/meridian.toml" >/dev/null 2>&1 & ;;
+    meridian) RUST_LOG=warn taskset -c 0 "$bin" run -c "$work/meridian.toml" >/dev/null 2>&1 & ;;
     nginx) taskset -c 0 nginx -c "$work/nginx.conf" & ;;
     haproxy) taskset -c 0 haproxy -f "$work/haproxy.cfg" -db >/dev/null 2>&1 & ;;
   esac
@@ -110,45 +139,77 @@ hz=$(getconf CLK_TCK)
 per() { awk -v t="$1" -v hz="$hz" -v n="$2" -v unit="$3" 'BEGIN { printf "%.2f", t / hz / n * unit }'; }
 
 ciphers=(--tls13-ciphers=TLS_AES_128_GCM_SHA256)
-echo "| proxy | HTTP/2 over TLS, req/s | CPU s / 100k req | HTTP/1.1 over TLS, req/s | CPU s / 100k req | full handshakes/s | CPU s / 1000 handshakes |"
-echo "|---|---|---|---|---|---|---|"
-for proxy in meridian nginx haproxy; do
-  start_proxy "$proxy"
-  url="https://127.0.0.1:$(port_of "$proxy")/"
-  curl -fsk -o /dev/null "$url" || { echo "$proxy does not answer on $url" >&2; exit 1; }
+proxies=(meridian nginx haproxy)
+declare -A res # "proxy metric" -> space-separated values, one per round
+add() { res["$1 $2"]="${res["$1 $2"]:-} $3"; }
+log() { echo "[$(date +%T)] $*" >&2; }
 
-  before=$(cpu_ticks "$proxy_pid")
-  out=$(taskset -c 1 h2load "${ciphers[@]}" -c64 -m10 -D "$secs" --warm-up-time=1 "$url" 2>&1)
-  after=$(cpu_ticks "$proxy_pid")
-  h2_rps=$(awk '/^finished in/ {print $4}' <<<"$out" | tr -d ,)
-  h2_done=$(awk '/^requests:/ {print $8}' <<<"$out")
-  h2_cpu=$(per $((after - before)) "$h2_done" 100000)
+for ((round = 1; round <= rounds; round++)); do
+  for proxy in "${proxies[@]}"; do
+    log "round $round/$rounds: $proxy"
+    start_proxy "$proxy"
+    url="https://127.0.0.1:$(port_of "$proxy")/"
+    curl -fsk -o /dev/null "$url" || { echo "$proxy does not answer on $url" >&2; exit 1; }
 
-  before=$(cpu_ticks "$proxy_pid")
-  out=$(taskset -c 1 wrk -t1 -c64 -d"${secs}s" "$url")
-  after=$(cpu_ticks "$proxy_pid")
-  h1_rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
-  h1_done=$(awk '/requests in/ {print $1}' <<<"$out")
-  h1_cpu=$(per $((after - before)) "$h1_done" 100000)
+    before=$(cpu_ticks "$proxy_pid")
+    out=$(taskset -c 1 h2load "${ciphers[@]}" -c64 -m10 -D "$secs" --warm-up-time=1 "$url" 2>&1)
+    after=$(cpu_ticks "$proxy_pid")
+    h2_done=$(awk '/^requests:/ {print $8}' <<<"$out")
+    add "$proxy" h2_rps "$(awk '/^finished in/ {print $4}' <<<"$out" | tr -d ,)"
+    add "$proxy" h2_cpu "$(per $((after - before)) "$h2_done" 100000)"
 
-  batches=$((secs * 4))
-  before=$(cpu_ticks "$proxy_pid")
-  start=$(date +%s.%N)
-  resumed=0
-  for _ in $(seq "$batches"); do
-    out=$(taskset -c 1 h2load --h1 "${ciphers[@]}" -c256 -n256 "$url" 2>&1)
-    grep -q "succeeded" <<<"$out" || { echo "$proxy: handshake batch failed" >&2; exit 1; }
-    r=$(awk '/TLS Protocol/ {getline} /resumed/ {print}' <<<"$out" | grep -o 'resumed: [0-9]*' | awk '{print $2}' || true)
-    resumed=$((resumed + ${r:-0}))
+    before=$(cpu_ticks "$proxy_pid")
+    out=$(taskset -c 1 wrk -t1 -c64 -d"${secs}s" "$url")
+    after=$(cpu_ticks "$proxy_pid")
+    h1_done=$(awk '/requests in/ {print $1}' <<<"$out")
+    add "$proxy" h1_rps "$(awk '/Requests\/sec/ {print $2}' <<<"$out")"
+    add "$proxy" h1_cpu "$(per $((after - before)) "$h1_done" 100000)"
+
+    batches=$((secs * 4))
+    before=$(cpu_ticks "$proxy_pid")
+    start=$(date +%s.%N)
+    resumed=0
+    for _ in $(seq "$batches"); do
+      out=$(taskset -c 1 h2load --h1 "${ciphers[@]}" -c256 -n256 "$url" 2>&1)
+      grep -q "256 succeeded" <<<"$out" || { echo "$proxy: handshake batch failed" >&2; exit 1; }
+      r=$(grep -o 'resumed: [0-9]*' <<<"$out" | awk '{print $2}' || true)
+      resumed=$((resumed + ${r:-0}))
+    done
+    end=$(date +%s.%N)
+    after=$(cpu_ticks "$proxy_pid")
+    handshakes=$((batches * 256))
+    add "$proxy" hs_rate "$(awk -v n="$handshakes" -v a="$start" -v b="$end" 'BEGIN { printf "%.0f", n / (b - a) }')"
+    add "$proxy" hs_cpu "$(per $((after - before)) "$handshakes" 1000)"
+    [ "$resumed" -eq 0 ] || echo "warning: $proxy resumed $resumed sessions" >&2
+
+    kill "$proxy_pid"; wait "$proxy_pid" 2>/dev/null || true
+    sleep 0.5
   done
-  end=$(date +%s.%N)
-  after=$(cpu_ticks "$proxy_pid")
-  handshakes=$((batches * 256))
-  hs_rate=$(awk -v n="$handshakes" -v a="$start" -v b="$end" 'BEGIN { printf "%.0f", n / (b - a) }')
-  hs_cpu=$(per $((after - before)) "$handshakes" 1000)
-  [ "$resumed" -eq 0 ] || echo "warning: $proxy resumed $resumed sessions" >&2
-
-  echo "| $proxy | $h2_rps | $h2_cpu | $h1_rps | $h1_cpu | $hs_rate | $hs_cpu |"
-  kill "$proxy_pid"; wait "$proxy_pid" 2>/dev/null || true
-  sleep 0.5
 done
+
+# The median of a metric over the rounds.
+median() {
+  tr ' ' '\n' <<<"${res["$1 $2"]}" | awk 'NF' | sort -g | awk '
+    { a[NR] = $1 }
+    END { if (NR % 2) print a[(NR + 1) / 2]; else printf "%.4f\n", (a[NR / 2] + a[NR / 2 + 1]) / 2 }'
+}
+fmt_int() { awk -v v="$1" 'BEGIN { printf "%.0f", v }'; }
+fmt_2() { awk -v v="$1" 'BEGIN { printf "%.2f", v }'; }
+# The spread of a metric: "min–max" over the rounds.
+spread() {
+  tr ' ' '\n' <<<"${res["$1 $2"]}" | awk 'NF' | sort -g | awk -v f="$3" '
+    NR == 1 { lo = $1 } { hi = $1 } END { printf (f ? "%.0f–%.0f" : "%.2f–%.2f"), lo, hi }'
+}
+
+mkdir -p target
+{
+  echo "Command: \`$cmdline\`  "
+  echo "Rounds: $rounds, $secs s per run; medians over the rounds (range in brackets). Proxies take turns within each round: ${proxies[*]}.  "
+  echo "Versions: $(nginx -v 2>&1 | sed 's/.*\///'), HAProxy $(haproxy -v | awk 'NR == 1 {print $3}'), $("$bin" --version 2>/dev/null || echo meridian)"
+  echo
+  echo "| proxy | HTTP/2 over TLS, req/s | CPU s / 100k req | HTTP/1.1 over TLS, req/s | CPU s / 100k req | full handshakes/s | CPU s / 1000 handshakes |"
+  echo "|---|---|---|---|---|---|---|"
+  for p in "${proxies[@]}"; do
+    echo "| $p | $(fmt_int "$(median "$p" h2_rps)") ($(spread "$p" h2_rps 1)) | $(fmt_2 "$(median "$p" h2_cpu)") | $(fmt_int "$(median "$p" h1_rps)") ($(spread "$p" h1_rps 1)) | $(fmt_2 "$(median "$p" h1_cpu)") | $(fmt_int "$(median "$p" hs_rate)") | $(fmt_2 "$(median "$p" hs_cpu)") |"
+  done
+} | tee target/tls-compare.md

@@ -241,11 +241,14 @@ async fn serve_http<IO>(
 {
     let activity = Arc::new(Activity::default());
     let verdicts = Arc::new(Verdicts::default());
+    // Shared by the connection's requests: one count to raise per request
+    // rather than one per handle the proxy holds.
+    let proxy = Arc::new(proxy);
     let service = {
         let activity = Arc::clone(&activity);
         let verdicts = Arc::clone(&verdicts);
         service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
-            let proxy = proxy.clone();
+            let proxy = Arc::clone(&proxy);
             let in_flight = InFlight::begin(&activity);
             let mut upgrading = None;
             if request.version() < http::Version::HTTP_2 {

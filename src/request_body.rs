@@ -67,6 +67,15 @@ struct Record {
 /// wait for the response.
 #[derive(Debug)]
 pub struct UpstreamBody {
+    /// `None` for a request without a body. Boxed: every request's future
+    /// holds its body, and most requests have none.
+    stream: Option<Box<Streaming>>,
+    sent: Option<oneshot::Sender<()>>,
+}
+
+/// A body's state while it streams to a backend.
+#[derive(Debug)]
+struct Streaming {
     replay: VecDeque<Bytes>,
     trailers: Option<HeaderMap>,
     rest: Option<(Incoming, IdleTimer)>,
@@ -74,7 +83,6 @@ pub struct UpstreamBody {
     produced: bool,
     failed: bool,
     returned: Option<oneshot::Sender<Replay>>,
-    sent: Option<oneshot::Sender<()>>,
 }
 
 /// Receives what is left of a body after its attempt.
@@ -100,10 +108,12 @@ impl Returned {
 #[derive(Debug)]
 pub struct Sent(oneshot::Receiver<()>);
 
-impl Sent {
-    /// Waits until the body is sent whole (or dropped, so that nothing waits forever).
-    pub async fn wait(self) {
-        let _ = self.0.await;
+impl std::future::Future for Sent {
+    type Output = ();
+
+    /// Ready once the body is sent whole, or dropped, so that nothing waits forever.
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        Pin::new(&mut self.0).poll(cx).map(|_| ())
     }
 }
 
@@ -111,7 +121,7 @@ impl UpstreamBody {
     /// Gives up on the client's body when it arrives slower than `rate`
     /// bytes per second on average over [`crate::body::RATE_WINDOW`].
     pub fn with_min_rate(mut self, rate: u64) -> Self {
-        if let Some((_, timer)) = &mut self.rest {
+        if let Some((_, timer)) = self.stream.as_mut().and_then(|s| s.rest.as_mut()) {
             timer.min_rate(rate);
         }
         self
@@ -134,13 +144,15 @@ impl UpstreamBody {
             cap,
         });
         let body = UpstreamBody {
-            replay: body.chunks,
-            trailers: body.trailers,
-            rest: body.rest.map(|b| (b, IdleTimer::new(idle))),
-            record,
-            produced: false,
-            failed: false,
-            returned: Some(returned_tx),
+            stream: Some(Box::new(Streaming {
+                replay: body.chunks,
+                trailers: body.trailers,
+                rest: body.rest.map(|b| (b, IdleTimer::new(idle))),
+                record,
+                produced: false,
+                failed: false,
+                returned: Some(returned_tx),
+            })),
             sent: Some(sent_tx),
         };
         (body, Returned(returned_rx), Sent(sent_rx))
@@ -151,18 +163,21 @@ impl UpstreamBody {
         // Nothing to give back, so no channel for it.
         let (sent_tx, sent_rx) = oneshot::channel();
         let body = UpstreamBody {
-            replay: VecDeque::new(),
-            trailers: None,
-            rest: None,
-            record: None,
-            produced: false,
-            failed: false,
-            returned: None,
+            stream: None,
             sent: Some(sent_tx),
         };
         (body, Sent(sent_rx))
     }
 
+    /// Starts the wait for the response.
+    fn sent(&mut self) {
+        if let Some(sent) = self.sent.take() {
+            let _ = sent.send(());
+        }
+    }
+}
+
+impl Streaming {
     fn keep_data(&mut self, data: &Bytes, copy: bool) {
         let Some(record) = &mut self.record else {
             return;
@@ -224,8 +239,7 @@ impl UpstreamBody {
         Poll::Ready(frame)
     }
 
-    /// The whole body has been read: hands back the copy, if one was kept,
-    /// and starts the wait for the response.
+    /// The whole body has been read: hands back the copy, if one was kept.
     fn finish(&mut self) {
         if let (Some(record), Some(returned)) = (self.record.take(), self.returned.take()) {
             let _ = returned.send(Replay {
@@ -234,34 +248,6 @@ impl UpstreamBody {
                 rest: None,
             });
         }
-        if let Some(sent) = self.sent.take() {
-            let _ = sent.send(());
-        }
-    }
-}
-
-impl Body for UpstreamBody {
-    type Data = Bytes;
-    type Error = BodyError;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
-        let this = &mut *self;
-        let polled = this.next_frame(cx);
-        match &polled {
-            Poll::Ready(Some(Ok(_))) => {
-                this.produced = true;
-                if this.is_end_stream() {
-                    this.finish();
-                }
-            }
-            Poll::Ready(Some(Err(_))) => this.produced = true,
-            Poll::Ready(None) => this.finish(),
-            Poll::Pending => {}
-        }
-        polled
     }
 
     fn is_end_stream(&self) -> bool {
@@ -285,7 +271,52 @@ impl Body for UpstreamBody {
     }
 }
 
-impl Drop for UpstreamBody {
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let this = &mut *self;
+        let Some(stream) = this.stream.as_mut() else {
+            this.sent();
+            return Poll::Ready(None);
+        };
+        let polled = stream.next_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(_))) => {
+                stream.produced = true;
+                if stream.is_end_stream() {
+                    stream.finish();
+                    this.sent();
+                }
+            }
+            Poll::Ready(Some(Err(_))) => stream.produced = true,
+            Poll::Ready(None) => {
+                stream.finish();
+                this.sent();
+            }
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.stream.as_ref().is_none_or(|s| s.is_end_stream())
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.stream
+            .as_ref()
+            .map_or_else(|| SizeHint::with_exact(0), |s| s.size_hint())
+    }
+}
+
+// Declared before `sent`, the stream is dropped first: what is left is
+// handed back before the wait for the response starts.
+impl Drop for Streaming {
     fn drop(&mut self) {
         let Some(returned) = self.returned.take() else {
             return;
@@ -367,7 +398,7 @@ mod tests {
             (body, copy)
         };
         assert!(body.frame().await.is_none());
-        sent.wait().await;
+        sent.await;
         let again = copy.copy_if_complete().expect("complete");
         let (b, _, _) = UpstreamBody::new(again, Duration::from_secs(1), None);
         assert_eq!(read_all(b).await, b"abcd");
@@ -386,7 +417,7 @@ mod tests {
             .take()
             .expect("complete without a poll for the end");
         assert!(copy.copy_if_complete().is_some());
-        tokio::time::timeout(Duration::from_secs(1), sent.wait())
+        tokio::time::timeout(Duration::from_secs(1), sent)
             .await
             .expect("sent");
         drop(body);

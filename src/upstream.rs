@@ -133,7 +133,7 @@ impl UpstreamClient {
         &self,
         region: usize,
         backend: usize,
-        request: Request<UpstreamBody>,
+        mut request: Request<UpstreamBody>,
     ) -> impl Future<Output = Result<(Response<Incoming>, Lease), UpstreamError>> + Send + 'static
     {
         let inner = Arc::clone(&self.inner);
@@ -145,7 +145,8 @@ impl UpstreamClient {
             .cloned();
         async move {
             let pool = pool.ok_or(UpstreamError::NoBackend(region, backend))?;
-            let mut request = request;
+            // `request` is used where it was captured: rebinding it would
+            // give the future a second copy of it.
             while let Some(mut sender) = pool.take() {
                 match sender.try_send_request(request).await {
                     Ok(response) => return Ok((response, Lease::new(sender, pool))),

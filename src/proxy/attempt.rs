@@ -3,10 +3,13 @@
 //! may go to another backend.
 
 use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http::{Request, Response};
 use hyper::body::Incoming;
+use tokio::time::Sleep;
 
 use crate::body::BodyError;
 use crate::health::Failure;
@@ -129,49 +132,108 @@ impl AttemptError {
 }
 
 /// Sends `request` to backend `backend` of region `region` and waits for
-/// the response head. The first-byte timeout
-/// starts once the request has been handed to a backend connection with its
-/// body read whole from the client: connecting is bounded by the connect
-/// timeout (and a failure to connect goes to the next candidate), a slow
-/// upload by the client body timeout, and a backend that stops reading by
-/// the send timeout.
-pub(super) fn attempt(
+/// the response head, handing back `held` (the backend slot the request
+/// holds) with it. The first-byte timeout starts once the request has been
+/// handed to a backend connection with its body read whole from the client:
+/// connecting is bounded by the connect timeout (and a failure to connect
+/// goes to the next candidate), a slow upload by the client body timeout,
+/// and a backend that stops reading by the send timeout.
+pub(super) fn attempt<S>(
     client: &UpstreamClient,
     (region, backend): (usize, usize),
     request: Request<UpstreamBody>,
     sent: Sent,
     first_byte: Duration,
-) -> impl Future<Output = Result<(Response<Incoming>, Lease), AttemptError>> + Send + 'static {
+    held: S,
+) -> Attempt<impl Future<Output = Result<(Response<Incoming>, Lease), UpstreamError>>, S> {
     let head_request = request.method() == http::Method::HEAD;
-    let exchange = client.send(region, backend, request);
-    async move {
-        let deadline = async {
-            sent.wait().await;
-            tokio::time::sleep(first_byte).await;
-        };
-        let (response, lease) = tokio::select! {
-            result = exchange => result.map_err(AttemptError::from_client)?,
-            () = deadline => return Err(AttemptError::Timeout(first_byte)),
-        };
-        let headers = response.headers();
-        let status = response.status();
-        // A response without a body (to HEAD, 1xx, 204, 304) is framed by
-        // its head alone, whatever its length headers say.
-        let bodiless = head_request
-            || status.is_informational()
-            || status == http::StatusCode::NO_CONTENT
-            || status == http::StatusCode::NOT_MODIFIED;
-        if !bodiless
-            && headers.contains_key(http::header::TRANSFER_ENCODING)
-            && headers.contains_key(http::header::CONTENT_LENGTH)
-        {
-            // The lease is dropped, not released: the connection closes
-            // instead of going back to the pool.
-            drop(lease);
-            return Err(AttemptError::Framing(
-                "Content-Length with Transfer-Encoding",
-            ));
-        }
-        Ok((response, lease))
+    Attempt {
+        exchange: client.send(region, backend, request),
+        sent: Some(sent),
+        timer: None,
+        first_byte,
+        head_request,
+        held: Some(held),
     }
+}
+
+pin_project_lite::pin_project! {
+    /// One attempt in flight: the exchange raced against the first-byte
+    /// timeout. A hand-written future rather than an `async` block with
+    /// `select!`, which would hold the exchange twice over; every attempt
+    /// is moved into a box, so its size is paid on every request.
+    pub(super) struct Attempt<F, S> {
+        #[pin]
+        exchange: F,
+        // Until the request is sent; then the timer runs.
+        sent: Option<Sent>,
+        #[pin]
+        timer: Option<Sleep>,
+        first_byte: Duration,
+        head_request: bool,
+        held: Option<S>,
+    }
+}
+
+impl<F, S> Future for Attempt<F, S>
+where
+    F: Future<Output = Result<(Response<Incoming>, Lease), UpstreamError>>,
+{
+    type Output = Result<(Response<Incoming>, Lease, S), AttemptError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        // The exchange first: a response that is ready wins over a timeout
+        // that is due at the same moment.
+        if let Poll::Ready(result) = this.exchange.poll(cx) {
+            let (response, lease) = result.map_err(AttemptError::from_client)?;
+            let held = this
+                .held
+                .take()
+                .expect("an attempt is not polled after it ends");
+            return Poll::Ready(
+                checked(response, lease, *this.head_request).map(|(r, l)| (r, l, held)),
+            );
+        }
+        if let Some(sent) = this.sent.as_mut() {
+            if Pin::new(sent).poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            *this.sent = None;
+            this.timer.set(Some(tokio::time::sleep(*this.first_byte)));
+        }
+        match this.timer.as_pin_mut().map(|timer| timer.poll(cx)) {
+            Some(Poll::Ready(())) => Poll::Ready(Err(AttemptError::Timeout(*this.first_byte))),
+            _ => Poll::Pending,
+        }
+    }
+}
+
+/// A response head that may be passed on: one whose framing two parsers
+/// could read differently is refused.
+fn checked(
+    response: Response<Incoming>,
+    lease: Lease,
+    head_request: bool,
+) -> Result<(Response<Incoming>, Lease), AttemptError> {
+    let headers = response.headers();
+    let status = response.status();
+    // A response without a body (to HEAD, 1xx, 204, 304) is framed by
+    // its head alone, whatever its length headers say.
+    let bodiless = head_request
+        || status.is_informational()
+        || status == http::StatusCode::NO_CONTENT
+        || status == http::StatusCode::NOT_MODIFIED;
+    if !bodiless
+        && headers.contains_key(http::header::TRANSFER_ENCODING)
+        && headers.contains_key(http::header::CONTENT_LENGTH)
+    {
+        // The lease is dropped, not released: the connection closes
+        // instead of going back to the pool.
+        drop(lease);
+        return Err(AttemptError::Framing(
+            "Content-Length with Transfer-Encoding",
+        ));
+    }
+    Ok((response, lease))
 }

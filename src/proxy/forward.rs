@@ -169,14 +169,15 @@ impl<'a> Forward<'a> {
         }
     }
 
-    /// Forwards until a backend answers; otherwise says which page to serve.
-    /// The answer, and how many attempts were made for it.
-    pub(super) async fn run(mut self) -> (Result<Served, Rescue>, u32) {
-        let outcome = self.walk().await;
-        (outcome, self.attempts)
+    /// Attempts started so far: the first, retries and hedges.
+    pub(super) fn attempts(&self) -> u32 {
+        self.attempts
     }
 
-    async fn walk(&mut self) -> Result<Served, Rescue> {
+    /// Forwards until a backend answers; otherwise says which page to serve.
+    /// Borrows rather than consumes `self`, so that the caller's future
+    /// holds the forwarding state once, not twice.
+    pub(super) async fn walk(&mut self) -> Result<Served, Rescue> {
         if self.plan.candidates.is_empty() {
             return Err(empty_plan(self.snapshot));
         }
@@ -446,11 +447,7 @@ impl<'a> Forward<'a> {
         let at = (c.region, c.backend);
         let (future, queued): (AttemptFuture, _) = match slots.try_take(max) {
             Some(slot) => {
-                let exchange = attempt(&generation.client, at, request, sent, first_byte);
-                let future = async move {
-                    let (response, lease) = exchange.await?;
-                    Ok((response, lease, slot))
-                };
+                let future = attempt(&generation.client, at, request, sent, first_byte, slot);
                 (Box::pin(future), None)
             }
             None => {
@@ -468,8 +465,7 @@ impl<'a> Forward<'a> {
                 let future = Box::pin(async move {
                     let slot = slots.take(max, wait).await.ok_or(AttemptError::Full(max))?;
                     let _ = admitted.set(Instant::now());
-                    let (response, lease) = attempt(&client, at, request, sent, first_byte).await?;
-                    Ok((response, lease, slot))
+                    attempt(&client, at, request, sent, first_byte, slot).await
                 });
                 (future, Some(queued))
             }

@@ -65,6 +65,32 @@ struct Head {
     headers: HeaderMap,
 }
 
+/// What phase 1 made of a request.
+// Returned once per request and taken apart at once; boxing the larger
+// variant would cost an allocation per request instead.
+#[allow(clippy::large_enum_variant)]
+enum Admission {
+    /// Meridian answers it itself: a refusal, the status endpoint, an ACME
+    /// challenge or a redirect to HTTPS.
+    Answer(Response<ResponseBody>),
+    /// It goes to the backends.
+    Forward(Prepared),
+}
+
+/// A request admitted for forwarding, with the decision that routes it.
+struct Prepared {
+    head: Head,
+    body: Incoming,
+    /// Set for a WebSocket handshake, which is tunnelled.
+    handshake: Option<upgrade::Handshake>,
+    plan: Plan,
+    location: geo::Location,
+    /// The client's address, after trusted proxies.
+    client: IpAddr,
+    /// `Host` goes to the backend as the client sent it.
+    keep_host: bool,
+}
+
 impl Proxy {
     /// A proxy over `shared` state; `https_port` is where the HTTPS
     /// listener is bound, for redirects to it.
@@ -134,82 +160,39 @@ impl Proxy {
         snapshot: &Arc<Snapshot>,
         started: tokio::time::Instant,
     ) -> (Response<ResponseBody>, usize, Option<usize>) {
-        let (mut parts, body) = request.into_parts();
-        let tunnel = headers::websocket_connect(
-            &parts.method,
-            parts.version,
-            parts.extensions.get::<hyper::ext::Protocol>(),
-        );
-        let rules = crate::strict::Rules {
-            max_head: snapshot.config.limits.max_header_bytes,
-            tunnel,
+        // Decided in a plain function: an `async fn` keeps every local it
+        // ever had across its awaits, moved-from or not, and this future is
+        // moved into a task or a box on every request.
+        let Prepared {
+            head,
+            body,
+            handshake,
+            plan,
+            location,
+            client,
+            keep_host,
+        } = match self.admit(request, peer, tls, snapshot, started) {
+            Admission::Forward(prepared) => prepared,
+            Admission::Answer(answer) => return (answer, 0, None),
         };
-        let checked = match parts.extensions.get::<crate::framing::Ambiguous>() {
-            Some(ambiguous) => Err(ambiguous.refusal()),
-            None => crate::strict::check(
-                &parts.method,
-                &parts.uri,
-                parts.version,
-                &mut parts.headers,
-                rules,
-            ),
-        };
-        if let Err(refusal) = checked {
-            tracing::debug!(client = %peer, status = refusal.status.as_u16(), reason = refusal.reason, "request refused");
-            return (refuse(&refusal, parts.version), 0, None);
-        }
-        let request = Request::from_parts(parts, body);
-        // Meridian's own answers are never the 2xx that would open an
-        // HTTP/2 extended CONNECT tunnel.
-        let own = request.method() != Method::CONNECT;
-        if own && request.uri().path() == status_page::STATUS_PATH {
-            // Meridian's own answer, before any routing: the status page
-            // polls it during an outage, and it must never reach a backend.
-            return (self.public_status(snapshot, request.method()), 0, None);
-        }
-        if let Some(answer) = self
-            .acme
-            .as_ref()
-            .filter(|_| own)
-            .and_then(|a| a.answer(request.uri().path()))
-        {
-            return (acme_answer(answer), 0, None);
-        }
-        if !tls && snapshot.config.listen.redirect_to_https {
-            let port = self.https_port.unwrap_or(443);
-            if let Some(redirect) = redirect::to_https(port, &request) {
-                return (redirect, 0, None);
-            }
-        }
-        let config = &snapshot.config;
-        let generation = &snapshot.generation;
-        generation.budget.request(started);
-        let peer = geo::peer_ip(peer);
-        let client = geo::client_ip(peer, request.headers(), &generation.trusted);
-        let location = self.locate(snapshot, client, request.headers());
-        let plan = self.plan(snapshot, location.region, client);
-        let mut request = request;
-        let handshake = self.handshake(&mut request);
-        let (parts, body) = request.into_parts();
-        let mut head = Head {
-            method: parts.method,
-            uri: parts.uri,
-            version: parts.version,
-            headers: parts.headers,
-        };
-        let proto = if tls { "https" } else { "http" };
-        let keep_host = prepare_headers(&mut head, config.proxy.preserve_host, peer, proto);
         let (forwarded, attempts) = match handshake {
+            // Rare, and a large future: boxed so that every other request's
+            // future need not make room for it.
             Some(handshake) => (
-                upgrade::forward(self, snapshot, &plan, &head, keep_host, handshake).await,
+                Box::pin(upgrade::forward(
+                    self, snapshot, &plan, &head, keep_host, handshake,
+                ))
+                .await,
                 1,
             ),
             None => {
-                forward::Forward::new(self, snapshot, &plan, &head, keep_host, body)
-                    .run()
-                    .await
+                let mut forward =
+                    forward::Forward::new(self, snapshot, &plan, &head, keep_host, body);
+                let outcome = forward.walk().await;
+                (outcome, forward.attempts())
             }
         };
+        let config = &snapshot.config;
         let (response, served) = match forwarded {
             Ok(served) if !served.as_is && self.intercepted(config, &served.response) => {
                 let status = served.response.status();
@@ -277,6 +260,92 @@ impl Proxy {
             );
         }
         (response, location.region, served)
+    }
+
+    /// Phase 1: Meridian's own answer to the request, or the request
+    /// prepared for its backends with the decision that routes it.
+    fn admit(
+        &self,
+        request: Request<Incoming>,
+        peer: SocketAddr,
+        tls: bool,
+        snapshot: &Arc<Snapshot>,
+        started: tokio::time::Instant,
+    ) -> Admission {
+        let (mut parts, body) = request.into_parts();
+        let tunnel = headers::websocket_connect(
+            &parts.method,
+            parts.version,
+            parts.extensions.get::<hyper::ext::Protocol>(),
+        );
+        let rules = crate::strict::Rules {
+            max_head: snapshot.config.limits.max_header_bytes,
+            tunnel,
+        };
+        let checked = match parts.extensions.get::<crate::framing::Ambiguous>() {
+            Some(ambiguous) => Err(ambiguous.refusal()),
+            None => crate::strict::check(
+                &parts.method,
+                &parts.uri,
+                parts.version,
+                &mut parts.headers,
+                rules,
+            ),
+        };
+        if let Err(refusal) = checked {
+            tracing::debug!(client = %peer, status = refusal.status.as_u16(), reason = refusal.reason, "request refused");
+            return Admission::Answer(refuse(&refusal, parts.version));
+        }
+        let request = Request::from_parts(parts, body);
+        // Meridian's own answers are never the 2xx that would open an
+        // HTTP/2 extended CONNECT tunnel.
+        let own = request.method() != Method::CONNECT;
+        if own && request.uri().path() == status_page::STATUS_PATH {
+            // Meridian's own answer, before any routing: the status page
+            // polls it during an outage, and it must never reach a backend.
+            return Admission::Answer(self.public_status(snapshot, request.method()));
+        }
+        if let Some(answer) = self
+            .acme
+            .as_ref()
+            .filter(|_| own)
+            .and_then(|a| a.answer(request.uri().path()))
+        {
+            return Admission::Answer(acme_answer(answer));
+        }
+        if !tls && snapshot.config.listen.redirect_to_https {
+            let port = self.https_port.unwrap_or(443);
+            if let Some(redirect) = redirect::to_https(port, &request) {
+                return Admission::Answer(redirect);
+            }
+        }
+        let config = &snapshot.config;
+        let generation = &snapshot.generation;
+        generation.budget.request(started);
+        let peer = geo::peer_ip(peer);
+        let client = geo::client_ip(peer, request.headers(), &generation.trusted);
+        let location = self.locate(snapshot, client, request.headers());
+        let plan = self.plan(snapshot, location.region, client);
+        let mut request = request;
+        let handshake = self.handshake(&mut request);
+        let (parts, body) = request.into_parts();
+        let mut head = Head {
+            method: parts.method,
+            uri: parts.uri,
+            version: parts.version,
+            headers: parts.headers,
+        };
+        let proto = if tls { "https" } else { "http" };
+        let keep_host = prepare_headers(&mut head, config.proxy.preserve_host, peer, proto);
+        Admission::Forward(Prepared {
+            head,
+            body,
+            handshake,
+            plan,
+            location,
+            client,
+            keep_host,
+        })
     }
 
     /// Whether `ip` is one of `geo.trusted_proxies`.
@@ -433,17 +502,22 @@ fn prepare_headers(
     // RFC 9112 §3.2.2: the authority of an absolute-form target replaces
     // Host — host and port only, never a user:password part.
     if let Some(authority) = head.uri.authority() {
-        let host = match authority.port() {
-            Some(port) => HeaderValue::from_str(&format!("{}:{port}", authority.host())),
-            None => HeaderValue::from_str(authority.host()),
-        };
-        if let Ok(host) = host {
+        if let Ok(host) = HeaderValue::from_str(host_of(authority)) {
             head.headers.insert(HOST, host);
         }
     }
     let keep_host = preserve_host && head.headers.contains_key(HOST);
     headers::forward_request(&mut head.headers, head.version, peer, proto);
     keep_host
+}
+
+/// An authority's `host[:port]`, without any `user:password@` part or an
+/// empty port. Every HTTP/2 request carries an authority, so this slices
+/// rather than formats.
+fn host_of(authority: &http::uri::Authority) -> &str {
+    let text = authority.as_str();
+    let text = text.rsplit_once('@').map_or(text, |(_, host)| host);
+    text.strip_suffix(':').unwrap_or(text)
 }
 
 /// The `Set-Cookie` that moves a user's sticky region, if any: a user
@@ -551,4 +625,33 @@ fn acme_answer(key_authorization: String) -> Response<ResponseBody> {
         http::HeaderValue::from_static("application/octet-stream"),
     );
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::host_of;
+    use http::uri::Authority;
+
+    #[test]
+    fn host_of_keeps_host_and_port_and_drops_credentials() {
+        for (authority, host) in [
+            ("example.com", "example.com"),
+            ("example.com:8080", "example.com:8080"),
+            ("user:secret@example.com:8080", "example.com:8080"),
+            ("user@example.com", "example.com"),
+            ("a@b@example.com", "example.com"),
+            ("[::1]:443", "[::1]:443"),
+            ("user:pw@[::1]", "[::1]"),
+            ("example.com:", "example.com"),
+        ] {
+            let parsed: Authority = authority.parse().unwrap();
+            assert_eq!(host_of(&parsed), host, "{authority}");
+            // The same as the host and port the URI parser found.
+            let rebuilt = match parsed.port() {
+                Some(port) => format!("{}:{port}", parsed.host()),
+                None => parsed.host().to_owned(),
+            };
+            assert_eq!(host_of(&parsed), rebuilt, "{authority}");
+        }
+    }
 }

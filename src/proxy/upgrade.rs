@@ -82,8 +82,8 @@ pub(super) async fn forward(
             .first_byte_timeout
             .unwrap_or(config.proxy.first_byte_timeout);
         let at = (c.region, c.backend);
-        match attempt(&generation.client, at, request, sent, first_byte).await {
-            Ok((response, lease)) => {
+        match attempt(&generation.client, at, request, sent, first_byte, ()).await {
+            Ok((response, lease, ())) => {
                 let status = response.status().as_u16();
                 if status >= 500 {
                     shared.passive_failure(

@@ -9,9 +9,9 @@
 #     new connection; each batch is a new process, so no session resumes);
 # and reports requests/s and the proxy's CPU seconds (from /proc/PID/stat)
 # per 100 000 requests and per 1 000 handshakes. The proxies take turns
-# within each round (meridian, nginx, haproxy), each freshly started, and
-# every figure is the median over the rounds, printed as a Markdown table and
-# written to target/tls-compare.md.
+# within each round, each freshly started, and each round starts with the
+# next one. Every figure is the median over the rounds, printed as a
+# Markdown table and written to target/tls-compare.md.
 #
 #   bash benches/tls_compare.sh [--rounds N (3)] [--secs S (10)]
 #
@@ -50,7 +50,12 @@ if [ -z "$bin" ]; then
 fi
 work=$(mktemp -d)
 pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
+proxy_pid=""
+cleanup() {
+  for p in "${pids[@]}" $proxy_pid; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$work"
+}
 trap cleanup EXIT
 
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 30 \
@@ -145,14 +150,19 @@ add() { res["$1 $2"]="${res["$1 $2"]:-} $3"; }
 log() { echo "[$(date +%T)] $*" >&2; }
 
 for ((round = 1; round <= rounds; round++)); do
-  for proxy in "${proxies[@]}"; do
+  # Each round starts with the next proxy, so that none always runs first.
+  shift_by=$(((round - 1) % ${#proxies[@]}))
+  order=("${proxies[@]:shift_by}" "${proxies[@]:0:shift_by}")
+  for proxy in "${order[@]}"; do
     log "round $round/$rounds: $proxy"
     start_proxy "$proxy"
     url="https://127.0.0.1:$(port_of "$proxy")/"
     curl -fsk -o /dev/null "$url" || { echo "$proxy does not answer on $url" >&2; exit 1; }
 
     before=$(cpu_ticks "$proxy_pid")
-    out=$(taskset -c 1 h2load "${ciphers[@]}" -c64 -m10 -D "$secs" --warm-up-time=1 "$url" 2>&1)
+    # No warm-up time: h2load would leave its requests out of the count
+    # while the proxy's CPU time includes them.
+    out=$(taskset -c 1 h2load "${ciphers[@]}" -c64 -m10 -D "$secs" "$url" 2>&1)
     after=$(cpu_ticks "$proxy_pid")
     h2_done=$(awk '/^requests:/ {print $8}' <<<"$out")
     add "$proxy" h2_rps "$(awk '/^finished in/ {print $4}' <<<"$out" | tr -d ,)"
@@ -183,15 +193,18 @@ for ((round = 1; round <= rounds; round++)); do
     [ "$resumed" -eq 0 ] || echo "warning: $proxy resumed $resumed sessions" >&2
 
     kill "$proxy_pid"; wait "$proxy_pid" 2>/dev/null || true
+    proxy_pid=""
     sleep 0.5
   done
 done
 
-# The median of a metric over the rounds.
+# The median of a metric over the rounds; a metric that no round measured
+# (output the script could not read) stops the report.
 median() {
-  tr ' ' '\n' <<<"${res["$1 $2"]}" | awk 'NF' | sort -g | awk '
+  tr ' ' '\n' <<<"${res["$1 $2"]:-}" | awk 'NF' | sort -g | awk -v what="$1 $2" '
     { a[NR] = $1 }
-    END { if (NR % 2) print a[(NR + 1) / 2]; else printf "%.4f\n", (a[NR / 2] + a[NR / 2 + 1]) / 2 }'
+    END { if (NR == 0) { print "no value for " what > "/dev/stderr"; exit 1 }
+          if (NR % 2) print a[(NR + 1) / 2]; else printf "%.4f\n", (a[NR / 2] + a[NR / 2 + 1]) / 2 }'
 }
 fmt_int() { awk -v v="$1" 'BEGIN { printf "%.0f", v }'; }
 fmt_2() { awk -v v="$1" 'BEGIN { printf "%.2f", v }'; }
@@ -204,7 +217,7 @@ spread() {
 mkdir -p target
 {
   echo "Command: \`$cmdline\`  "
-  echo "Rounds: $rounds, $secs s per run; medians over the rounds (range in brackets). Proxies take turns within each round: ${proxies[*]}.  "
+  echo "Rounds: $rounds, $secs s per run; medians over the rounds (range in brackets). Proxies take turns within each round, each round starting with the next: ${proxies[*]}.  "
   echo "Versions: $(nginx -v 2>&1 | sed 's/.*\///'), HAProxy $(haproxy -v | awk 'NR == 1 {print $3}'), $("$bin" --version 2>/dev/null || echo meridian)"
   echo
   echo "| proxy | HTTP/2 over TLS, req/s | CPU s / 100k req | HTTP/1.1 over TLS, req/s | CPU s / 100k req | full handshakes/s | CPU s / 1000 handshakes |"

@@ -186,11 +186,13 @@ where
         // The exchange first: a response that is ready wins over a timeout
         // that is due at the same moment.
         if let Poll::Ready(result) = this.exchange.poll(cx) {
-            let (response, lease) = result.map_err(AttemptError::from_client)?;
+            // Taken whatever the outcome: a failed attempt gives its backend
+            // slot back at once, not when its box is dropped.
             let held = this
                 .held
                 .take()
                 .expect("an attempt is not polled after it ends");
+            let (response, lease) = result.map_err(AttemptError::from_client)?;
             return Poll::Ready(
                 checked(response, lease, *this.head_request).map(|(r, l)| (r, l, held)),
             );
@@ -203,7 +205,10 @@ where
             this.timer.set(Some(tokio::time::sleep(*this.first_byte)));
         }
         match this.timer.as_pin_mut().map(|timer| timer.poll(cx)) {
-            Some(Poll::Ready(())) => Poll::Ready(Err(AttemptError::Timeout(*this.first_byte))),
+            Some(Poll::Ready(())) => {
+                *this.held = None;
+                Poll::Ready(Err(AttemptError::Timeout(*this.first_byte)))
+            }
             _ => Poll::Pending,
         }
     }

@@ -210,15 +210,24 @@ impl<'a> Forward<'a> {
                     }
                 }
                 Event::Done(i, Err(e)) => {
-                    let mut running = self.running.swap_remove(i);
+                    let Running {
+                        candidate,
+                        mut returned,
+                        future,
+                        ..
+                    } = self.running.swap_remove(i);
+                    // Dropped now, not at the end of this arm: a timed-out
+                    // exchange still holds the request body that the wait
+                    // below expects back, and its backend slot.
+                    drop(future);
                     if let (Some(returned), true) =
-                        (running.returned.as_mut(), e.may_retry(self.retry_method))
+                        (returned.as_mut(), e.may_retry(self.retry_method))
                     {
                         if let Some(r) = returned.wait(BODY_RETURN_WAIT).await {
                             self.pending = Some(r);
                         }
                     }
-                    if let Err(rescue) = self.failed(running.candidate, e) {
+                    if let Err(rescue) = self.failed(candidate, e) {
                         return match self.fallback.take() {
                             Some((answer, candidate)) => Ok(self.deliver(answer, candidate)),
                             None => Err(rescue),

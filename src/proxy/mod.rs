@@ -11,6 +11,7 @@ mod redirect;
 mod tunnel;
 mod upgrade;
 
+use std::borrow::Cow;
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -502,7 +503,7 @@ fn prepare_headers(
     // RFC 9112 §3.2.2: the authority of an absolute-form target replaces
     // Host — host and port only, never a user:password part.
     if let Some(authority) = head.uri.authority() {
-        if let Ok(host) = HeaderValue::from_str(host_of(authority)) {
+        if let Ok(host) = HeaderValue::from_str(&host_of(authority)) {
             head.headers.insert(HOST, host);
         }
     }
@@ -511,13 +512,26 @@ fn prepare_headers(
     keep_host
 }
 
-/// An authority's `host[:port]`, without any `user:password@` part or an
-/// empty port. Every HTTP/2 request carries an authority, so this slices
-/// rather than formats.
-fn host_of(authority: &http::uri::Authority) -> &str {
+/// An authority's host and port as `Host` carries them: without any
+/// `user:password@` part, with the port as a number, or the host alone when
+/// the port is empty or not a number. Every HTTP/2 request carries an
+/// authority, and it is nearly always already in that form: then it is
+/// sliced, not formatted.
+fn host_of(authority: &http::uri::Authority) -> Cow<'_, str> {
+    let host = authority.host();
+    let Some(port) = authority.port() else {
+        return Cow::Borrowed(host);
+    };
     let text = authority.as_str();
-    let text = text.rsplit_once('@').map_or(text, |(_, host)| host);
-    text.strip_suffix(':').unwrap_or(text)
+    let text = text.rsplit_once('@').map_or(text, |(_, rest)| rest);
+    let digits = port.as_str();
+    let canonical =
+        digits.bytes().all(|b| b.is_ascii_digit()) && (!digits.starts_with('0') || digits == "0");
+    if canonical && text.len() == host.len() + 1 + digits.len() {
+        Cow::Borrowed(text)
+    } else {
+        Cow::Owned(format!("{host}:{}", port.as_u16()))
+    }
 }
 
 /// The `Set-Cookie` that moves a user's sticky region, if any: a user
@@ -643,6 +657,13 @@ mod tests {
             ("[::1]:443", "[::1]:443"),
             ("user:pw@[::1]", "[::1]"),
             ("example.com:", "example.com"),
+            ("example.com:0080", "example.com:80"),
+            ("example.com:0", "example.com:0"),
+            ("example.com:abc", "example.com"),
+            ("example.com:99999", "example.com"),
+            ("example.com:+80", "example.com:80"),
+            ("[::1]x:80", "[::1]:80"),
+            ("[::1]x", "[::1]"),
         ] {
             let parsed: Authority = authority.parse().unwrap();
             assert_eq!(host_of(&parsed), host, "{authority}");

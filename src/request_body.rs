@@ -68,7 +68,9 @@ struct Record {
 #[derive(Debug)]
 pub struct UpstreamBody {
     /// `None` for a request without a body. Boxed: every request's future
-    /// holds its body, and most requests have none.
+    /// holds its body, and most requests have none. Declared before `sent`
+    /// so that it is dropped first: what is left is handed back before the
+    /// wait for the response starts.
     stream: Option<Box<Streaming>>,
     sent: Option<oneshot::Sender<()>>,
 }
@@ -314,8 +316,6 @@ impl Body for UpstreamBody {
     }
 }
 
-// Declared before `sent`, the stream is dropped first: what is left is
-// handed back before the wait for the response starts.
 impl Drop for Streaming {
     fn drop(&mut self) {
         let Some(returned) = self.returned.take() else {

@@ -20,6 +20,7 @@ use tokio_util::task::TaskTracker;
 use crate::activity::{Activity, InFlight};
 use crate::config::Limits;
 use crate::framing::{Ambiguous, Framed, Verdicts};
+use crate::http1;
 use crate::metrics::Listener;
 use crate::proxy::Proxy;
 use crate::tls::Terminator;
@@ -106,10 +107,10 @@ const HYPER_MAX_HEADERS: usize = 100;
 /// The HTTP server settings of `[limits]`, for HTTP/1.1 alone or HTTP/1.1
 /// and HTTP/2 where HTTP/2 is offered.
 pub(crate) struct HttpServer {
-    /// HTTP/1.1 only: hyper-util's automatic builder would still accept an
-    /// HTTP/2 preface on a connection served with upgrades.
+    /// HTTP/1.1, one request per turn (see [`crate::http1`]).
     http1: hyper::server::conn::http1::Builder,
-    /// Both versions, told apart by the connection preface.
+    /// Both versions, told apart by the connection preface: for HTTP/2
+    /// negotiated over TLS, and on a plain listener with `h2c`.
     both: Option<auto::Builder<TokioExecutor>>,
 }
 
@@ -192,8 +193,40 @@ async fn serve_connection(
     // HTTP serving is boxed, so that the task of an idle connection holds
     // only its state, not also that of the handshake it no longer needs.
     let Some(tls) = &endpoint.tls else {
-        return Box::pin(serve_http(stream, peer, false, proxy, http, limits, stops)).await;
+        let proxy = Arc::new(proxy);
+        return match &http.both {
+            Some(both) if endpoint.h2c => {
+                Box::pin(serve_both(stream, peer, false, proxy, both, limits, stops)).await
+            }
+            _ => {
+                Box::pin(http1::serve(
+                    stream,
+                    peer,
+                    false,
+                    proxy,
+                    &http.http1,
+                    limits,
+                    &stops,
+                ))
+                .await
+            }
+        };
     };
+    Box::pin(serve_tls(stream, peer, proxy, tls, http, limits, stops)).await;
+}
+
+/// Serves one HTTPS connection: the handshake, then HTTP/2 where ALPN chose
+/// it and HTTP/1.1 otherwise. A future of its own, so that a plain
+/// connection's task has no room for TLS state.
+async fn serve_tls(
+    stream: TcpStream,
+    peer: SocketAddr,
+    proxy: Proxy,
+    tls: &Terminator,
+    http: &HttpServer,
+    limits: &Limits,
+    stops: Stops,
+) {
     // The handshake counts as reading the request head: a client that
     // opens connections and never finishes one must not hold them.
     let handshake = Box::pin(tls.acceptor().accept(stream));
@@ -211,11 +244,29 @@ async fn serve_connection(
             }
         },
     };
-    Box::pin(serve_http(stream, peer, true, proxy, http, limits, stops)).await;
+    let proxy = Arc::new(proxy);
+    let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
+    match &http.both {
+        Some(both) if h2 => {
+            Box::pin(serve_both(stream, peer, true, proxy, both, limits, stops)).await
+        }
+        _ => {
+            Box::pin(http1::serve(
+                stream,
+                peer,
+                true,
+                proxy,
+                &http.http1,
+                limits,
+                &stops,
+            ))
+            .await
+        }
+    }
 }
 
 /// The future of one request on a client connection.
-type ServiceFuture = std::pin::Pin<
+pub(crate) type ServiceFuture = std::pin::Pin<
     Box<
         dyn std::future::Future<
                 Output = Result<
@@ -226,14 +277,15 @@ type ServiceFuture = std::pin::Pin<
     >,
 >;
 
-/// Serves HTTP on `io` until it closes, idles out, or shutdown; `tls` says
-/// whether it arrived over TLS.
-async fn serve_http<IO>(
+/// Serves HTTP/2, or HTTP/1.1 on a listener that also takes HTTP/2 by
+/// prior knowledge, on `io` until it closes, idles out, or shutdown; `tls`
+/// says whether it arrived over TLS.
+async fn serve_both<IO>(
     io: IO,
     peer: SocketAddr,
     tls: bool,
-    proxy: Proxy,
-    http: &HttpServer,
+    proxy: Arc<Proxy>,
+    both: &auto::Builder<TokioExecutor>,
     limits: &Limits,
     stops: Stops,
 ) where
@@ -241,9 +293,6 @@ async fn serve_http<IO>(
 {
     let activity = Arc::new(Activity::default());
     let verdicts = Arc::new(Verdicts::default());
-    // Shared by the connection's requests: one count to raise per request
-    // rather than one per handle the proxy holds.
-    let proxy = Arc::new(proxy);
     let service = {
         let activity = Arc::clone(&activity);
         let verdicts = Arc::clone(&verdicts);
@@ -280,32 +329,16 @@ async fn serve_http<IO>(
     // With upgrades, a WebSocket's connection leaves hyper after the 101
     // for the proxy's tunnel, which keeps the send timeout set here.
     let io = TokioIo::new(Framed::new(Box::pin(io), verdicts));
-    match &http.both {
-        Some(both) => {
-            let conn = both.serve_connection_with_upgrades(io, service);
-            drive(
-                conn,
-                |c| c.graceful_shutdown(),
-                peer,
-                &activity,
-                limits,
-                &stops,
-            )
-            .await;
-        }
-        None => {
-            let conn = http.http1.serve_connection(io, service).with_upgrades();
-            drive(
-                conn,
-                |c| c.graceful_shutdown(),
-                peer,
-                &activity,
-                limits,
-                &stops,
-            )
-            .await;
-        }
-    }
+    let conn = both.serve_connection_with_upgrades(io, service);
+    drive(
+        conn,
+        |c| c.graceful_shutdown(),
+        peer,
+        &activity,
+        limits,
+        &stops,
+    )
+    .await;
 }
 
 /// Runs `conn` until it ends, closing it gracefully (with `shutdown`) on

@@ -115,6 +115,16 @@ impl Verdicts {
     pub fn upgraded(&self) {
         self.upgraded.store(true, Relaxed);
     }
+
+    /// Whether the connection was upgraded.
+    pub fn is_upgraded(&self) -> bool {
+        self.upgraded.load(Relaxed)
+    }
+
+    /// HTTP/1 requests handed to the service so far.
+    pub fn requests(&self) -> u64 {
+        self.requests.load(Relaxed)
+    }
 }
 
 /// A client connection's reader, scanning what hyper will read.
@@ -133,6 +143,22 @@ impl<IO> Framed<IO> {
             scanner: Scanner::default(),
             verdicts,
         }
+    }
+
+    /// The connection beneath.
+    pub fn get_ref(&self) -> &IO {
+        &self.inner
+    }
+
+    /// Whether the last request handed to the service was read to its end
+    /// and no further, when `unread` bytes read from the connection have
+    /// not been consumed: only then can the next request be read from
+    /// where hyper left off.
+    pub fn at_end_of_last_request(&self, unread: usize) -> bool {
+        !self.verdicts.is_upgraded()
+            && self
+                .scanner
+                .ended_at(self.verdicts.requests.load(Relaxed), unread)
     }
 }
 
@@ -266,7 +292,18 @@ pub struct Scanner {
     requests: u64,
     /// The first request whose framing is in doubt, and why.
     ambiguous: Option<(u64, Ambiguity)>,
+    /// Bytes fed so far.
+    fed: u64,
+    /// Requests read to their end.
+    ended: u64,
+    /// Where the last few requests ended (request `k` at `k % ENDS`), so
+    /// that the end of one served request can be checked even when
+    /// pipelined requests after it were read in the same pass.
+    ends: [u64; ENDS],
 }
+
+/// How many request ends the scanner remembers.
+const ENDS: usize = 4;
 
 impl Default for Scanner {
     fn default() -> Self {
@@ -275,6 +312,9 @@ impl Default for Scanner {
             head: Head::default(),
             requests: 0,
             ambiguous: None,
+            fed: 0,
+            ended: 0,
+            ends: [0; ENDS],
         }
     }
 }
@@ -311,9 +351,29 @@ impl Scanner {
     /// Reads the next bytes of the connection.
     pub fn feed(&mut self, mut bytes: &[u8]) {
         while !bytes.is_empty() {
+            let was_idle = self.state == State::Idle;
             let used = self.step(bytes);
             bytes = &bytes[used..];
+            self.fed += used as u64;
+            if !was_idle && self.state == State::Idle {
+                self.ended = self.requests;
+                self.ends[(self.requests % ENDS as u64) as usize] = self.fed;
+            }
         }
+    }
+
+    /// Whether request `request` (1-based) ended exactly where the bytes
+    /// fed but `unread` end: its head and body were consumed, and nothing
+    /// of the next request was.
+    pub fn ended_at(&self, request: u64, unread: usize) -> bool {
+        let Some(consumed) = self.fed.checked_sub(unread as u64) else {
+            return false;
+        };
+        request >= 1
+            && !self.stopped()
+            && self.ended >= request
+            && self.ended - request < ENDS as u64
+            && self.ends[(request % ENDS as u64) as usize] == consumed
     }
 
     /// Gives up on the connection: `index` and the requests after it are
@@ -852,5 +912,59 @@ mod tests {
         assert_eq!(v.next_request(), None);
         assert_eq!(v.next_request(), Some(Ambiguity::LengthAndCoding));
         assert_eq!(v.next_request(), Some(Ambiguity::LengthAndCoding));
+    }
+
+    fn fed(input: &[u8]) -> Scanner {
+        let mut s = Scanner::default();
+        s.feed(input);
+        s
+    }
+
+    #[test]
+    fn a_request_without_a_body_ends_after_its_head() {
+        let s = fed(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n");
+        assert!(s.ended_at(1, 0));
+        assert!(!s.ended_at(1, 1), "a byte of the head unconsumed");
+        assert!(!s.ended_at(2, 0), "there is no second request");
+        assert!(!s.ended_at(0, 0));
+    }
+
+    #[test]
+    fn a_body_not_read_to_its_end_is_not_an_end() {
+        let head = b"POST / HTTP/1.1\r\ncontent-length: 5\r\n\r\n";
+        let mut s = fed(head);
+        assert!(!s.ended_at(1, 0), "the body has not arrived");
+        s.feed(b"abc");
+        assert!(!s.ended_at(1, 0));
+        s.feed(b"de");
+        assert!(s.ended_at(1, 0));
+        assert!(!s.ended_at(1, 2), "two bytes of the body were left unread");
+    }
+
+    #[test]
+    fn a_chunked_body_ends_after_its_last_chunk_and_trailers() {
+        let mut s = fed(b"POST / HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n");
+        assert!(!s.ended_at(1, 0));
+        s.feed(b"x-t: 1\r\n\r\n");
+        assert!(s.ended_at(1, 0));
+    }
+
+    #[test]
+    fn the_end_of_a_request_is_found_behind_pipelined_ones() {
+        let one = b"GET /1 HTTP/1.1\r\nhost: x\r\n\r\n";
+        let two = b"GET /2 HTTP/1.1\r\nhost: x\r\n\r\n";
+        let partial = b"GET /3 HT";
+        let all = [&one[..], two, partial].concat();
+        let s = fed(&all);
+        assert!(s.ended_at(1, two.len() + partial.len()));
+        assert!(!s.ended_at(1, partial.len()));
+        assert!(s.ended_at(2, partial.len()));
+        assert!(!s.ended_at(3, 0), "the third request has not ended");
+    }
+
+    #[test]
+    fn a_stopped_scan_ends_nothing() {
+        let s = fed(b"POST / HTTP/1.1\r\ncontent-length: 1\r\ntransfer-encoding: chunked\r\n\r\n");
+        assert!(!s.ended_at(1, 0));
     }
 }

@@ -173,6 +173,16 @@ fn push_ip(out: &mut String, ip: IpAddr) {
     }
 }
 
+/// Whether `Connection` lists `token`, compared case-insensitively.
+pub fn connection_lists(headers: &HeaderMap, token: &str) -> bool {
+    headers
+        .get_all(http::header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
+}
+
 /// The first entry of the comma-separated header `name` whose name (before
 /// any `/version`) is `token`, compared case-insensitively.
 fn lists(headers: &HeaderMap, name: HeaderName, token: &str) -> Option<HeaderValue> {

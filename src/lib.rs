@@ -31,6 +31,7 @@ pub mod generation;
 pub mod geo;
 pub mod headers;
 pub mod health;
+pub mod http1;
 pub mod latency;
 pub mod metrics;
 pub mod pool;

@@ -401,7 +401,7 @@ impl Proxy {
             // The stream itself is the tunnel: its body is the data.
             return Some(upgrade::Handshake {
                 protocol: HeaderValue::from_static("websocket"),
-                client: hyper::upgrade::on(request),
+                client: tunnel::ClientSide::Hyper(hyper::upgrade::on(request)),
                 over_http2: true,
             });
         }
@@ -410,9 +410,20 @@ impl Proxy {
         if !request.body().is_end_stream() {
             return None;
         }
+        // An HTTP/1.1 connection hands itself over once the 101 is
+        // written (`crate::http1`); one served by hyper throughout (on a
+        // listener that also takes h2c) switches through hyper.
+        let client = match request
+            .extensions()
+            .get::<crate::http1::HandOver>()
+            .and_then(|h| h.take())
+        {
+            Some(receiver) => tunnel::ClientSide::HandedOver(receiver),
+            None => tunnel::ClientSide::Hyper(hyper::upgrade::on(request)),
+        };
         Some(upgrade::Handshake {
             protocol,
-            client: hyper::upgrade::on(request),
+            client,
             over_http2: false,
         })
     }

@@ -17,6 +17,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::http1::ClientStream;
 use crate::state::{OpenUpgrade, Shared};
 
 /// Longest wait for both sides to hand over their connections after the
@@ -55,9 +56,33 @@ pub(super) struct Route {
     pub(super) backend: String,
 }
 
+/// The client's side of a tunnel, once the answer is written.
+pub(super) enum ClientSide {
+    /// From hyper: an RFC 8441 stream on an HTTP/2 connection.
+    Hyper(OnUpgrade),
+    /// From the connection itself: an HTTP/1.1 connection, which hyper
+    /// served only for the handshake (see [`crate::http1`]).
+    HandedOver(crate::http1::Receiver),
+}
+
+impl ClientSide {
+    /// The client's byte stream, once it has switched.
+    async fn stream(self) -> Result<Box<dyn ClientStream>, String> {
+        match self {
+            ClientSide::Hyper(upgrade) => match upgrade.await {
+                Ok(upgraded) => Ok(Box::new(TokioIo::new(upgraded))),
+                Err(e) => Err(e.to_string()),
+            },
+            ClientSide::HandedOver(receiver) => receiver
+                .await
+                .map_err(|_| "the client's connection closed before switching".to_owned()),
+        }
+    }
+}
+
 /// A tunnel to run once the `101` has been sent.
 pub(super) struct Tunnel {
-    pub(super) client: OnUpgrade,
+    pub(super) client: ClientSide,
     pub(super) backend: OnUpgrade,
     pub(super) route: Route,
     pub(super) shared: Arc<Shared>,
@@ -92,17 +117,18 @@ impl Tunnel {
             // Dropped last, once both connections are closed.
             open: _open,
         } = self;
-        let handover = async { tokio::try_join!(client, backend) };
+        let backend = async { backend.await.map_err(|e| e.to_string()) };
+        let handover = async { tokio::try_join!(client.stream(), backend) };
         let (client, backend) = tokio::select! {
             _ = hard_stop.cancelled() => return TunnelEnd::Shutdown,
             r = tokio::time::timeout(HANDOVER_WAIT, handover) => match r {
                 Ok(Ok(pair)) => pair,
-                Ok(Err(e)) => return TunnelEnd::Handover(e.to_string()),
+                Ok(Err(e)) => return TunnelEnd::Handover(e),
                 Err(_) => return TunnelEnd::Handover(format!("not done within {HANDOVER_WAIT:?}")),
             },
         };
         let clock = Arc::new(Clock::new());
-        let mut client = Watched::new(TokioIo::new(client), Arc::clone(&clock));
+        let mut client = Watched::new(client, Arc::clone(&clock));
         let mut backend = Watched::new(TokioIo::new(backend), Arc::clone(&clock));
         let copying = tokio::io::copy_bidirectional_with_sizes(
             &mut client,

@@ -14,11 +14,10 @@ use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::upgrade::OnUpgrade;
 
 use super::attempt::{attempt, AttemptError};
 use super::forward::{empty_plan, Served};
-use super::tunnel::{Route, Tunnel};
+use super::tunnel::{ClientSide, Route, Tunnel};
 use super::{build_upstream, Head, Proxy};
 use crate::body::ResponseBody;
 use crate::headers;
@@ -33,7 +32,7 @@ use crate::status_page::Rescue;
 /// of the connection once it has switched.
 pub(super) struct Handshake {
     pub(super) protocol: HeaderValue,
-    pub(super) client: OnUpgrade,
+    pub(super) client: ClientSide,
     /// An RFC 8441 extended CONNECT on an HTTP/2 stream.
     pub(super) over_http2: bool,
 }

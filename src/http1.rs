@@ -16,7 +16,7 @@
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
@@ -94,14 +94,23 @@ type Stream<IO> = Rewind<Framed<Pin<Box<TimeoutStream<IO>>>>>;
 /// What one request's turn decided for the connection, set by its service.
 #[derive(Default)]
 struct Turn {
-    /// A request was handed to the service.
-    served: AtomicBool,
-    /// The service answered: hyper has written the answer's head.
-    answered: AtomicBool,
+    /// Requests handed to the service (more than one when the client
+    /// pipelines them and hyper reads the next before the turn ends).
+    served: AtomicU64,
+    /// Requests answered: hyper has written the head of each.
+    answered: AtomicU64,
     /// The request or its answer closes the connection.
     close: AtomicBool,
     /// Where the client's side goes if the request switches protocols.
     upgrade: Mutex<Option<oneshot::Sender<Box<dyn ClientStream>>>>,
+}
+
+impl Turn {
+    /// Whether hyper has written the head of every request it handed over.
+    fn all_answered(&self) -> bool {
+        let served = self.served.load(Relaxed);
+        served > 0 && self.answered.load(Relaxed) == served
+    }
 }
 
 /// Serves HTTP/1.1 on `io` until it closes, idles out, upgrades, or
@@ -138,8 +147,8 @@ pub(crate) async fn serve<IO>(
             }
         }
         first = false;
-        turn.served.store(false, Relaxed);
-        turn.answered.store(false, Relaxed);
+        turn.served.store(0, Relaxed);
+        turn.answered.store(0, Relaxed);
         turn.close.store(false, Relaxed);
         let service = service(&proxy, &verdicts, &turn, peer, tls);
         let stream = TokioIo::new(Rewind {
@@ -166,7 +175,7 @@ pub(crate) async fn serve<IO>(
             }
             return;
         }
-        let reusable = turn.served.load(Relaxed)
+        let reusable = turn.served.load(Relaxed) > 0
             && !turn.close.load(Relaxed)
             && !stops.graceful.is_cancelled()
             && framed.at_end_of_last_request(unread.len());
@@ -210,7 +219,7 @@ fn service(
 > {
     let (proxy, verdicts, turn) = (Arc::clone(proxy), Arc::clone(verdicts), Arc::clone(turn));
     service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
-        turn.served.store(true, Relaxed);
+        turn.served.fetch_add(1, Relaxed);
         if let Some(why) = verdicts.next_request() {
             request.extensions_mut().insert(Ambiguous(why));
         }
@@ -241,7 +250,7 @@ fn service(
             let response = proxy.handle(request, peer, tls).await?;
             // hyper writes the head as soon as this future is ready, in
             // the same poll.
-            turn.answered.store(true, Relaxed);
+            turn.answered.fetch_add(1, Relaxed);
             if upgrading && response.status() == StatusCode::SWITCHING_PROTOCOLS {
                 // The client speaks the new protocol only after the 101.
                 verdicts.upgraded();
@@ -331,11 +340,12 @@ where
         };
         let run = std::future::poll_fn(|cx| loop {
             let polled = conn.poll_without_shutdown(cx);
-            if polled.is_ready() || last || !turn.answered.load(Relaxed) {
+            if polled.is_ready() || last || !turn.all_answered() {
                 return polled;
             }
-            // The head is written with keep-alive: from here hyper only
-            // finishes the answer.
+            // Every head is written with keep-alive: from here hyper only
+            // finishes the answer. Asked while a pipelined request was in
+            // the service, hyper would tell its client `Connection: close`.
             last = true;
             Pin::new(&mut *conn).graceful_shutdown();
         });

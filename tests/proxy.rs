@@ -791,3 +791,129 @@ async fn credentials_in_an_absolute_form_target_never_reach_the_backend() {
     assert_eq!(v["headers"]["host"][0], "abs.example:8080");
     m.shutdown().await;
 }
+
+/// Status lines in `text` (the test backend's JSON names the version too,
+/// but never followed by a space).
+fn answers(text: &str) -> usize {
+    text.matches("HTTP/1.1 ").count() + text.matches("HTTP/1.0 ").count()
+}
+
+/// Reads from `s` until `text` holds `count` answers, within 5 s.
+async fn read_answers(s: &mut tokio::net::TcpStream, text: &mut String, count: usize) {
+    let mut buf = vec![0u8; 64 * 1024];
+    while answers(text) < count {
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+            .await
+            .expect("answered within 5 s")
+            .unwrap();
+        assert!(n > 0, "closed after {text}");
+        text.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+}
+
+#[tokio::test]
+async fn a_keep_alive_connection_serves_pipelined_requests_then_more_after_waiting() {
+    let (us1, m) = one_region("").await;
+    let before = us1.hits.load(std::sync::atomic::Ordering::Relaxed);
+    let mut s = tokio::net::TcpStream::connect(m.http_addr).await.unwrap();
+    let get = "GET / HTTP/1.1\r\nhost: x\r\n\r\n";
+    let post = "POST / HTTP/1.1\r\nhost: x\r\ncontent-length: 5\r\n\r\nhello";
+    // Three requests in one write, one of them with a body.
+    s.write_all(format!("{get}{post}{get}").as_bytes())
+        .await
+        .unwrap();
+    let mut text = String::new();
+    read_answers(&mut s, &mut text, 3).await;
+    // The connection then waits; it is still there for the next request,
+    // and for one whose head arrives in pieces.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    s.write_all(get.as_bytes()).await.unwrap();
+    read_answers(&mut s, &mut text, 4).await;
+    s.write_all(b"GET / HT").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    s.write_all(b"TP/1.1\r\nhost: x\r\n\r\n").await.unwrap();
+    read_answers(&mut s, &mut text, 5).await;
+    assert_eq!(text.matches("HTTP/1.1 200 OK").count(), 5, "{text}");
+    assert!(!text.contains("connection: close"), "{text}");
+    assert_eq!(
+        us1.hits.load(std::sync::atomic::Ordering::Relaxed) - before,
+        5,
+        "each request reached the backend once"
+    );
+    m.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_answer_given_before_the_request_body_was_read_closes_the_connection() {
+    let (us1, m) = one_region("").await;
+    let before = us1.hits.load(std::sync::atomic::Ordering::Relaxed);
+    let mut s = tokio::net::TcpStream::connect(m.http_addr).await.unwrap();
+    // Meridian answers its own status endpoint without reading the body;
+    // the rest of that body, which reads like a request, must not be
+    // taken for the next one.
+    let rest = "GET /smuggled HTTP/1.1\r\nhost: x\r\n\r\n";
+    let head = format!(
+        "POST /.well-known/meridian/status HTTP/1.1\r\nhost: x\r\ncontent-length: {}\r\n\r\nhello",
+        5 + rest.len()
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    let mut text = String::new();
+    read_answers(&mut s, &mut text, 1).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let _ = s.write_all(rest.as_bytes()).await;
+    let mut tail = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut tail)).await;
+    assert!(closed.is_ok(), "the connection was left open");
+    text.push_str(&String::from_utf8_lossy(&tail));
+    assert_eq!(answers(&text), 1, "{text}");
+    assert_eq!(
+        us1.hits.load(std::sync::atomic::Ordering::Relaxed),
+        before,
+        "nothing reached the backend"
+    );
+    m.shutdown().await;
+}
+
+#[tokio::test]
+async fn http_1_0_keeps_the_connection_only_when_asked() {
+    let (_us1, m) = one_region("").await;
+    let mut s = tokio::net::TcpStream::connect(m.http_addr).await.unwrap();
+    let kept = "GET / HTTP/1.0\r\nhost: x\r\nconnection: keep-alive\r\n\r\n";
+    s.write_all(kept.as_bytes()).await.unwrap();
+    let mut text = String::new();
+    read_answers(&mut s, &mut text, 1).await;
+    assert!(text.starts_with("HTTP/1.0 200"), "{text}");
+    assert!(text.contains("connection: keep-alive"), "{text}");
+    s.write_all(b"GET / HTTP/1.0\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut tail = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut tail)).await;
+    assert!(
+        closed.is_ok(),
+        "a plain HTTP/1.0 request ends the connection"
+    );
+    let tail = String::from_utf8_lossy(&tail);
+    assert!(tail.starts_with("HTTP/1.0 200"), "{tail}");
+    m.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_waiting_keep_alive_connection_closes_at_once_on_shutdown() {
+    let (_us1, m) = one_region("[limits]\nkeepalive_idle_timeout = \"60s\"\n").await;
+    let mut s = tokio::net::TcpStream::connect(m.http_addr).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut text = String::new();
+    read_answers(&mut s, &mut text, 1).await;
+    let stopping = tokio::spawn(m.shutdown());
+    let mut tail = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut tail)).await;
+    assert!(closed.is_ok(), "the waiting connection was not closed");
+    assert!(tail.is_empty(), "{}", String::from_utf8_lossy(&tail));
+    tokio::time::timeout(Duration::from_secs(5), stopping)
+        .await
+        .expect("shutdown did not wait for the idle connection")
+        .unwrap();
+}

@@ -89,6 +89,9 @@ pub struct Verdicts {
     requests: AtomicU64,
     /// The connection was upgraded: what follows is not HTTP.
     upgraded: AtomicBool,
+    /// Everything read so far ends between requests: no head or body has
+    /// begun arriving without ending.
+    at_rest: AtomicBool,
 }
 
 impl Default for Verdicts {
@@ -98,6 +101,7 @@ impl Default for Verdicts {
             why: AtomicU8::new(0),
             requests: AtomicU64::new(0),
             upgraded: AtomicBool::new(false),
+            at_rest: AtomicBool::new(true),
         }
     }
 }
@@ -119,6 +123,11 @@ impl Verdicts {
     /// Whether the connection was upgraded.
     pub fn is_upgraded(&self) -> bool {
         self.upgraded.load(Relaxed)
+    }
+
+    /// Whether everything read so far ends between requests.
+    pub fn at_rest(&self) -> bool {
+        self.at_rest.load(Relaxed)
     }
 
     /// HTTP/1 requests handed to the service so far.
@@ -173,6 +182,9 @@ impl<IO: AsyncRead + Unpin> AsyncRead for Framed<IO> {
         ready!(Pin::new(&mut this.inner).poll_read(cx, buf))?;
         if !this.scanner.stopped() && !this.verdicts.upgraded.load(Relaxed) {
             this.scanner.feed(&buf.filled()[before..]);
+            this.verdicts
+                .at_rest
+                .store(this.scanner.state == State::Idle, Relaxed);
             if let Some((index, why)) = this.scanner.ambiguous {
                 this.verdicts.why.store(why.code(), Relaxed);
                 this.verdicts.first_ambiguous.store(index, Relaxed);
@@ -369,8 +381,11 @@ impl Scanner {
         let Some(consumed) = self.fed.checked_sub(unread as u64) else {
             return false;
         };
-        request >= 1
-            && !self.stopped()
+        if request == 0 {
+            // Before the first request: nothing may have been consumed.
+            return consumed == 0 && !self.stopped();
+        }
+        !self.stopped()
             && self.ended >= request
             && self.ended - request < ENDS as u64
             && self.ends[(request % ENDS as u64) as usize] == consumed
@@ -926,7 +941,13 @@ mod tests {
         assert!(s.ended_at(1, 0));
         assert!(!s.ended_at(1, 1), "a byte of the head unconsumed");
         assert!(!s.ended_at(2, 0), "there is no second request");
-        assert!(!s.ended_at(0, 0));
+        assert!(!s.ended_at(0, 0), "the first request was consumed");
+        let partial = b"GET / HT";
+        assert!(
+            fed(partial).ended_at(0, partial.len()),
+            "nothing consumed yet"
+        );
+        assert!(!fed(partial).ended_at(0, 1));
     }
 
     #[test]

@@ -1,17 +1,19 @@
-//! HTTP/1.1 client connections served one request at a time. hyper reads
-//! a request and writes its answer, then gives the connection back; between
-//! requests the connection waits for its next byte holding no buffer at
-//! all. Served by hyper from start to end, a keep-alive connection kept an
-//! 8 KB read and an 8 KB write buffer and hyper's serving state for its
-//! whole life: 34 KB of memory for a connection doing nothing.
+//! HTTP/1.1 client connections that give up their buffers when idle.
+//! Served by hyper from start to end, a keep-alive connection kept an 8 KB
+//! read and an 8 KB write buffer and hyper's serving state for its whole
+//! life: 34 KB of memory for a connection doing nothing.
 //!
-//! Once hyper has written the head of a turn's answer, the turn asks it to
-//! shut down gracefully: it finishes the answer, then hands back the socket
-//! and any bytes it read beyond the request. (Asked before the head, or
-//! with keep-alive off, hyper would tell the client `Connection: close`.)
-//! The connection goes on only when that request was read to its end and no
-//! further (the framing scanner of [`crate::framing`] knows where it
-//! ended), and neither side asked to close.
+//! hyper serves the connection in turns. Once no request has been in
+//! flight for [`PARK_AFTER`], the turn asks hyper to shut down gracefully:
+//! with nothing in flight it stops at once, without writing anything, and
+//! hands back the socket and any bytes it read of a next request. The
+//! connection then waits for its next byte (parks) holding no buffer and no
+//! HTTP state, and a new turn begins when it comes. It goes on only when
+//! the last request was read to its end and no further (the framing
+//! scanner of [`crate::framing`] knows where it ended), and neither side
+//! asked to close. A busy connection stays in one turn, so the cost of a
+//! turn (about 5k instructions) is paid once per idle period, not per
+//! request.
 
 use std::io;
 use std::net::SocketAddr;
@@ -31,8 +33,10 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
+use tokio::time::Instant;
 use tokio_io_timeout::TimeoutStream;
 
+use crate::activity::{Activity, InFlight};
 use crate::closing::{watched, Ended};
 use crate::config::Limits;
 use crate::connections::Stops;
@@ -91,26 +95,20 @@ impl Readiness for tokio_rustls::server::TlsStream<TcpStream> {
 /// and bytes already read but not yet consumed put back in front.
 type Stream<IO> = Rewind<Framed<Pin<Box<TimeoutStream<IO>>>>>;
 
-/// What one request's turn decided for the connection, set by its service.
+/// How long a connection has no request in flight before hyper hands it
+/// back. Long enough that a client sending a stream of requests stays in
+/// one turn; short next to how long keep-alive connections idle.
+pub const PARK_AFTER: Duration = Duration::from_secs(1);
+
+/// What a turn decided for the connection, set by its service.
 #[derive(Default)]
 struct Turn {
-    /// Requests handed to the service (more than one when the client
-    /// pipelines them and hyper reads the next before the turn ends).
+    /// Requests handed to the service in this turn.
     served: AtomicU64,
-    /// Requests answered: hyper has written the head of each.
-    answered: AtomicU64,
     /// The request or its answer closes the connection.
     close: AtomicBool,
     /// Where the client's side goes if the request switches protocols.
     upgrade: Mutex<Option<oneshot::Sender<Box<dyn ClientStream>>>>,
-}
-
-impl Turn {
-    /// Whether hyper has written the head of every request it handed over.
-    fn all_answered(&self) -> bool {
-        let served = self.served.load(Relaxed);
-        served > 0 && self.answered.load(Relaxed) == served
-    }
 }
 
 /// Serves HTTP/1.1 on `io` until it closes, idles out, upgrades, or
@@ -129,18 +127,22 @@ pub(crate) async fn serve<IO>(
 {
     let verdicts = Arc::new(Verdicts::default());
     let turn = Arc::new(Turn::default());
+    let activity = Arc::new(Activity::default());
     let mut framed = frame(io, limits, &verdicts);
     let mut unread = Bytes::new();
-    // The first request's wait is hyper's: `header_read_timeout` from the
-    // moment the connection opened, as before any request.
-    let mut first = true;
-    // An idle connection waits no longer than a head may take to arrive.
-    let idle = limits
+    // Until its first request, a connection is hyper's, with
+    // `header_read_timeout` from the moment it opened; after it, an idle
+    // one waits no longer than a head may take to arrive.
+    let idle_limit = limits
         .keepalive_idle_timeout
         .min(limits.header_read_timeout);
+    let park_after = PARK_AFTER.min(idle_limit);
+    let mut first = true;
     loop {
         if !first && unread.is_empty() {
-            match park(&mut framed, idle, stops).await {
+            // Parked after `park_after` of idleness.
+            let deadline = Instant::now() + idle_limit.saturating_sub(park_after);
+            match park(&mut framed, deadline, stops).await {
                 Parked::Ready(None) => {}
                 Parked::Ready(Some(byte)) => unread = Bytes::copy_from_slice(&[byte]),
                 Parked::Close => return Box::pin(close(framed, limits)).await,
@@ -148,16 +150,21 @@ pub(crate) async fn serve<IO>(
         }
         first = false;
         turn.served.store(0, Relaxed);
-        turn.answered.store(0, Relaxed);
         turn.close.store(false, Relaxed);
-        let service = service(&proxy, &verdicts, &turn, peer, tls);
+        let service = service(&proxy, &verdicts, &turn, &activity, peer, tls);
         let stream = TokioIo::new(Rewind {
             prefix: std::mem::take(&mut unread),
             inner: framed,
         });
-        // Boxed, so that a waiting connection holds none of hyper's state.
+        // Boxed, so that a parked connection holds none of hyper's state.
         let conn = Box::new(builder.serve_connection(stream, service));
-        let Some(parts) = one_request(conn, &turn, peer, stops).await else {
+        let rest = Rest {
+            activity: &activity,
+            verdicts: &verdicts,
+            turn: &turn,
+            after: park_after,
+        };
+        let Some((parts, asked)) = one_turn(conn, rest, peer, stops).await else {
             return;
         };
         let Rewind { prefix, inner } = parts.io.into_inner();
@@ -175,7 +182,10 @@ pub(crate) async fn serve<IO>(
             }
             return;
         }
-        let reusable = turn.served.load(Relaxed) > 0
+        // hyper ending a turn by itself means the connection is done: the
+        // client closed it, or the answer's framing or a `Connection:
+        // close` ends it.
+        let reusable = asked
             && !turn.close.load(Relaxed)
             && !stops.graceful.is_cancelled()
             && framed.at_end_of_last_request(unread.len());
@@ -209,6 +219,7 @@ fn service(
     proxy: &Arc<Proxy>,
     verdicts: &Arc<Verdicts>,
     turn: &Arc<Turn>,
+    activity: &Arc<Activity>,
     peer: SocketAddr,
     tls: bool,
 ) -> impl hyper::service::Service<
@@ -217,9 +228,15 @@ fn service(
     Error = std::convert::Infallible,
     Future = crate::connections::ServiceFuture,
 > {
-    let (proxy, verdicts, turn) = (Arc::clone(proxy), Arc::clone(verdicts), Arc::clone(turn));
+    let (proxy, verdicts, turn, activity) = (
+        Arc::clone(proxy),
+        Arc::clone(verdicts),
+        Arc::clone(turn),
+        Arc::clone(activity),
+    );
     service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
         turn.served.fetch_add(1, Relaxed);
+        let in_flight = InFlight::begin(&activity);
         if let Some(why) = verdicts.next_request() {
             request.extensions_mut().insert(Ambiguous(why));
         }
@@ -248,9 +265,6 @@ fn service(
         // in the proxy.
         Box::pin(async move {
             let response = proxy.handle(request, peer, tls).await?;
-            // hyper writes the head as soon as this future is ready, in
-            // the same poll.
-            turn.answered.fetch_add(1, Relaxed);
             if upgrading && response.status() == StatusCode::SWITCHING_PROTOCOLS {
                 // The client speaks the new protocol only after the 101.
                 verdicts.upgraded();
@@ -264,7 +278,7 @@ fn service(
             if close {
                 turn.close.store(true, Relaxed);
             }
-            Ok(response)
+            Ok(response.map(|b| b.with_in_flight(in_flight)))
         }) as crate::connections::ServiceFuture
     })
 }
@@ -281,7 +295,7 @@ enum Parked {
 /// Waits, holding no buffer, until the client sends its next request.
 async fn park<IO>(
     framed: &mut Framed<Pin<Box<TimeoutStream<IO>>>>,
-    idle: Duration,
+    deadline: Instant,
     stops: &Stops,
 ) -> Parked
 where
@@ -300,22 +314,50 @@ where
     tokio::select! {
         _ = stops.graceful.cancelled() => Parked::Close,
         _ = stops.hard.cancelled() => Parked::Close,
-        r = tokio::time::timeout(idle, ready) => match r {
+        r = tokio::time::timeout_at(deadline, ready) => match r {
             Ok(Ok(byte)) => Parked::Ready(byte),
             Ok(Err(_)) | Err(_) => Parked::Close,
         },
     }
 }
 
-/// Runs one turn of hyper's connection to its end, asking it to finish
-/// once the answer's head is written, or at once on Meridian's graceful
-/// stop; `None` on the hard stop or an error.
-async fn one_request<IO, S>(
+/// When a connection is at rest: no request in flight for `after`, and no
+/// part of a next one read.
+#[derive(Clone, Copy)]
+struct Rest<'a> {
+    activity: &'a Activity,
+    verdicts: &'a Verdicts,
+    turn: &'a Turn,
+    after: Duration,
+}
+
+impl Rest<'_> {
+    /// Completes once the connection is at rest.
+    async fn reached(self) {
+        loop {
+            self.activity.idle_for(self.after).await;
+            // A head begun stays with hyper, whose `header_read_timeout`
+            // runs from its first byte; a new turn would restart it. And
+            // hyper can end a turn without a word only between requests,
+            // not before the first.
+            if self.verdicts.at_rest() && self.turn.served.load(Relaxed) > 0 {
+                return;
+            }
+            tokio::time::sleep(self.after).await;
+        }
+    }
+}
+
+/// Runs one turn of hyper's connection until hyper ends it, or until the
+/// connection is at rest, or Meridian's graceful
+/// stop, when hyper is asked to finish; with whether it was asked. `None`
+/// on the hard stop or an error.
+async fn one_turn<IO, S>(
     mut conn: Box<http1::Connection<TokioIo<Stream<IO>>, S>>,
-    turn: &Turn,
+    rest: Rest<'_>,
     peer: SocketAddr,
     stops: &Stops,
-) -> Option<http1::Parts<TokioIo<Stream<IO>>, S>>
+) -> Option<(http1::Parts<TokioIo<Stream<IO>>, S>, bool)>
 where
     IO: AsyncRead + AsyncWrite + Send + Unpin + 'static,
     S: hyper::service::HttpService<hyper::body::Incoming, ResBody = crate::body::ResponseBody>
@@ -328,37 +370,29 @@ where
         Now,
         Gracefully,
     }
-    let mut closing = false;
-    let mut last = false;
+    let mut asked = false;
     loop {
-        let open = !closing;
+        let open = !asked;
         let signal = async move {
             tokio::select! {
                 _ = stops.hard.cancelled() => Stop::Now,
                 _ = stops.graceful.cancelled(), if open => Stop::Gracefully,
+                // Nothing in flight: hyper, asked now, ends without
+                // writing anything, so no client hears `Connection: close`.
+                _ = rest.reached(), if open => Stop::Gracefully,
             }
         };
-        let run = std::future::poll_fn(|cx| loop {
-            let polled = conn.poll_without_shutdown(cx);
-            if polled.is_ready() || last || !turn.all_answered() {
-                return polled;
-            }
-            // Every head is written with keep-alive: from here hyper only
-            // finishes the answer. Asked while a pipelined request was in
-            // the service, hyper would tell its client `Connection: close`.
-            last = true;
-            Pin::new(&mut *conn).graceful_shutdown();
-        });
+        let run = std::future::poll_fn(|cx| conn.poll_without_shutdown(cx));
         let ended = watched(std::pin::pin!(run), std::pin::pin!(signal)).await;
         match ended {
-            Ended::Done(Ok(())) => return Some(conn.into_parts()),
+            Ended::Done(Ok(())) => return Some((conn.into_parts(), asked)),
             Ended::Done(Err(e)) => {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
                 return None;
             }
             Ended::Signal(Stop::Now) => return None,
             Ended::Signal(Stop::Gracefully) => {
-                closing = true;
+                asked = true;
                 Pin::new(&mut *conn).graceful_shutdown();
             }
         }

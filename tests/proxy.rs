@@ -917,3 +917,58 @@ async fn a_waiting_keep_alive_connection_closes_at_once_on_shutdown() {
         .expect("shutdown did not wait for the idle connection")
         .unwrap();
 }
+
+#[tokio::test]
+async fn requests_are_served_after_the_connection_has_rested() {
+    let (_us1, m) = one_region("").await;
+    let rest = meridian::http1::PARK_AFTER + Duration::from_millis(500);
+    let mut s = tokio::net::TcpStream::connect(m.http_addr).await.unwrap();
+    // Quiet before the first request, then between two requests, then in
+    // the middle of a head: each longer than a connection waits before it
+    // gives its buffers up.
+    tokio::time::sleep(rest).await;
+    s.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut text = String::new();
+    read_answers(&mut s, &mut text, 1).await;
+    tokio::time::sleep(rest).await;
+    s.write_all(b"GET / HTTP/1.1\r\nho").await.unwrap();
+    tokio::time::sleep(rest).await;
+    s.write_all(b"st: x\r\n\r\n").await.unwrap();
+    read_answers(&mut s, &mut text, 2).await;
+    assert_eq!(text.matches("HTTP/1.1 200 OK").count(), 2, "{text}");
+    m.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_head_dripping_across_rests_is_still_bounded_by_the_header_read_timeout() {
+    let (us1, m) = one_region("[limits]\nheader_read_timeout = \"2s\"\n").await;
+    let before = us1.hits.load(std::sync::atomic::Ordering::Relaxed);
+    let mut s = tokio::net::TcpStream::connect(m.http_addr).await.unwrap();
+    let started = tokio::time::Instant::now();
+    s.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
+    let mut closed = false;
+    for _ in 0..40 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        if s.write_all(b"x").await.is_err() {
+            closed = true;
+            break;
+        }
+        let mut buf = [0u8; 1024];
+        if let Ok(Ok(0) | Err(_)) =
+            tokio::time::timeout(Duration::from_millis(1), s.read(&mut buf)).await
+        {
+            closed = true;
+            break;
+        }
+    }
+    assert!(closed, "still open after {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "closed only after {:?}",
+        started.elapsed()
+    );
+    assert_eq!(us1.hits.load(std::sync::atomic::Ordering::Relaxed), before);
+    m.shutdown().await;
+}

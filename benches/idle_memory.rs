@@ -148,7 +148,8 @@ fn main() {
         for _ in 0..n {
             clients.push(idle_client(m.http_addr).await);
         }
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        // Idle connections give their buffers up once at rest.
+        tokio::time::sleep(meridian::http1::PARK_AFTER + Duration::from_millis(500)).await;
         let (after, classes_after) = snapshot();
         let per = (after - before) as f64 / n as f64;
         println!("{n} idle keep-alive connections: {per:.0} heap bytes each");

@@ -107,7 +107,7 @@ const HYPER_MAX_HEADERS: usize = 100;
 /// The HTTP server settings of `[limits]`, for HTTP/1.1 alone or HTTP/1.1
 /// and HTTP/2 where HTTP/2 is offered.
 pub(crate) struct HttpServer {
-    /// HTTP/1.1, one request per turn (see [`crate::http1`]).
+    /// HTTP/1.1, served in turns (see [`crate::http1`]).
     http1: hyper::server::conn::http1::Builder,
     /// Both versions, told apart by the connection preface: for HTTP/2
     /// negotiated over TLS, and on a plain listener with `h2c`.

@@ -90,8 +90,11 @@ pub struct Verdicts {
     /// The connection was upgraded: what follows is not HTTP.
     upgraded: AtomicBool,
     /// Everything read so far ends between requests: no head or body has
-    /// begun arriving without ending.
+    /// begun arriving without ending. Not updated once the scan stopped.
     at_rest: AtomicBool,
+    /// The last write or flush could not complete: whoever writes to the
+    /// connection still holds bytes the client has not been sent.
+    unsent: AtomicBool,
 }
 
 impl Default for Verdicts {
@@ -102,6 +105,7 @@ impl Default for Verdicts {
             requests: AtomicU64::new(0),
             upgraded: AtomicBool::new(false),
             at_rest: AtomicBool::new(true),
+            unsent: AtomicBool::new(false),
         }
     }
 }
@@ -130,9 +134,17 @@ impl Verdicts {
         self.at_rest.load(Relaxed)
     }
 
-    /// HTTP/1 requests handed to the service so far.
-    pub fn requests(&self) -> u64 {
-        self.requests.load(Relaxed)
+    /// Whether the last write or flush on the connection could not
+    /// complete, so that bytes wait to be sent.
+    pub fn unsent(&self) -> bool {
+        self.unsent.load(Relaxed)
+    }
+
+    fn note_write(&self, pending: bool) {
+        // Stored only on a change: most writes leave it as it was.
+        if self.unsent.load(Relaxed) != pending {
+            self.unsent.store(pending, Relaxed);
+        }
     }
 }
 
@@ -200,7 +212,10 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Framed<IO> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_write(cx, buf);
+        this.verdicts.note_write(polled.is_pending());
+        polled
     }
 
     fn poll_write_vectored(
@@ -208,7 +223,10 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Framed<IO> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+        this.verdicts.note_write(polled.is_pending());
+        polled
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -216,7 +234,10 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Framed<IO> {
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_flush(cx);
+        this.verdicts.note_write(polled.is_pending());
+        polled
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {

@@ -4,9 +4,10 @@
 //! life: 34 KB of memory for a connection doing nothing.
 //!
 //! hyper serves the connection in turns. Once no request has been in
-//! flight for [`PARK_AFTER`], the turn asks hyper to shut down gracefully:
-//! with nothing in flight it stops at once, without writing anything, and
-//! hands back the socket and any bytes it read of a next request. The
+//! flight for [`PARK_AFTER`], everything written has been sent and no part
+//! of a next request has arrived, the turn asks hyper to shut down
+//! gracefully: idle, it stops at once, without writing anything, and hands
+//! back the socket and any bytes it read. The
 //! connection then waits for its next byte (parks) holding no buffer and no
 //! HTTP state, and a new turn begins when it comes. It goes on only when
 //! the last request was read to its end and no further (the framing
@@ -113,7 +114,6 @@ struct Turn {
 
 /// Serves HTTP/1.1 on `io` until it closes, idles out, upgrades, or
 /// Meridian stops; `tls` says whether it arrived over TLS.
-#[allow(clippy::too_many_arguments)]
 pub(crate) async fn serve<IO>(
     io: IO,
     peer: SocketAddr,
@@ -145,7 +145,7 @@ pub(crate) async fn serve<IO>(
             match park(&mut framed, deadline, stops).await {
                 Parked::Ready(None) => {}
                 Parked::Ready(Some(byte)) => unread = Bytes::copy_from_slice(&[byte]),
-                Parked::Close => return Box::pin(close(framed, limits)).await,
+                Parked::Close => return Box::pin(close(framed, limits, stops)).await,
             }
         }
         first = false;
@@ -164,7 +164,7 @@ pub(crate) async fn serve<IO>(
             turn: &turn,
             after: park_after,
         };
-        let Some((parts, asked)) = one_turn(conn, rest, peer, stops).await else {
+        let Some((parts, asked)) = one_turn(conn, rest, idle_limit, peer, stops).await else {
             return;
         };
         let Rewind { prefix, inner } = parts.io.into_inner();
@@ -182,6 +182,10 @@ pub(crate) async fn serve<IO>(
             }
             return;
         }
+        if let Ok(mut slot) = turn.upgrade.lock() {
+            // A handshake the backend refused leaves nothing to hand over.
+            slot.take();
+        }
         // hyper ending a turn by itself means the connection is done: the
         // client closed it, or the answer's framing or a `Connection:
         // close` ends it.
@@ -190,7 +194,7 @@ pub(crate) async fn serve<IO>(
             && !stops.graceful.is_cancelled()
             && framed.at_end_of_last_request(unread.len());
         if !reusable {
-            return Box::pin(close(framed, limits)).await;
+            return Box::pin(close(framed, limits, stops)).await;
         }
     }
 }
@@ -241,11 +245,9 @@ fn service(
             request.extensions_mut().insert(Ambiguous(why));
         }
         let version = request.version();
-        let keep_alive = if version == Version::HTTP_10 {
-            connection_lists(request.headers(), "keep-alive")
-        } else {
-            !connection_lists(request.headers(), "close")
-        };
+        // As hyper reads it: `close` wins, and HTTP/1.0 needs `keep-alive`.
+        let keep_alive = !connection_lists(request.headers(), "close")
+            && (version != Version::HTTP_10 || connection_lists(request.headers(), "keep-alive"));
         if !keep_alive {
             turn.close.store(true, Relaxed);
         }
@@ -321,8 +323,8 @@ where
     }
 }
 
-/// When a connection is at rest: no request in flight for `after`, and no
-/// part of a next one read.
+/// When a connection is at rest: no request in flight for `after`, all
+/// written sent, and no part of a next request read.
 #[derive(Clone, Copy)]
 struct Rest<'a> {
     activity: &'a Activity,
@@ -332,29 +334,47 @@ struct Rest<'a> {
 }
 
 impl Rest<'_> {
-    /// Completes once the connection is at rest.
-    async fn reached(self) {
+    /// Completes once the connection is at rest: with `Gracefully` when a
+    /// request was served in the turn, with `Now` when none was for
+    /// `unused` (hyper would not end such a turn when asked: it waits for
+    /// a first request).
+    async fn reached(self, unused: Duration) -> Stop {
         loop {
             self.activity.idle_for(self.after).await;
             // A head begun stays with hyper, whose `header_read_timeout`
-            // runs from its first byte; a new turn would restart it. And
-            // hyper can end a turn without a word only between requests,
-            // not before the first.
-            if self.verdicts.at_rest() && self.turn.served.load(Relaxed) > 0 {
-                return;
+            // started when it began waiting for it; a new turn would
+            // restart it. Bytes still unsent would be lost with hyper's
+            // buffer.
+            if self.verdicts.at_rest() && !self.verdicts.unsent() {
+                if self.turn.served.load(Relaxed) > 0 {
+                    return Stop::Gracefully;
+                }
+                if self.activity.idle_left(unused).is_none() {
+                    return Stop::Now;
+                }
             }
             tokio::time::sleep(self.after).await;
         }
     }
 }
 
+/// Why a turn is ended before hyper ends it.
+enum Stop {
+    /// Drop the connection.
+    Now,
+    /// Ask hyper to finish.
+    Gracefully,
+}
+
 /// Runs one turn of hyper's connection until hyper ends it, or until the
-/// connection is at rest, or Meridian's graceful
-/// stop, when hyper is asked to finish; with whether it was asked. `None`
-/// on the hard stop or an error.
+/// connection is at rest or Meridian stops gracefully, when hyper is asked
+/// to finish; with whether it was asked. `None` when the connection is
+/// done: closed at once on the hard stop, an error or `unused` without a
+/// request, or after hyper sent what it still held.
 async fn one_turn<IO, S>(
     mut conn: Box<http1::Connection<TokioIo<Stream<IO>>, S>>,
     rest: Rest<'_>,
+    unused: Duration,
     peer: SocketAddr,
     stops: &Stops,
 ) -> Option<(http1::Parts<TokioIo<Stream<IO>>, S>, bool)>
@@ -365,11 +385,6 @@ where
     S::Future: Unpin,
     S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    /// Why a turn is ended before hyper ends it.
-    enum Stop {
-        Now,
-        Gracefully,
-    }
     let mut asked = false;
     loop {
         let open = !asked;
@@ -377,14 +392,25 @@ where
             tokio::select! {
                 _ = stops.hard.cancelled() => Stop::Now,
                 _ = stops.graceful.cancelled(), if open => Stop::Gracefully,
-                // Nothing in flight: hyper, asked now, ends without
-                // writing anything, so no client hears `Connection: close`.
-                _ = rest.reached(), if open => Stop::Gracefully,
+                // Idle, hyper, asked now, ends without writing anything, so
+                // no client hears `Connection: close`.
+                stop = rest.reached(unused), if open => stop,
             }
         };
         let run = std::future::poll_fn(|cx| conn.poll_without_shutdown(cx));
         let ended = watched(std::pin::pin!(run), std::pin::pin!(signal)).await;
         match ended {
+            Ended::Done(Ok(())) if rest.verdicts.unsent() => {
+                // hyper is done once its answer is buffered, not sent; its
+                // buffer would go with its parts. Run as a plain future,
+                // it sends what it holds (within the send timeout), then
+                // closes the connection.
+                tokio::select! {
+                    _ = stops.hard.cancelled() => {}
+                    _ = &mut *conn => {}
+                }
+                return None;
+            }
             Ended::Done(Ok(())) => return Some((conn.into_parts(), asked)),
             Ended::Done(Err(e)) => {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
@@ -399,13 +425,17 @@ where
     }
 }
 
-/// Closes the connection as hyper would have: its write side shut, within
-/// the send timeout.
-async fn close<IO>(mut framed: Framed<Pin<Box<TimeoutStream<IO>>>>, limits: &Limits)
+/// Closes the connection: its write side shut, within the send timeout or
+/// until the hard stop. Nothing is left unsent: a turn with bytes to send
+/// ends in [`one_turn`].
+async fn close<IO>(mut framed: Framed<Pin<Box<TimeoutStream<IO>>>>, limits: &Limits, stops: &Stops)
 where
     IO: AsyncRead + AsyncWrite + Unpin,
 {
-    let _ = tokio::time::timeout(limits.send_timeout, framed.shutdown()).await;
+    tokio::select! {
+        _ = stops.hard.cancelled() => {}
+        _ = tokio::time::timeout(limits.send_timeout, framed.shutdown()) => {}
+    }
 }
 
 /// Bytes hyper read but did not consume, then those it never read, in a
@@ -476,7 +506,101 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Rewind<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::body::ResponseBody;
+    use hyper_util::rt::TokioTimer;
     use tokio::io::AsyncReadExt;
+    use tokio_util::sync::CancellationToken;
+
+    /// One turn over a pipe narrower than the answer, the client reading
+    /// only after the connection could have rested: the whole answer
+    /// arrives. `close` asks for `Connection: close`, which hyper ends by
+    /// itself. How the turn ended: `Some(asked)`, or `None` when it closed
+    /// the connection after sending what hyper still held.
+    async fn a_turn_with_a_slow_reader(close: bool) -> Option<bool> {
+        const BODY: usize = 256 * 1024;
+        let (mut client, server) = tokio::io::duplex(4096);
+        let verdicts = Arc::new(Verdicts::default());
+        let turn = Arc::new(Turn::default());
+        let activity = Arc::new(Activity::default());
+        let framed = Framed::new(Box::pin(TimeoutStream::new(server)), Arc::clone(&verdicts));
+        let stream = TokioIo::new(Rewind {
+            prefix: Bytes::new(),
+            inner: framed,
+        });
+        let service = {
+            let (turn, activity) = (Arc::clone(&turn), Arc::clone(&activity));
+            service_fn(move |_: hyper::Request<hyper::body::Incoming>| {
+                turn.served.fetch_add(1, Relaxed);
+                let in_flight = InFlight::begin(&activity);
+                let body = http_body_util::Full::new(Bytes::from(vec![b'x'; BODY]));
+                Box::pin(async move {
+                    Ok(hyper::Response::new(
+                        ResponseBody::local(body).with_in_flight(in_flight),
+                    ))
+                }) as crate::connections::ServiceFuture
+            })
+        };
+        let mut builder = http1::Builder::new();
+        builder.timer(TokioTimer::new()).keep_alive(true);
+        let conn = Box::new(builder.serve_connection(stream, service));
+        let head = if close {
+            "GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n"
+        } else {
+            "GET / HTTP/1.1\r\nhost: x\r\n\r\n"
+        };
+        client.write_all(head.as_bytes()).await.unwrap();
+        let reader = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let mut all = Vec::new();
+            let mut buf = vec![0u8; 16 * 1024];
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+            loop {
+                let head = all.windows(4).position(|w| w == b"\r\n\r\n");
+                if head.is_some_and(|h| all.len() - h - 4 >= BODY) {
+                    break;
+                }
+                match tokio::time::timeout_at(deadline, client.read(&mut buf)).await {
+                    Ok(Ok(n)) if n > 0 => all.extend_from_slice(&buf[..n]),
+                    _ => break,
+                }
+            }
+            // Kept open: the turn must end by resting, not by the client
+            // going away.
+            (all, client)
+        });
+        let stops = Stops {
+            graceful: CancellationToken::new(),
+            hard: CancellationToken::new(),
+        };
+        let rest = Rest {
+            activity: &activity,
+            verdicts: &verdicts,
+            turn: &turn,
+            after: Duration::from_millis(50),
+        };
+        let peer = SocketAddr::from(([127, 0, 0, 1], 1));
+        let ended = one_turn(conn, rest, Duration::from_secs(60), peer, &stops)
+            .await
+            .map(|(_, asked)| asked);
+        let (all, _client) = reader.await.unwrap();
+        let body = all.len() - all.windows(4).position(|w| w == b"\r\n\r\n").unwrap() - 4;
+        assert_eq!(body, BODY, "the answer was cut short");
+        ended
+    }
+
+    #[tokio::test]
+    async fn a_connection_rests_only_once_its_answer_is_sent() {
+        assert_eq!(a_turn_with_a_slow_reader(false).await, Some(true));
+    }
+
+    #[tokio::test]
+    async fn a_closing_turn_sends_its_whole_answer() {
+        assert_ne!(
+            a_turn_with_a_slow_reader(true).await,
+            Some(true),
+            "hyper ends a closing turn itself"
+        );
+    }
 
     #[tokio::test]
     async fn rewound_bytes_are_read_before_the_stream() {

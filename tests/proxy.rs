@@ -972,3 +972,45 @@ async fn a_head_dripping_across_rests_is_still_bounded_by_the_header_read_timeou
     assert_eq!(us1.hits.load(std::sync::atomic::Ordering::Relaxed), before);
     m.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_slow_reader_gets_the_whole_answer_before_a_closing_connection_closes() {
+    let (_us1, m) = one_region("").await;
+    let n: usize = 8 * 1024 * 1024;
+    let mut s = tokio::net::TcpStream::connect(m.http_addr).await.unwrap();
+    s.write_all(
+        format!("GET /big?n={n} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
+    // Pauses longer than a connection's rest near the end, where the
+    // backend's answer may have ended in Meridian while the socket is
+    // still full: nothing Meridian holds may be dropped with the
+    // connection.
+    let mut got = Vec::with_capacity(n + 1024);
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut pauses = vec![n / 8, n / 4, 3 * n / 8];
+    loop {
+        let r = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf))
+            .await
+            .expect("no stall");
+        match r {
+            Ok(0) | Err(_) => break,
+            Ok(k) => got.extend_from_slice(&buf[..k]),
+        }
+        if pauses.last().is_some_and(|&left| got.len() + left >= n) {
+            pauses.pop();
+            tokio::time::sleep(meridian::http1::PARK_AFTER + Duration::from_millis(300)).await;
+        }
+    }
+    let head_end = got.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    let head = String::from_utf8_lossy(&got[..head_end]).to_lowercase();
+    let body = &got[head_end..];
+    if head.contains("transfer-encoding: chunked") {
+        assert!(body.ends_with(b"\r\n0\r\n\r\n"), "chunked answer cut short");
+        assert!(body.len() > n, "{} of {n} bytes", body.len());
+    } else {
+        assert_eq!(body.len(), n, "{head}");
+    }
+    m.shutdown().await;
+}

@@ -58,10 +58,11 @@ pub(super) struct Route {
 
 /// The client's side of a tunnel, once the answer is written.
 pub(super) enum ClientSide {
-    /// From hyper: an RFC 8441 stream on an HTTP/2 connection.
+    /// From hyper: an RFC 8441 stream on an HTTP/2 connection, or an
+    /// HTTP/1.1 connection on a listener that also takes h2c.
     Hyper(OnUpgrade),
-    /// From the connection itself: an HTTP/1.1 connection, which hyper
-    /// served only for the handshake (see [`crate::http1`]).
+    /// From the connection itself: an HTTP/1.1 connection served in turns,
+    /// handed over once hyper's turn wrote the `101` (see [`crate::http1`]).
     HandedOver(crate::http1::Receiver),
 }
 

@@ -13,13 +13,12 @@ use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
-use tokio_io_timeout::TimeoutStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::activity::{Activity, InFlight};
 use crate::config::Limits;
-use crate::framing::{Ambiguous, Framed, Verdicts};
+use crate::framing::Verdicts;
 use crate::http1;
 use crate::metrics::Listener;
 use crate::proxy::Proxy;
@@ -299,36 +298,23 @@ async fn serve_both<IO>(
         service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
             let proxy = Arc::clone(&proxy);
             let in_flight = InFlight::begin(&activity);
-            let mut upgrading = None;
-            if request.version() < http::Version::HTTP_2 {
-                if let Some(why) = verdicts.next_request() {
-                    request.extensions_mut().insert(Ambiguous(why));
-                }
-                if request.headers().contains_key(http::header::UPGRADE) {
-                    upgrading = Some(Arc::clone(&verdicts));
-                }
-            }
+            let upgrading = (request.version() < http::Version::HTTP_2
+                && verdicts.take_request(&mut request))
+            .then(|| Arc::clone(&verdicts));
             // Boxed, so that an idle connection does not keep a request's
             // worth of state (about 2.6 KB) in hyper's slot for the next one.
             Box::pin(async move {
                 let response = proxy.handle(request, peer, tls).await?;
                 if let Some(verdicts) = upgrading {
-                    if response.status() == http::StatusCode::SWITCHING_PROTOCOLS {
-                        // The client speaks the new protocol only after the 101.
-                        verdicts.upgraded();
-                    }
+                    verdicts.answered_upgrade(response.status());
                 }
                 Ok(response.map(|b| b.with_in_flight(in_flight)))
             }) as ServiceFuture
         })
     };
-    // A client that stops reading holds its connection and the response's
-    // backend connection; the send timeout ends that.
-    let mut io = TimeoutStream::new(io);
-    io.set_write_timeout(Some(limits.send_timeout));
     // With upgrades, a WebSocket's connection leaves hyper after the 101
     // for the proxy's tunnel, which keeps the send timeout set here.
-    let io = TokioIo::new(Framed::new(Box::pin(io), verdicts));
+    let io = TokioIo::new(http1::frame(io, limits, &verdicts));
     let conn = both.serve_connection_with_upgrades(io, service);
     drive(
         conn,

@@ -124,6 +124,25 @@ impl Verdicts {
         self.upgraded.store(true, Relaxed);
     }
 
+    /// Takes an HTTP/1 request as hyper hands it over: marks it when its
+    /// framing is in doubt, and says whether it asks to switch protocols.
+    pub fn take_request<B>(&self, request: &mut http::Request<B>) -> bool {
+        if let Some(why) = self.next_request() {
+            request.extensions_mut().insert(Ambiguous(why));
+        }
+        request.headers().contains_key(http::header::UPGRADE)
+    }
+
+    /// Notes the answer to a request that asked to switch protocols:
+    /// whether it switched, which the client does only after the `101`.
+    pub fn answered_upgrade(&self, status: http::StatusCode) -> bool {
+        let switched = status == http::StatusCode::SWITCHING_PROTOCOLS;
+        if switched {
+            self.upgraded();
+        }
+        switched
+    }
+
     /// Whether the connection was upgraded.
     pub fn is_upgraded(&self) -> bool {
         self.upgraded.load(Relaxed)

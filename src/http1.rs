@@ -25,8 +25,8 @@ use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
-use http::header::{CONTENT_LENGTH, UPGRADE};
-use http::{StatusCode, Version};
+use http::header::CONTENT_LENGTH;
+use http::Version;
 use http_body::Body as _;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -41,7 +41,7 @@ use crate::activity::{Activity, InFlight};
 use crate::closing::{watched, Ended};
 use crate::config::Limits;
 use crate::connections::Stops;
-use crate::framing::{Ambiguous, Framed, Verdicts};
+use crate::framing::{Framed, Verdicts};
 use crate::headers::connection_lists;
 use crate::proxy::Proxy;
 
@@ -202,7 +202,7 @@ pub(crate) async fn serve<IO>(
 /// The connection under the send timeout and the framing scanner. Built
 /// outside [`serve`], whose future would otherwise keep room for the
 /// unboxed stream all the connection long.
-fn frame<IO>(
+pub(crate) fn frame<IO>(
     io: IO,
     limits: &Limits,
     verdicts: &Arc<Verdicts>,
@@ -241,9 +241,7 @@ fn service(
     service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
         turn.served.fetch_add(1, Relaxed);
         let in_flight = InFlight::begin(&activity);
-        if let Some(why) = verdicts.next_request() {
-            request.extensions_mut().insert(Ambiguous(why));
-        }
+        let upgrading = verdicts.take_request(&mut request);
         let version = request.version();
         // As hyper reads it: `close` wins, and HTTP/1.0 needs `keep-alive`.
         let keep_alive = !connection_lists(request.headers(), "close")
@@ -251,7 +249,6 @@ fn service(
         if !keep_alive {
             turn.close.store(true, Relaxed);
         }
-        let upgrading = request.headers().contains_key(UPGRADE);
         if upgrading {
             let (sender, receiver) = oneshot::channel();
             if let Ok(mut slot) = turn.upgrade.lock() {
@@ -267,9 +264,7 @@ fn service(
         // in the proxy.
         Box::pin(async move {
             let response = proxy.handle(request, peer, tls).await?;
-            if upgrading && response.status() == StatusCode::SWITCHING_PROTOCOLS {
-                // The client speaks the new protocol only after the 101.
-                verdicts.upgraded();
+            if upgrading && verdicts.answered_upgrade(response.status()) {
                 return Ok(response);
             }
             let close = connection_lists(response.headers(), "close")

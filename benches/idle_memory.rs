@@ -119,55 +119,65 @@ fn main() {
         .unwrap();
     runtime.block_on(async {
         let backend = backend().await;
-        let text = format!(
-            "[listen]\nhttp = \"127.0.0.1:0\"\n[limits]\nkeepalive_idle_timeout = \"300s\"\n\
-             header_read_timeout = \"300s\"\n[log]\naccess = false\n[proxy]\nregion_header = false\n\
-             [[region]]\nname = \"us\"\nbackends = [\"http://{backend}\"]\n\
-             [region.health]\npath = \"/\"\ninterval = \"60s\"\n"
-        );
-        let config = meridian::config::Config::parse("idle.toml", &text).unwrap();
-        let m = meridian::server::start(config).await.unwrap();
-        // The first health check makes the region serve.
-        for _ in 0..100 {
-            let region = &m.shared.load().regions[0];
-            if region.state.serves() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+        // A plain listener, then one that also takes HTTP/2 by prior
+        // knowledge and must tell the two apart.
+        for (what, keys) in [("", ""), (" (listener with h2c = true)", "h2c = true\n")] {
+            let text = format!(
+                "[listen]\nhttp = \"127.0.0.1:0\"\n{keys}[limits]\nkeepalive_idle_timeout = \"300s\"\n\
+                 header_read_timeout = \"300s\"\n[log]\naccess = false\n[proxy]\nregion_header = false\n\
+                 [[region]]\nname = \"us\"\nbackends = [\"http://{backend}\"]\n\
+                 [region.health]\npath = \"/\"\ninterval = \"60s\"\n"
+            );
+            let config = meridian::config::Config::parse("idle.toml", &text).unwrap();
+            let m = meridian::server::start(config).await.unwrap();
+            measure(&m, n, what).await;
+            m.shutdown().await;
         }
-        // Warm up: pools, timers, the first connection's one-time costs.
-        let mut warm = Vec::new();
-        for _ in 0..20 {
-            warm.push(idle_client(m.http_addr).await);
-        }
-        drop(warm);
-        tokio::time::sleep(Duration::from_millis(300)).await;
-
-        let mut clients = Vec::with_capacity(n);
-        let (before, classes_before) = snapshot();
-        for _ in 0..n {
-            clients.push(idle_client(m.http_addr).await);
-        }
-        // Idle connections give their buffers up once at rest.
-        tokio::time::sleep(meridian::http1::PARK_AFTER + Duration::from_millis(500)).await;
-        let (after, classes_after) = snapshot();
-        let per = (after - before) as f64 / n as f64;
-        println!("{n} idle keep-alive connections: {per:.0} heap bytes each");
-        let mut by_size = BTreeMap::new();
-        for i in 0..CLASSES {
-            let delta = (classes_after[i] - classes_before[i]) as f64 / n as f64;
-            if delta.abs() >= 16.0 {
-                by_size.insert(i, delta);
-            }
-        }
-        for (i, delta) in by_size {
-            let upper = if i + 1 == CLASSES {
-                "larger".to_owned()
-            } else {
-                format!("<= {} B", 1u64 << i)
-            };
-            println!("  allocations {upper:>10}: {delta:>8.0} bytes per connection");
-        }
-        drop(clients);
     });
+}
+
+/// Opens `n` idle connections to `m` and prints the heap they hold.
+async fn measure(m: &meridian::server::Running, n: usize, what: &str) {
+    // The first health check makes the region serve.
+    for _ in 0..100 {
+        let region = &m.shared.load().regions[0];
+        if region.state.serves() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Warm up: pools, timers, the first connection's one-time costs.
+    let mut warm = Vec::new();
+    for _ in 0..20 {
+        warm.push(idle_client(m.http_addr).await);
+    }
+    drop(warm);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let mut clients = Vec::with_capacity(n);
+    let (before, classes_before) = snapshot();
+    for _ in 0..n {
+        clients.push(idle_client(m.http_addr).await);
+    }
+    // Idle connections give their buffers up once at rest.
+    tokio::time::sleep(meridian::http1::PARK_AFTER + Duration::from_millis(500)).await;
+    let (after, classes_after) = snapshot();
+    let per = (after - before) as f64 / n as f64;
+    println!("{n} idle keep-alive connections{what}: {per:.0} heap bytes each");
+    let mut by_size = BTreeMap::new();
+    for i in 0..CLASSES {
+        let delta = (classes_after[i] - classes_before[i]) as f64 / n as f64;
+        if delta.abs() >= 16.0 {
+            by_size.insert(i, delta);
+        }
+    }
+    for (i, delta) in by_size {
+        let upper = if i + 1 == CLASSES {
+            "larger".to_owned()
+        } else {
+            format!("<= {} B", 1u64 << i)
+        };
+        println!("  allocations {upper:>10}: {delta:>8.0} bytes per connection");
+    }
+    drop(clients);
 }

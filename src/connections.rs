@@ -108,8 +108,9 @@ const HYPER_MAX_HEADERS: usize = 100;
 pub(crate) struct HttpServer {
     /// HTTP/1.1, served in turns (see [`crate::http1`]).
     http1: hyper::server::conn::http1::Builder,
-    /// Both versions, told apart by the connection preface: for HTTP/2
-    /// negotiated over TLS, and on a plain listener with `h2c`.
+    /// HTTP/2, negotiated over TLS or, on a plain listener with `h2c`,
+    /// by prior knowledge. hyper-util's builder for both versions, as ALPN
+    /// may leave the choice to the connection preface.
     both: Option<auto::Builder<TokioExecutor>>,
 }
 
@@ -193,25 +194,65 @@ async fn serve_connection(
     // only its state, not also that of the handshake it no longer needs.
     let Some(tls) = &endpoint.tls else {
         let proxy = Arc::new(proxy);
-        return match &http.both {
-            Some(both) if endpoint.h2c => {
-                Box::pin(serve_both(stream, peer, false, proxy, both, limits, stops)).await
+        if let Some(both) = http.both.as_ref().filter(|_| endpoint.h2c) {
+            // HTTP/1.1 goes to the turns, whose idle connections hold no
+            // buffers; hyper's auto builder would keep them all along.
+            match Box::pin(opens_http2(&stream, limits, &stops)).await {
+                Some(true) => {
+                    return Box::pin(serve_both(stream, peer, false, proxy, both, limits, stops))
+                        .await
+                }
+                Some(false) => {}
+                None => return,
             }
-            _ => {
-                Box::pin(http1::serve(
-                    stream,
-                    peer,
-                    false,
-                    proxy,
-                    &http.http1,
-                    limits,
-                    &stops,
-                ))
-                .await
-            }
-        };
+        }
+        return Box::pin(http1::serve(
+            stream,
+            peer,
+            false,
+            proxy,
+            &http.http1,
+            limits,
+            &stops,
+        ))
+        .await;
     };
     Box::pin(serve_tls(stream, peer, proxy, tls, http, limits, stops)).await;
+}
+
+/// The client connection preface of HTTP/2 (RFC 9113, section 3.4).
+const HTTP2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Whether a plain connection opens with the HTTP/2 preface, looked at
+/// without reading it; `None` when the client closes, or sends nothing
+/// that tells within `header_read_timeout` (like a TLS handshake, this
+/// wait comes before hyper's own for the head).
+async fn opens_http2(stream: &TcpStream, limits: &Limits, stops: &Stops) -> Option<bool> {
+    let sniff = async {
+        let mut seen = [0u8; HTTP2_PREFACE.len()];
+        let mut pause = Duration::from_millis(1);
+        loop {
+            let n = stream.peek(&mut seen).await.ok()?;
+            if n == 0 {
+                return None;
+            }
+            if seen[..n] != HTTP2_PREFACE[..n] {
+                return Some(false);
+            }
+            if n == HTTP2_PREFACE.len() {
+                return Some(true);
+            }
+            // Bytes peeked stay readable, so the socket gives no signal
+            // when more arrive: look again after a pause. Only a preface
+            // in pieces (or an `P` alone) gets here.
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(50));
+        }
+    };
+    tokio::select! {
+        _ = stops.graceful.cancelled() => None,
+        r = tokio::time::timeout(limits.header_read_timeout, sniff) => r.ok().flatten(),
+    }
 }
 
 /// Serves one HTTPS connection: the handshake, then HTTP/2 where ALPN chose
@@ -276,9 +317,9 @@ pub(crate) type ServiceFuture = std::pin::Pin<
     >,
 >;
 
-/// Serves HTTP/2, or HTTP/1.1 on a listener that also takes HTTP/2 by
-/// prior knowledge, on `io` until it closes, idles out, or shutdown; `tls`
-/// says whether it arrived over TLS.
+/// Serves HTTP/2 (or HTTP/1.1, to a client that negotiated `h2` and then
+/// did not send its preface) on `io` until it closes, idles out, or
+/// shutdown; `tls` says whether it arrived over TLS.
 async fn serve_both<IO>(
     io: IO,
     peer: SocketAddr,

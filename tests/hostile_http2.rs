@@ -299,3 +299,82 @@ async fn ping_and_settings_floods_from_a_client_that_never_reads_stay_bounded() 
     }
     m.shutdown().await;
 }
+
+#[tokio::test]
+async fn the_listener_tells_http2_from_http1_by_the_preface_even_in_pieces() {
+    let backend = Backend::start("us-1").await;
+    let text = config_text(
+        &[R("us", &[&backend], &[])],
+        "[limits]\nheader_read_timeout = \"2s\"\n",
+    )
+    .replace("[listen]\n", "[listen]\nh2c = true\n");
+    let m = start_healthy(&text, &["us"]).await;
+    let pause = || tokio::time::sleep(Duration::from_millis(60));
+
+    // HTTP/2's preface in three pieces, then a GET: answered over HTTP/2.
+    let mut s = TcpStream::connect(m.http_addr).await.unwrap();
+    for piece in [&PREFACE[..1], &PREFACE[1..9], &PREFACE[9..]] {
+        s.write_all(piece).await.unwrap();
+        pause().await;
+    }
+    s.write_all(&frame(SETTINGS, 0, 0, &[])).await.unwrap();
+    s.write_all(&frame(HEADERS, END_HEADERS | END_STREAM, 1, &get_block()))
+        .await
+        .unwrap();
+    let (r, w) = s.into_split();
+    let seen = read_frames(r);
+    wait_for(Duration::from_secs(5), "an HTTP/2 answer", || async {
+        seen.headers.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    assert!(!seen.goaway.load(Ordering::SeqCst));
+    // This client answers no PING, so a graceful GOAWAY would wait for
+    // the hard stop.
+    drop(w);
+
+    // HTTP/1.1 that begins like the preface: a `P`, a pause, then the
+    // rest of a POST, then another request after the connection rested.
+    let mut s = TcpStream::connect(m.http_addr).await.unwrap();
+    s.write_all(b"P").await.unwrap();
+    pause().await;
+    s.write_all(b"OST / HTTP/1.1\r\nhost: a\r\ncontent-length: 2\r\n\r\nhi")
+        .await
+        .unwrap();
+    let answer = read_until(&mut s, b"us-1").await;
+    assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
+    tokio::time::sleep(meridian::http1::PARK_AFTER + Duration::from_millis(300)).await;
+    s.write_all(b"GET / HTTP/1.1\r\nhost: a\r\n\r\n")
+        .await
+        .unwrap();
+    let answer = read_until(&mut s, b"us-1").await;
+    assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
+
+    // A `P` and then silence is closed after the header read timeout.
+    let mut s = TcpStream::connect(m.http_addr).await.unwrap();
+    s.write_all(b"P").await.unwrap();
+    let started = Instant::now();
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut rest)).await;
+    assert!(closed.is_ok(), "a lone `P` held its connection");
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        started.elapsed()
+    );
+    m.shutdown().await;
+}
+
+/// Reads until `marker` has arrived, within 5 s, as text.
+async fn read_until(s: &mut TcpStream, marker: &[u8]) -> String {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !got.windows(marker.len()).any(|w| w == marker) {
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+            .await
+            .expect("an answer within 5 s")
+            .unwrap();
+        assert!(n > 0, "closed: {}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&buf[..n]);
+    }
+    String::from_utf8_lossy(&got).into_owned()
+}

@@ -78,24 +78,27 @@ pub(crate) async fn accept_loop(
             },
         };
         let _ = stream.set_nodelay(true);
-        let (proxy, http, limits, stops, endpoint) = (
+        let accepted = Accepted {
+            stream,
+            peer,
+            permit,
+        };
+        connections.spawn(serve_connection(
+            accepted,
             proxy.clone(),
             Arc::clone(&http),
             Arc::clone(&limits),
-            stops.clone(),
             Arc::clone(&endpoint),
-        );
-        let listener_kind = if endpoint.tls.is_some() {
-            Listener::Https
-        } else {
-            Listener::Http
-        };
-        connections.spawn(async move {
-            let _open = proxy.shared().metrics().open_connection(listener_kind);
-            serve_connection(stream, peer, proxy, &http, &limits, &endpoint, stops).await;
-            drop(permit);
-        });
+            stops.clone(),
+        ));
     }
+}
+
+/// A client connection as accepted, with its place in `max_connections`.
+struct Accepted {
+    stream: TcpStream,
+    peer: SocketAddr,
+    permit: tokio::sync::OwnedSemaphorePermit,
 }
 
 /// hyper's own limit on request header lines. Setting any limit, even this
@@ -160,64 +163,90 @@ fn auto_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
 }
 
 /// Serves one client connection: the PROXY header, the TLS handshake, then HTTP.
-async fn serve_connection(
-    stream: TcpStream,
-    peer: SocketAddr,
+///
+/// A block rather than an `async fn`, whose future would hold each
+/// argument twice: every connection's task holds this one.
+#[allow(clippy::manual_async_fn)]
+fn serve_connection(
+    mut accepted: Accepted,
     proxy: Proxy,
-    http: &HttpServer,
-    limits: &Limits,
-    endpoint: &Endpoint,
+    http: Arc<HttpServer>,
+    limits: Arc<Limits>,
+    endpoint: Arc<Endpoint>,
     stops: Stops,
-) {
-    let mut stream = stream;
-    let peer = if endpoint.proxy_protocol && proxy.trusts(crate::geo::peer_ip(peer)) {
-        use crate::proxy_protocol::{read_header, Source};
-        match Box::pin(read_header(&mut stream, limits.header_read_timeout)).await {
-            Ok(Source::Client(client)) => client,
-            // The balancer's own connection, such as its health check.
-            Ok(Source::Local) => peer,
-            // A PROXY listener requires the header from its balancers: without
-            // it a client passed through at L4 would speak as the balancer.
-            Ok(Source::Absent) => {
-                tracing::debug!(%peer, "connection refused: no PROXY header from a trusted peer");
-                return;
-            }
-            Err(e) => {
-                tracing::debug!(%peer, error = %e, "connection refused");
-                return;
-            }
-        }
-    } else {
-        peer
-    };
-    // HTTP serving is boxed, so that the task of an idle connection holds
-    // only its state, not also that of the handshake it no longer needs.
-    let Some(tls) = &endpoint.tls else {
-        let proxy = Arc::new(proxy);
-        if let Some(both) = http.both.as_ref().filter(|_| endpoint.h2c) {
-            // HTTP/1.1 goes to the turns, whose idle connections hold no
-            // buffers; hyper's auto builder would keep them all along.
-            match Box::pin(opens_http2(&stream, limits, &stops)).await {
-                Some(true) => {
-                    return Box::pin(serve_both(stream, peer, false, proxy, both, limits, stops))
-                        .await
+) -> impl std::future::Future<Output = ()> + Send + 'static {
+    async move {
+        let kind = if endpoint.tls.is_some() {
+            Listener::Https
+        } else {
+            Listener::Http
+        };
+        let _open = proxy.shared().metrics().open_connection(kind);
+        // Moved in, or the block would capture only the fields it uses and
+        // the slot would be given back at once.
+        let _permit = accepted.permit;
+        let (http, limits) = (&*http, &*limits);
+        // The rest of `accepted` is used in place: a local copy of a field
+        // would take room of its own in this future, which every
+        // connection's task holds.
+        if endpoint.proxy_protocol && proxy.trusts(crate::geo::peer_ip(accepted.peer)) {
+            use crate::proxy_protocol::{read_header, Source};
+            let peer = accepted.peer;
+            match Box::pin(read_header(
+                &mut accepted.stream,
+                limits.header_read_timeout,
+            ))
+            .await
+            {
+                Ok(Source::Client(client)) => accepted.peer = client,
+                // The balancer's own connection, such as its health check.
+                Ok(Source::Local) => {}
+                // A PROXY listener requires the header from its balancers: without
+                // it a client passed through at L4 would speak as the balancer.
+                Ok(Source::Absent) => {
+                    tracing::debug!(%peer, "connection refused: no PROXY header from a trusted peer");
+                    return;
                 }
-                Some(false) => {}
-                None => return,
+                Err(e) => {
+                    tracing::debug!(%peer, error = %e, "connection refused");
+                    return;
+                }
             }
         }
-        return Box::pin(http1::serve(
-            stream,
-            peer,
-            false,
-            proxy,
-            &http.http1,
-            limits,
-            &stops,
-        ))
-        .await;
-    };
-    Box::pin(serve_tls(stream, peer, proxy, tls, http, limits, stops)).await;
+        // HTTP serving is boxed, so that the task of an idle connection holds
+        // only its state, not also that of the handshake it no longer needs.
+        let Some(tls) = &endpoint.tls else {
+            let proxy = Arc::new(proxy);
+            if let Some(both) = http.both.as_ref().filter(|_| endpoint.h2c) {
+                // HTTP/1.1 goes to the turns, whose idle connections hold no
+                // buffers; hyper's auto builder would keep them all along.
+                match Box::pin(opens_http2(&accepted.stream, limits, &stops)).await {
+                    Some(true) => {
+                        let (stream, peer) = (accepted.stream, accepted.peer);
+                        return Box::pin(serve_both(
+                            stream, peer, false, proxy, both, limits, stops,
+                        ))
+                        .await;
+                    }
+                    Some(false) => {}
+                    None => return,
+                }
+            }
+            let (stream, peer) = (accepted.stream, accepted.peer);
+            return Box::pin(http1::serve(
+                stream,
+                peer,
+                false,
+                proxy,
+                &http.http1,
+                limits,
+                &stops,
+            ))
+            .await;
+        };
+        let (stream, peer) = (accepted.stream, accepted.peer);
+        Box::pin(serve_tls(stream, peer, proxy, tls, http, limits, stops)).await;
+    }
 }
 
 /// The client connection preface of HTTP/2 (RFC 9113, section 3.4).

@@ -114,87 +114,96 @@ struct Turn {
 
 /// Serves HTTP/1.1 on `io` until it closes, idles out, upgrades, or
 /// Meridian stops; `tls` says whether it arrived over TLS.
-pub(crate) async fn serve<IO>(
+///
+/// A block rather than an `async fn`, whose future would hold each
+/// argument twice: this one is held by every idle connection.
+#[allow(clippy::manual_async_fn)]
+pub(crate) fn serve<'a, IO>(
     io: IO,
     peer: SocketAddr,
     tls: bool,
     proxy: Arc<Proxy>,
-    builder: &http1::Builder,
-    limits: &Limits,
-    stops: &Stops,
-) where
+    builder: &'a http1::Builder,
+    limits: &'a Limits,
+    stops: &'a Stops,
+) -> impl std::future::Future<Output = ()> + Send + 'a
+where
     IO: AsyncRead + AsyncWrite + Readiness + Send + Unpin + 'static,
 {
-    let verdicts = Arc::new(Verdicts::default());
-    let turn = Arc::new(Turn::default());
-    let activity = Arc::new(Activity::default());
-    let mut framed = frame(io, limits, &verdicts);
-    let mut unread = Bytes::new();
-    // Until its first request, a connection is hyper's, with
-    // `header_read_timeout` from the moment it opened; after it, an idle
-    // one waits no longer than a head may take to arrive.
-    let idle_limit = limits
-        .keepalive_idle_timeout
-        .min(limits.header_read_timeout);
-    let park_after = PARK_AFTER.min(idle_limit);
-    let mut first = true;
-    loop {
-        if !first && unread.is_empty() {
-            // Parked after `park_after` of idleness.
-            let deadline = Instant::now() + idle_limit.saturating_sub(park_after);
-            match park(&mut framed, deadline, stops).await {
-                Parked::Ready(None) => {}
-                Parked::Ready(Some(byte)) => unread = Bytes::copy_from_slice(&[byte]),
-                Parked::Close => return Box::pin(close(framed, limits, stops)).await,
+    async move {
+        let verdicts = Arc::new(Verdicts::default());
+        let turn = Arc::new(Turn::default());
+        let activity = Arc::new(Activity::default());
+        let mut framed = frame(io, limits, &verdicts);
+        let mut unread = Bytes::new();
+        // Until its first request, a connection is hyper's, with
+        // `header_read_timeout` from the moment it opened; after it, an idle
+        // one waits no longer than a head may take to arrive.
+        let idle_limit = limits
+            .keepalive_idle_timeout
+            .min(limits.header_read_timeout);
+        let park_after = PARK_AFTER.min(idle_limit);
+        let mut first = true;
+        loop {
+            if !first && unread.is_empty() {
+                // Parked after `park_after` of idleness.
+                let deadline = Instant::now() + idle_limit.saturating_sub(park_after);
+                match park(&mut framed, deadline, stops).await {
+                    Parked::Ready(None) => {}
+                    Parked::Ready(Some(byte)) => unread = Bytes::copy_from_slice(&[byte]),
+                    Parked::Close => return Box::pin(close(framed, limits, stops)).await,
+                }
             }
-        }
-        first = false;
-        turn.served.store(0, Relaxed);
-        turn.close.store(false, Relaxed);
-        let service = service(&proxy, &verdicts, &turn, &activity, peer, tls);
-        let stream = TokioIo::new(Rewind {
-            prefix: std::mem::take(&mut unread),
-            inner: framed,
-        });
-        // Boxed, so that a parked connection holds none of hyper's state.
-        let conn = Box::new(builder.serve_connection(stream, service));
-        let rest = Rest {
-            activity: &activity,
-            verdicts: &verdicts,
-            turn: &turn,
-            after: park_after,
-        };
-        let Some((parts, asked)) = one_turn(conn, rest, idle_limit, peer, stops).await else {
-            return;
-        };
-        let Rewind { prefix, inner } = parts.io.into_inner();
-        framed = inner;
-        unread = join(parts.read_buf, prefix);
-        if verdicts.is_upgraded() {
-            let sender = turn.upgrade.lock().ok().and_then(|mut slot| slot.take());
-            if let Some(sender) = sender {
-                let stream: Box<dyn ClientStream> = Box::new(Rewind {
-                    prefix: unread,
-                    inner: framed,
-                });
-                // The tunnel may have ended already; then the connection closes here.
-                let _ = sender.send(stream);
+            first = false;
+            turn.served.store(0, Relaxed);
+            turn.close.store(false, Relaxed);
+            let service = service(&proxy, &verdicts, &turn, &activity, peer, tls);
+            let stream = TokioIo::new(Rewind {
+                prefix: std::mem::take(&mut unread),
+                inner: framed,
+            });
+            // Boxed, so that a parked connection holds none of hyper's state.
+            let conn = Box::new(builder.serve_connection(stream, service));
+            let rest = Rest {
+                activity: &activity,
+                verdicts: &verdicts,
+                turn: &turn,
+                after: park_after,
+            };
+            // Boxed, so that a parked connection keeps no room for a turn.
+            let turn_run = Box::pin(one_turn(conn, rest, idle_limit, peer, stops));
+            let Some((parts, asked)) = turn_run.await else {
+                return;
+            };
+            let Rewind { prefix, inner } = parts.io.into_inner();
+            framed = inner;
+            unread = join(parts.read_buf, prefix);
+            if verdicts.is_upgraded() {
+                let sender = turn.upgrade.lock().ok().and_then(|mut slot| slot.take());
+                if let Some(sender) = sender {
+                    let stream: Box<dyn ClientStream> = Box::new(Rewind {
+                        prefix: unread,
+                        inner: framed,
+                    });
+                    // The tunnel may have ended already; then the connection closes here.
+                    let _ = sender.send(stream);
+                }
+                return;
             }
-            return;
-        }
-        if let Ok(mut slot) = turn.upgrade.lock() {
-            // A handshake the backend refused leaves nothing to hand over.
-            slot.take();
-        }
-        // hyper ending a turn by itself means the connection is done: the
-        // client closed it, or the answer's framing or a `Connection:
-        // close` ends it.
-        let reusable = asked
-            && !turn.close.load(Relaxed)
-            && !stops.graceful.is_cancelled()
-            && framed.at_end_of_last_request(unread.len());
-        if !reusable {
-            return Box::pin(close(framed, limits, stops)).await;
+            if let Ok(mut slot) = turn.upgrade.lock() {
+                // A handshake the backend refused leaves nothing to hand over.
+                slot.take();
+            }
+            // hyper ending a turn by itself means the connection is done: the
+            // client closed it, or the answer's framing or a `Connection:
+            // close` ends it.
+            let reusable = asked
+                && !turn.close.load(Relaxed)
+                && !stops.graceful.is_cancelled()
+                && framed.at_end_of_last_request(unread.len());
+            if !reusable {
+                return Box::pin(close(framed, limits, stops)).await;
+            }
         }
     }
 }

@@ -266,10 +266,34 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     } else {
         tokio::runtime::Builder::new_multi_thread()
     };
-    builder
+    let runtime = builder
         .enable_all()
         .build()
-        .context("cannot start the async runtime")
+        .context("cannot start the async runtime")?;
+    runtime.spawn(return_freed_memory());
+    Ok(runtime)
+}
+
+/// How often mimalloc is asked to return memory freed a while ago.
+const RETURN_FREED_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Gives the OS back the memory mimalloc holds freed. mimalloc does so a
+/// second after a page empties (`purge_delay`), but only when a thread
+/// that allocates passes by: a burst of connections that then go idle
+/// would keep their first requests' buffers in the process's RSS for as
+/// long as nothing else happened.
+async fn return_freed_memory() {
+    let mut tick = tokio::time::interval(RETURN_FREED_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        // SAFETY: `mi_collect` takes no pointer and may be called from any
+        // thread at any time; mimalloc is the global allocator.
+        #[allow(unsafe_code)]
+        unsafe {
+            libmimalloc_sys::mi_collect(false)
+        };
+    }
 }
 
 fn run(path: PathBuf) -> anyhow::Result<()> {

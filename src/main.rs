@@ -268,10 +268,38 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     };
     let runtime = builder
         .enable_all()
+        .on_thread_park(collect_freed)
         .build()
         .context("cannot start the async runtime")?;
     runtime.spawn(return_freed_memory());
     Ok(runtime)
+}
+
+/// How often a worker thread about to wait for work hands mimalloc back
+/// the pages it emptied.
+const COLLECT_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// Lets mimalloc take back the pages this thread emptied, at most every
+/// [`COLLECT_EVERY`]: each thread keeps its own, which no other thread's
+/// collection reaches.
+fn collect_freed() {
+    thread_local! {
+        static LAST: std::cell::Cell<Option<tokio::time::Instant>> = const { std::cell::Cell::new(None) };
+    }
+    let now = tokio::time::Instant::now();
+    if LAST
+        .get()
+        .is_some_and(|last| now.duration_since(last) < COLLECT_EVERY)
+    {
+        return;
+    }
+    LAST.set(Some(now));
+    // SAFETY: `mi_collect` takes no pointer and may be called from any
+    // thread at any time; mimalloc is the global allocator.
+    #[allow(unsafe_code)]
+    unsafe {
+        libmimalloc_sys::mi_collect(false)
+    };
 }
 
 /// How often mimalloc is asked to return memory freed a while ago.
@@ -287,12 +315,7 @@ async fn return_freed_memory() {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        // SAFETY: `mi_collect` takes no pointer and may be called from any
-        // thread at any time; mimalloc is the global allocator.
-        #[allow(unsafe_code)]
-        unsafe {
-            libmimalloc_sys::mi_collect(false)
-        };
+        collect_freed();
     }
 }
 

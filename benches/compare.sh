@@ -412,7 +412,8 @@ print("alive", alive, flush=True)
 PY
 
 idle_conns=10000
-# Idle keep-alive cost: sets i_before i_after (kB), i_kb (kB per connection), i_ok.
+# Idle keep-alive cost: sets i_before i_after i_later (kB, 2 s and 8 s after
+# the connections are made), i_kb i_kb_later (kB per connection), i_ok.
 idle_test() { # label port pid
   local cpid i line ok failed alive
   sleep 1
@@ -431,6 +432,10 @@ idle_test() { # label port pid
   read -r _ ok failed <<<"$line"
   sleep 2
   i_after=$(mem_kb "$3" VmRSS)
+  # Again once every connection has long been idle: a proxy may give back
+  # what a connection used for its request some time after the answer.
+  sleep 6
+  i_later=$(mem_kb "$3" VmRSS)
   kill -USR1 "$cpid"
   wait "$cpid" || true
   alive=$(awk '/^alive/ {print $2}' "$work/idle.out")
@@ -443,8 +448,9 @@ idle_test() { # label port pid
   [ "${alive:-0}" -eq "$ok" ] || note "$1: only ${alive:-0} of $ok idle connections were still open after the measurement"
   if [ "$ok" -gt 0 ]; then
     i_kb=$(awk -v a="$i_before" -v b="$i_after" -v n="$ok" 'BEGIN { printf "%.2f", (b - a) / n }')
+    i_kb_later=$(awk -v a="$i_before" -v b="$i_later" -v n="$ok" 'BEGIN { printf "%.2f", (b - a) / n }')
   else
-    i_kb="n/a"
+    i_kb="n/a" i_kb_later="n/a"
   fi
 }
 
@@ -584,6 +590,7 @@ for ((round = 1; round <= rounds; round++)); do
         idle_test "$t idle" "$port" "$proxy_pid"
         add "$t" idle_before "$i_before"; add "$t" idle_after "$i_after"
         add "$t" idle_kb "$i_kb"; add "$t" idle_ok "$i_ok"
+        add "$t" idle_later "$i_later"; add "$t" idle_kb_later "$i_kb_later"
       fi
     fi
     stop_target
@@ -652,13 +659,13 @@ ratio() {
   echo
   echo "### Memory"
   echo
-  echo "| target | peak RSS, MB | RSS before idle, MB | RSS with idle conns, MB | idle conns kept | KB / idle connection |"
-  echo "|---|---|---|---|---|---|"
+  echo "| target | peak RSS, MB | RSS before idle, MB | RSS with idle conns, MB | idle conns kept | KB / idle connection | RSS 6 s later, MB | KB / idle connection, 6 s later |"
+  echo "|---|---|---|---|---|---|---|---|"
   for t in "${targets[@]}"; do
-    echo "| $t | $(fmt_mb "$(median "$t" hwm)") | $(fmt_mb "$(median "$t" idle_before)") | $(fmt_mb "$(median "$t" idle_after)") | $(median "$t" idle_ok) | $(fmt_2 "$(median "$t" idle_kb)") |"
+    echo "| $t | $(fmt_mb "$(median "$t" hwm)") | $(fmt_mb "$(median "$t" idle_before)") | $(fmt_mb "$(median "$t" idle_after)") | $(median "$t" idle_ok) | $(fmt_2 "$(median "$t" idle_kb)") | $(fmt_mb "$(median "$t" idle_later)") | $(fmt_2 "$(median "$t" idle_kb_later)") |"
   done
   echo
-  echo "Peak RSS: VmHWM of the proxy and its children after the load runs (before the idle test). Idle: in the first round, on a freshly started proxy, $idle_conns keep-alive connections, each answered one \`GET /\` and then left idle; (VmRSS with them - VmRSS before) / connections."
+  echo "Peak RSS: VmHWM of the proxy and its children after the load runs (before the idle test). Idle: in the first round, on a freshly started proxy, $idle_conns keep-alive connections, each answered one \`GET /\` and then left idle; (VmRSS with them - VmRSS before) / connections, 2 s after the last was answered and again 6 s later."
   if [ ${#notes[@]} -gt 0 ]; then
     echo
     echo "Warnings:"

@@ -253,9 +253,10 @@ fn serve_connection(
 const HTTP2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// Whether a plain connection opens with the HTTP/2 preface, looked at
-/// without reading it; `None` when the client closes, or sends nothing
-/// that tells within `header_read_timeout` (like a TLS handshake, this
-/// wait comes before hyper's own for the head).
+/// without reading it. `None` when the client closes before its first
+/// byte, the socket fails, Meridian stops, or nothing that tells arrives
+/// within `header_read_timeout` (like a TLS handshake, this wait comes
+/// before hyper's own for the head).
 async fn opens_http2(stream: &TcpStream, limits: &Limits, stops: &Stops) -> Option<bool> {
     let sniff = async {
         let mut seen = [0u8; HTTP2_PREFACE.len()];
@@ -273,9 +274,11 @@ async fn opens_http2(stream: &TcpStream, limits: &Limits, stops: &Stops) -> Opti
             }
             // Bytes peeked stay readable, so the socket gives no signal
             // when more arrive: look again after a pause. Only a preface
-            // in pieces (or an `P` alone) gets here.
+            // in pieces (or a `P` alone) gets here; the pause grows to a
+            // quarter of a second, so that a client holding one byte back
+            // costs a few wake-ups a second, not a busy loop.
             tokio::time::sleep(pause).await;
-            pause = (pause * 2).min(Duration::from_millis(50));
+            pause = (pause * 2).min(Duration::from_millis(250));
         }
     };
     tokio::select! {

@@ -137,8 +137,9 @@ where
         let mut framed = frame(io, limits, &verdicts);
         let mut unread = Bytes::new();
         // Until its first request, a connection is hyper's, with
-        // `header_read_timeout` from the moment it opened; after it, an idle
-        // one waits no longer than a head may take to arrive.
+        // `header_read_timeout` from when hyper began to wait for it (after
+        // the TLS handshake, or the look for h2c's preface); after it, an
+        // idle one waits no longer than a head may take to arrive.
         let idle_limit = limits
             .keepalive_idle_timeout
             .min(limits.header_read_timeout);

@@ -368,3 +368,31 @@ async fn output_to_a_reader_that_went_away_ends_quietly() {
     assert!(!err.contains("panicked"), "{err}");
     assert_eq!(out.status.code(), Some(0), "{err}");
 }
+
+/// The running proxy has transparent huge pages off (`THP_enabled: 0` in
+/// its `/proc/PID/status`), while this test process keeps the system's
+/// default: mimalloc's huge pages made RSS jump under steady load.
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn the_running_proxy_has_transparent_huge_pages_off() {
+    let thp = |pid: &str| {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("THP_enabled:"))
+            .map(|v| v.trim().to_owned())
+    };
+    // A kernel without the field, or a test process that inherited the
+    // flag already, leaves nothing to tell apart.
+    if thp("self").as_deref() != Some("1") {
+        eprintln!("huge pages are not reported or already off here; nothing to check");
+        return;
+    }
+    let backend = common::Backend::start("us-1").await;
+    let (_dir, path, port) = config_on_a_free_port(&backend, "");
+    let mut child = spawn_meridian(&path, port).await;
+    let theirs = thp(&child.id().to_string());
+    child.kill().unwrap();
+    let _ = child.wait();
+    assert_eq!(theirs.as_deref(), Some("0"));
+}

@@ -280,7 +280,7 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 /// them on its arenas, and a 2 MiB page is faulted in whole for a few
 /// live buffers, split again when mimalloc returns 64 KiB of it, and put
 /// back together by `khugepaged`: under steady load RSS jumped by 2 MiB
-/// about once a second (8–12% of a 26 MB process), and idle connections
+/// about once a second (8% of a 26 MB process), and idle connections
 /// kept whole huge pages resident. A proxy's heap of tens of megabytes
 /// gains nothing measurable from fewer TLB misses.
 fn refuse_huge_pages() {

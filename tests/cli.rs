@@ -391,8 +391,13 @@ async fn the_running_proxy_has_transparent_huge_pages_off() {
     let backend = common::Backend::start("us-1").await;
     let (_dir, path, port) = config_on_a_free_port(&backend, "");
     let mut child = spawn_meridian(&path, port).await;
-    let theirs = thp(&child.id().to_string());
-    child.kill().unwrap();
+    let exited = child.try_wait().unwrap();
+    let theirs = exited
+        .is_none()
+        .then(|| thp(&child.id().to_string()))
+        .flatten();
+    let _ = child.kill();
     let _ = child.wait();
+    assert!(exited.is_none(), "meridian exited early: {exited:?}");
     assert_eq!(theirs.as_deref(), Some("0"));
 }

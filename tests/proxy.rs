@@ -800,15 +800,7 @@ fn answers(text: &str) -> usize {
 
 /// Reads from `s` until `text` holds `count` answers, within 5 s.
 async fn read_answers(s: &mut tokio::net::TcpStream, text: &mut String, count: usize) {
-    let mut buf = vec![0u8; 64 * 1024];
-    while answers(text) < count {
-        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
-            .await
-            .expect("answered within 5 s")
-            .unwrap();
-        assert!(n > 0, "closed after {text}");
-        text.push_str(&String::from_utf8_lossy(&buf[..n]));
-    }
+    common::read_until(s, text, |t| answers(t) >= count).await;
 }
 
 #[tokio::test]

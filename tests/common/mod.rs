@@ -669,6 +669,25 @@ pub fn served_by(body: &str) -> String {
     v["backend"].as_str().unwrap_or_default().to_owned()
 }
 
+/// Reads from `s` into `text` until `done(text)` holds, each read within
+/// 5 s; a close before that fails the test.
+pub async fn read_until(
+    s: &mut tokio::net::TcpStream,
+    text: &mut String,
+    done: impl Fn(&str) -> bool,
+) {
+    use tokio::io::AsyncReadExt;
+    let mut buf = vec![0u8; 64 * 1024];
+    while !done(text) {
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+            .await
+            .expect("answered within 5 s")
+            .unwrap();
+        assert!(n > 0, "closed after {text}");
+        text.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+}
+
 /// Polls `condition` every 20 ms until it holds, or panics after `limit` with `what`.
 pub async fn wait_for<F, Fut>(limit: Duration, what: &str, mut condition: F)
 where

@@ -118,7 +118,16 @@ pub(crate) fn poll_timed(
     timer: &mut IdleTimer,
     cx: &mut Context<'_>,
 ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
-    match Pin::new(body).poll_frame(cx) {
+    timed(Pin::new(body).poll_frame(cx), timer, cx)
+}
+
+/// What a poll of a body under `timer` gives, from what the body gave.
+fn timed(
+    polled: Poll<Option<Result<Frame<Bytes>, hyper::Error>>>,
+    timer: &mut IdleTimer,
+    cx: &mut Context<'_>,
+) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+    match polled {
         Poll::Ready(frame) => {
             let len = match &frame {
                 Some(Ok(f)) => f.data_ref().map_or(0, Bytes::len),
@@ -153,8 +162,15 @@ pub struct ResponseBody {
     in_flight: Option<InFlight>,
     /// The backend's slot, when the body is a backend's.
     slot: Option<Slot>,
-    /// The backend connection, given back to its pool at the end of the body.
+    /// The backend connection, driven while the body is read and given
+    /// back to its pool at its end.
     lease: Option<Lease>,
+    /// A backend's failure that came right behind data, kept for one turn:
+    /// hyper ends the client's connection on a body error without writing
+    /// what it holds, and the client is owed what the backend sent.
+    held: Option<BodyError>,
+    /// The last poll gave data.
+    flowing: bool,
 }
 
 impl ResponseBody {
@@ -167,6 +183,8 @@ impl ResponseBody {
             in_flight: None,
             slot: None,
             lease: None,
+            held: None,
+            flowing: false,
         }
     }
 
@@ -177,6 +195,8 @@ impl ResponseBody {
             in_flight: None,
             slot: None,
             lease: None,
+            held: None,
+            flowing: false,
         }
     }
 
@@ -228,15 +248,36 @@ impl Body for ResponseBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let this = &mut *self;
+        if let Some(e) = this.held.take() {
+            return Poll::Ready(Some(Err(e)));
+        }
         let polled = match &mut this.source {
-            Source::Upstream(body, timer) => poll_timed(body, timer, cx),
+            Source::Upstream(body, timer) => match Pin::new(&mut *body).poll_frame(cx) {
+                // The body comes off a connection that no other task reads:
+                // it is driven when the body has nothing ready.
+                Poll::Pending => {
+                    if let Some(lease) = this.lease.as_mut() {
+                        lease.drive(cx);
+                    }
+                    poll_timed(body, timer, cx)
+                }
+                ready => timed(ready, timer, cx),
+            },
             Source::Local(body) => Pin::new(body)
                 .poll_frame(cx)
                 .map_err(|never| match never {}),
         };
-        if let Poll::Ready(None) = polled {
-            this.finished();
+        match polled {
+            Poll::Ready(None) => this.finished(),
+            Poll::Ready(Some(Err(e))) if this.flowing => {
+                this.flowing = false;
+                this.held = Some(e);
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
+            _ => {}
         }
+        this.flowing = matches!(polled, Poll::Ready(Some(Ok(_))));
         polled
     }
 

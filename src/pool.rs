@@ -7,15 +7,25 @@
 //! path. The queue is oldest first, so idle connections are reaped from its
 //! front, by the taker and by a timer that closes connections idle past
 //! `proxy.pool_idle_timeout` when no request comes to take them.
+//!
+//! A connection has no task of its own: its reads and writes (the
+//! [`Driver`]) are polled by the request that holds it, from the future that
+//! waits for the response head and then from the response body. A backend's
+//! answer thus wakes the request's task directly instead of a connection
+//! task that would hand it over, and an idle connection costs no task.
 
-use std::future::poll_fn;
+use std::future::{poll_fn, Future};
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use crossbeam_queue::SegQueue;
-use http::Uri;
+use http::{Request, Response, Uri};
+use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
+use hyper::client::conn::TrySendError;
 use tokio::runtime::Handle;
 use tokio::time::Instant;
 
@@ -24,10 +34,10 @@ use crate::request_body::UpstreamBody;
 /// The request side of one backend connection.
 pub type Sender = SendRequest<UpstreamBody>;
 
-/// Longest wait for a connection whose response was read to become ready
-/// for the next request; the connection task normally gets there in the
-/// same turn in which it delivered the end of the body.
-const READY_WAIT: Duration = Duration::from_secs(1);
+/// The I/O side of one backend connection (hyper's connection future, with
+/// upgrades): it must be polled for requests to be written and responses
+/// read, and ends when the connection closes or is upgraded.
+pub type Driver = Pin<Box<dyn Future<Output = hyper::Result<()>> + Send>>;
 
 /// The idle connections of one backend.
 #[derive(Debug)]
@@ -42,10 +52,24 @@ pub struct Pool {
     reaper: AtomicBool,
 }
 
-#[derive(Debug)]
 struct Idle {
     sender: Sender,
+    driver: Driver,
     since: Instant,
+}
+
+impl std::fmt::Debug for Idle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Idle").field("since", &self.since).finish()
+    }
+}
+
+/// Polls `driver` once without asking to be woken: whoever takes the
+/// connection next polls it with its own waker. False once the connection
+/// has ended (the backend closed it, or it failed).
+fn still_open(driver: &mut Driver) -> bool {
+    let mut cx = Context::from_waker(Waker::noop());
+    driver.as_mut().poll(&mut cx).is_pending()
 }
 
 impl Pool {
@@ -71,13 +95,18 @@ impl Pool {
         self.count.load(Ordering::Relaxed)
     }
 
-    /// The oldest idle connection still open and within the idle timeout;
-    /// those past it are closed on the way.
-    pub fn take(&self) -> Option<Sender> {
+    /// Lends the oldest idle connection still open, within the idle timeout
+    /// and ready for a request; the others are closed on the way.
+    pub fn take(self: &Arc<Self>) -> Option<Lease> {
         loop {
-            let idle = self.pop()?;
-            if idle.since.elapsed() < self.idle_timeout && idle.sender.is_ready() {
-                return Some(idle.sender);
+            let mut idle = self.pop()?;
+            // Polled first: that is where a close by the backend is seen,
+            // and where hyper gets ready for the next request.
+            if idle.since.elapsed() < self.idle_timeout
+                && still_open(&mut idle.driver)
+                && idle.sender.is_ready()
+            {
+                return Some(Lease::new(idle.sender, idle.driver, Arc::clone(self)));
             }
         }
     }
@@ -88,55 +117,41 @@ impl Pool {
         Some(idle)
     }
 
-    /// Keeps a connection whose response was read to the end, once it can
-    /// take another request; a closed one, or one beyond `max_idle`, is
-    /// dropped, which closes it.
-    fn put(self: &Arc<Self>, sender: Sender) {
-        if sender.is_ready() {
-            self.keep(sender);
-        } else if !sender.is_closed() {
-            // The connection task has not yet seen the end of the exchange.
-            // Outside a runtime (a body dropped at shutdown) nothing could
-            // wait for it, and the connection is simply closed.
-            let Ok(runtime) = Handle::try_current() else {
-                return;
-            };
-            let pool = Arc::clone(self);
-            let mut sender = sender;
-            runtime.spawn(async move {
-                let ready = poll_fn(|cx| sender.poll_ready(cx));
-                if let Ok(Ok(())) = tokio::time::timeout(READY_WAIT, ready).await {
-                    pool.keep(sender);
-                }
-            });
+    /// Keeps a connection whose response was read to the end; a closed one,
+    /// or one beyond `max_idle`, is dropped, which closes it. Outside a
+    /// runtime (a body dropped at shutdown) nothing could poll it again, and
+    /// it is dropped too.
+    fn put(self: &Arc<Self>, sender: Sender, mut driver: Driver) {
+        let Ok(runtime) = Handle::try_current() else {
+            return;
+        };
+        // hyper gets ready for the next request on the poll after the
+        // response's end, which may not have come yet.
+        if !sender.is_ready() && (!still_open(&mut driver) || !sender.is_ready()) {
+            return;
         }
-    }
-
-    fn keep(self: &Arc<Self>, sender: Sender) {
         if self.count.fetch_add(1, Ordering::Relaxed) >= self.max_idle {
             self.count.fetch_sub(1, Ordering::Relaxed);
             return;
         }
         self.idle.push(Idle {
             sender,
+            driver,
             since: Instant::now(),
         });
-        if !self.reaper.load(Ordering::Relaxed) {
-            if let Ok(runtime) = Handle::try_current() {
-                if !self.reaper.swap(true, Ordering::Relaxed) {
-                    runtime.spawn(reap(Arc::downgrade(self)));
-                }
-            }
+        if !self.reaper.load(Ordering::Relaxed) && !self.reaper.swap(true, Ordering::Relaxed) {
+            runtime.spawn(reap(Arc::downgrade(self)));
         }
     }
 
     /// Closes the connections at the front that have been idle for the
-    /// whole timeout. The first one still fresh goes back, at the end: the
-    /// order is a little off for one connection, and nothing is lost.
+    /// whole timeout. The first one still fresh goes back, at the end, if
+    /// the backend has not closed it: the order is a little off for one
+    /// connection, and nothing is lost.
     fn reap(&self) {
-        while let Some(idle) = self.pop() {
+        while let Some(mut idle) = self.pop() {
             if idle.since.elapsed() < self.idle_timeout {
-                if !idle.sender.is_closed() {
+                if still_open(&mut idle.driver) {
                     self.count.fetch_add(1, Ordering::Relaxed);
                     self.idle.push(idle);
                 }
@@ -161,25 +176,88 @@ async fn reap(pool: Weak<Pool>) {
     }
 }
 
-/// A connection lent to one request. [`Lease::release`] gives it back once
-/// the response has been read to the end; dropped otherwise, it is closed
-/// after its response (hyper closes a connection whose sender is gone).
-#[derive(Debug)]
+/// A connection lent to one request, which drives it ([`Lease::drive`])
+/// whenever it waits on it. [`Lease::release`] gives it back once the
+/// response has been read to the end; dropped otherwise, it is closed.
 pub struct Lease {
     sender: Sender,
+    /// `None` once the connection has ended.
+    driver: Option<Driver>,
     pool: Arc<Pool>,
 }
 
+impl std::fmt::Debug for Lease {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Lease")
+            .field("open", &self.driver.is_some())
+            .field("pool", &self.pool.target)
+            .finish()
+    }
+}
+
 impl Lease {
-    /// Lends `sender`, a connection of `pool`.
-    pub fn new(sender: Sender, pool: Arc<Pool>) -> Self {
-        Lease { sender, pool }
+    /// Lends the connection made of `sender` and `driver`, one of `pool`'s.
+    pub fn new(sender: Sender, driver: Driver, pool: Arc<Pool>) -> Self {
+        Lease {
+            sender,
+            driver: Some(driver),
+            pool,
+        }
+    }
+
+    /// Moves the connection's reads and writes on as far as they go, and
+    /// has `cx` woken when they can go further.
+    pub fn drive(&mut self, cx: &mut Context<'_>) {
+        if let Some(driver) = self.driver.as_mut() {
+            if let Poll::Ready(ended) = driver.as_mut().poll(cx) {
+                if let Err(e) = ended {
+                    tracing::debug!(error = %e, "backend connection ended");
+                }
+                self.driver = None;
+            }
+        }
+    }
+
+    /// Sends `request` and waits for the response head, driving the
+    /// connection meanwhile. A request the connection could not take (it
+    /// was closed just as it was lent) comes back whole with the error.
+    pub async fn send(
+        &mut self,
+        request: Request<UpstreamBody>,
+    ) -> Result<Response<Incoming>, TrySendError<Request<UpstreamBody>>> {
+        let mut sending = std::pin::pin!(self.sender.try_send_request(request));
+        // The connection is driven only when the answer is not there yet:
+        // a poll of it that finds nothing to do costs as much as one that
+        // reads a response.
+        poll_fn(|cx| {
+            if let Poll::Ready(answer) = sending.as_mut().poll(cx) {
+                return Poll::Ready(answer);
+            }
+            self.drive(cx);
+            sending.as_mut().poll(cx)
+        })
+        .await
     }
 
     /// The response was read to its end: the connection may serve the next
     /// request.
     pub fn release(self) {
-        self.pool.put(self.sender);
+        if let Some(driver) = self.driver {
+            self.pool.put(self.sender, driver);
+        }
+    }
+
+    /// The connection goes on in a task of its own, for an upgrade: the
+    /// upgraded stream is handed over when hyper is done with it.
+    pub fn detach(self) {
+        let Some(driver) = self.driver else { return };
+        if let Ok(runtime) = Handle::try_current() {
+            runtime.spawn(async move {
+                if let Err(e) = driver.await {
+                    tracing::debug!(error = %e, "backend connection ended");
+                }
+            });
+        }
     }
 }
 
@@ -233,26 +311,35 @@ mod tests {
         done()
     }
 
-    async fn connect(addr: std::net::SocketAddr) -> Sender {
+    /// A new connection to `addr`, lent from `pool`.
+    async fn connect(addr: std::net::SocketAddr, pool: &Arc<Pool>) -> Lease {
         let stream = TcpStream::connect(addr).await.unwrap();
         let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
             .unwrap();
-        tokio::spawn(connection);
-        sender
+        Lease::new(sender, Box::pin(connection), Arc::clone(pool))
     }
 
-    /// Sends one request and reads its response to the end.
-    async fn exchange(sender: &mut Sender) {
-        use http_body_util::BodyExt as _;
+    /// Sends one request and reads its response to the end, driving the
+    /// connection as the proxy's response body does.
+    async fn exchange(lease: &mut Lease) {
+        use hyper::body::Body as _;
         let request = http::Request::builder()
             .uri("/")
             .header(http::header::HOST, "backend")
             .body(UpstreamBody::empty().0)
             .unwrap();
-        let response = sender.send_request(request).await.unwrap();
-        let body = response.into_body().collect().await.unwrap().to_bytes();
-        assert_eq!(body, "ok");
+        let mut body = lease.send(request).await.unwrap().into_body();
+        let mut read = Vec::new();
+        while let Some(frame) = poll_fn(|cx| {
+            lease.drive(cx);
+            Pin::new(&mut body).poll_frame(cx)
+        })
+        .await
+        {
+            read.extend_from_slice(&frame.unwrap().into_data().unwrap());
+        }
+        assert_eq!(read, b"ok");
     }
 
     fn pool(addr: std::net::SocketAddr, max_idle: usize, idle: Duration) -> Arc<Pool> {
@@ -265,10 +352,9 @@ mod tests {
         let (addr, accepted) = backend(true).await;
         let pool = pool(addr, 8, Duration::from_secs(60));
         assert!(pool.take().is_none(), "a new pool is empty");
-        let mut sender = connect(addr).await;
-        exchange(&mut sender).await;
-        Lease::new(sender, Arc::clone(&pool)).release();
-        tokio::task::yield_now().await;
+        let mut lease = connect(addr, &pool).await;
+        exchange(&mut lease).await;
+        lease.release();
         assert_eq!(pool.idle(), 1);
         let mut again = pool.take().expect("the released connection");
         exchange(&mut again).await;
@@ -281,13 +367,25 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn many_requests_take_turns_on_one_connection() {
+        let (addr, accepted) = backend(true).await;
+        let pool = pool(addr, 8, Duration::from_secs(60));
+        let mut lease = connect(addr, &pool).await;
+        for _ in 0..50 {
+            exchange(&mut lease).await;
+            lease.release();
+            lease = pool.take().expect("the connection back after each");
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
     async fn a_dropped_lease_never_comes_back() {
         let (addr, _) = backend(true).await;
         let pool = pool(addr, 8, Duration::from_secs(60));
-        let mut sender = connect(addr).await;
-        exchange(&mut sender).await;
-        drop(Lease::new(sender, Arc::clone(&pool)));
-        tokio::task::yield_now().await;
+        let mut lease = connect(addr, &pool).await;
+        exchange(&mut lease).await;
+        drop(lease);
         assert_eq!(pool.idle(), 0);
         assert!(pool.take().is_none());
     }
@@ -297,11 +395,10 @@ mod tests {
         let (addr, _) = backend(true).await;
         let pool = pool(addr, 2, Duration::from_secs(60));
         for _ in 0..4 {
-            let mut sender = connect(addr).await;
-            exchange(&mut sender).await;
-            Lease::new(sender, Arc::clone(&pool)).release();
+            let mut lease = connect(addr, &pool).await;
+            exchange(&mut lease).await;
+            lease.release();
         }
-        tokio::task::yield_now().await;
         assert_eq!(pool.idle(), 2, "the two beyond the cap were closed");
     }
 
@@ -309,14 +406,14 @@ mod tests {
     async fn connections_closed_by_the_backend_are_not_lent() {
         let (addr, _) = backend(false).await;
         let pool = pool(addr, 8, Duration::from_secs(60));
-        let mut sender = connect(addr).await;
-        exchange(&mut sender).await;
-        Lease::new(sender, Arc::clone(&pool)).release();
-        // Until the connection task has seen the close, the connection may
+        let mut lease = connect(addr, &pool).await;
+        exchange(&mut lease).await;
+        lease.release();
+        // Until the close has reached Meridian's socket, the connection may
         // still look open; once it has, it is never lent again.
         let closed = eventually(|| match pool.take() {
             Some(open) => {
-                pool.keep(open);
+                open.release();
                 false
             }
             None => true,
@@ -327,13 +424,24 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn connections_closed_by_the_backend_while_idle_do_not_stay() {
+        let (addr, _) = backend(false).await;
+        // Reaped every 500 ms; none is idle past the timeout within 1 s.
+        let pool = pool(addr, 8, Duration::from_secs(2));
+        let mut lease = connect(addr, &pool).await;
+        exchange(&mut lease).await;
+        lease.release();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert_eq!(pool.idle(), 0, "closed, so dropped without being taken");
+    }
+
+    #[tokio::test]
     async fn connections_idle_past_the_timeout_are_closed() {
         let (addr, _) = backend(true).await;
         let pool = pool(addr, 8, Duration::from_millis(200));
-        let mut sender = connect(addr).await;
-        exchange(&mut sender).await;
-        Lease::new(sender, Arc::clone(&pool)).release();
-        tokio::task::yield_now().await;
+        let mut lease = connect(addr, &pool).await;
+        exchange(&mut lease).await;
+        lease.release();
         assert_eq!(pool.idle(), 1);
         // Nothing takes it: the reaper closes it.
         assert!(eventually(|| pool.idle() == 0).await, "reaped");

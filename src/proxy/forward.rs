@@ -105,6 +105,9 @@ impl HedgeTimer {
     }
 }
 
+// Only ever returned from one poll to its caller, never stored: boxing
+// the answer would cost an allocation per request to save a move.
+#[allow(clippy::large_enum_variant)]
 enum Event {
     Done(usize, Result<Answer, AttemptError>),
     Hedge,

@@ -16,7 +16,7 @@ use tokio::time::{Instant, Sleep};
 
 use crate::activity::InFlight;
 use crate::concurrency::Slot;
-use crate::pool::Lease;
+use crate::pool::{driven, Lease};
 
 /// Why a body stopped before its end.
 #[derive(Debug, thiserror::Error)]
@@ -252,16 +252,17 @@ impl Body for ResponseBody {
             return Poll::Ready(Some(Err(e)));
         }
         let polled = match &mut this.source {
-            Source::Upstream(body, timer) => match Pin::new(&mut *body).poll_frame(cx) {
-                // The body comes off a connection that no other task reads:
-                // it is driven when the body has nothing ready.
-                Poll::Pending => {
-                    if let Some(lease) = this.lease.as_mut() {
-                        lease.drive(cx);
-                    }
-                    poll_timed(body, timer, cx)
+            // The body comes off a connection that no other task reads.
+            Source::Upstream(body, timer) => match this.lease.as_mut() {
+                Some(lease) => {
+                    let polled = driven(
+                        |cx| Pin::new(&mut *body).poll_frame(cx),
+                        |cx| lease.drive(cx),
+                        cx,
+                    );
+                    timed(polled, timer, cx)
                 }
-                ready => timed(ready, timer, cx),
+                None => poll_timed(body, timer, cx),
             },
             Source::Local(body) => Pin::new(body)
                 .poll_frame(cx)

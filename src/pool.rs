@@ -176,6 +176,25 @@ async fn reap(pool: Weak<Pool>) {
     }
 }
 
+/// Polls `consume`, which takes what a connection delivers, driving the
+/// connection with `drive` only when there is nothing to take yet: a poll
+/// of the connection that finds nothing to do costs as much as one that
+/// reads a response. Until the connection has been driven, `consume` is
+/// polled without a waker, so that what the drive delivers does not wake
+/// the very task that is polling, which would poll it all once more.
+pub fn driven<T>(
+    mut consume: impl FnMut(&mut Context<'_>) -> Poll<T>,
+    drive: impl FnOnce(&mut Context<'_>),
+    cx: &mut Context<'_>,
+) -> Poll<T> {
+    let mut quiet = Context::from_waker(Waker::noop());
+    if let Poll::Ready(taken) = consume(&mut quiet) {
+        return Poll::Ready(taken);
+    }
+    drive(cx);
+    consume(cx)
+}
+
 /// A connection lent to one request, which drives it ([`Lease::drive`])
 /// whenever it waits on it. [`Lease::release`] gives it back once the
 /// response has been read to the end; dropped otherwise, it is closed.
@@ -226,15 +245,9 @@ impl Lease {
         request: Request<UpstreamBody>,
     ) -> Result<Response<Incoming>, TrySendError<Request<UpstreamBody>>> {
         let mut sending = std::pin::pin!(self.sender.try_send_request(request));
-        // The connection is driven only when the answer is not there yet:
-        // a poll of it that finds nothing to do costs as much as one that
-        // reads a response.
         poll_fn(|cx| {
-            if let Poll::Ready(answer) = sending.as_mut().poll(cx) {
-                return Poll::Ready(answer);
-            }
-            self.drive(cx);
-            sending.as_mut().poll(cx)
+            let lease = &mut *self;
+            driven(|cx| sending.as_mut().poll(cx), |cx| lease.drive(cx), cx)
         })
         .await
     }
@@ -345,6 +358,64 @@ mod tests {
     fn pool(addr: std::net::SocketAddr, max_idle: usize, idle: Duration) -> Arc<Pool> {
         let target: Uri = format!("http://{addr}").parse().unwrap();
         Arc::new(Pool::new(target, max_idle, idle))
+    }
+
+    /// A waker that counts its wakes.
+    struct Counting(AtomicUsize);
+
+    impl std::task::Wake for Counting {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn what_is_ready_is_taken_without_driving_or_waking() {
+        let counting = Arc::new(Counting(AtomicUsize::new(0)));
+        let waker = Waker::from(Arc::clone(&counting));
+        let mut cx = Context::from_waker(&waker);
+        let mut drives = 0;
+        let taken = driven(
+            |cx| {
+                // What hyper does on a take: wake whoever polled last.
+                cx.waker().wake_by_ref();
+                Poll::Ready(7)
+            },
+            |_| drives += 1,
+            &mut cx,
+        );
+        assert_eq!(taken, Poll::Ready(7));
+        assert_eq!(drives, 0, "nothing to drive for");
+        assert_eq!(
+            counting.0.load(Ordering::SeqCst),
+            0,
+            "the task is not woken"
+        );
+    }
+
+    #[test]
+    fn what_is_not_ready_is_driven_then_waited_for_with_the_task_waker() {
+        let counting = Arc::new(Counting(AtomicUsize::new(0)));
+        let waker = Waker::from(Arc::clone(&counting));
+        let mut cx = Context::from_waker(&waker);
+        let mut polls = 0;
+        let mut drives = 0;
+        let taken: Poll<()> = driven(
+            |cx| {
+                polls += 1;
+                cx.waker().wake_by_ref();
+                Poll::Pending
+            },
+            |_| drives += 1,
+            &mut cx,
+        );
+        assert!(taken.is_pending());
+        assert_eq!((polls, drives), (2, 1), "polled, driven, polled again");
+        assert_eq!(
+            counting.0.load(Ordering::SeqCst),
+            1,
+            "the second poll has the task's waker"
+        );
     }
 
     #[tokio::test]

@@ -166,8 +166,9 @@ pub struct ResponseBody {
     /// back to its pool at its end.
     lease: Option<Lease>,
     /// A backend's failure that came right behind data, kept for one turn:
-    /// hyper ends the client's connection on a body error without writing
-    /// what it holds, and the client is owed what the backend sent.
+    /// hyper ends the client's connection (or stream) on a body error
+    /// without writing what it still holds, and the turn lets it flush what
+    /// the socket takes of the data first.
     held: Option<BodyError>,
     /// The last poll gave data.
     flowing: bool,

@@ -12,7 +12,11 @@
 //! [`Driver`]) are polled by the request that holds it, from the future that
 //! waits for the response head and then from the response body. A backend's
 //! answer thus wakes the request's task directly instead of a connection
-//! task that would hand it over, and an idle connection costs no task.
+//! task that would hand it over, the pieces of a body read in one poll are
+//! written to the client together, and an idle connection costs no task.
+//! Since the body is read only as the client takes it, a request body that
+//! is still being sent when the answer comes is finished by a task of its
+//! own ([`Lease::detach`]), and that connection is not kept.
 
 use std::future::{poll_fn, Future};
 use std::pin::Pin;
@@ -117,8 +121,9 @@ impl Pool {
         Some(idle)
     }
 
-    /// Keeps a connection whose response was read to the end; a closed one,
-    /// or one beyond `max_idle`, is dropped, which closes it. Outside a
+    /// Keeps a connection whose response was read to the end; one that is
+    /// closed, not ready for another request (hyper is not done with the
+    /// exchange) or beyond `max_idle` is dropped, which closes it. Outside a
     /// runtime (a body dropped at shutdown) nothing could poll it again, and
     /// it is dropped too.
     fn put(self: &Arc<Self>, sender: Sender, mut driver: Driver) {
@@ -144,18 +149,15 @@ impl Pool {
         }
     }
 
-    /// Closes the connections at the front that have been idle for the
-    /// whole timeout. The first one still fresh goes back, at the end, if
-    /// the backend has not closed it: the order is a little off for one
-    /// connection, and nothing is lost.
+    /// Closes the connections idle for the whole timeout and those the
+    /// backend has closed: each idle connection is looked at once, and the
+    /// others go back in the order they were in.
     fn reap(&self) {
-        while let Some(mut idle) = self.pop() {
-            if idle.since.elapsed() < self.idle_timeout {
-                if still_open(&mut idle.driver) {
-                    self.count.fetch_add(1, Ordering::Relaxed);
-                    self.idle.push(idle);
-                }
-                return;
+        for _ in 0..self.idle() {
+            let Some(mut idle) = self.pop() else { return };
+            if idle.since.elapsed() < self.idle_timeout && still_open(&mut idle.driver) {
+                self.count.fetch_add(1, Ordering::Relaxed);
+                self.idle.push(idle);
             }
         }
     }
@@ -253,17 +255,22 @@ impl Lease {
     }
 
     /// The response was read to its end: the connection may serve the next
-    /// request.
+    /// request, unless it was detached or has ended.
     pub fn release(self) {
         if let Some(driver) = self.driver {
             self.pool.put(self.sender, driver);
         }
     }
 
-    /// The connection goes on in a task of its own, for an upgrade: the
-    /// upgraded stream is handed over when hyper is done with it.
-    pub fn detach(self) {
-        let Some(driver) = self.driver else { return };
+    /// The connection goes on in a task of its own, and closes after this
+    /// exchange: for an upgrade, whose stream hyper hands over once it is
+    /// done with the handshake, and for a request body still being sent
+    /// when the answer came, which must not wait for the client to read the
+    /// answer.
+    pub fn detach(&mut self) {
+        let Some(driver) = self.driver.take() else {
+            return;
+        };
         if let Ok(runtime) = Handle::try_current() {
             runtime.spawn(async move {
                 if let Err(e) = driver.await {

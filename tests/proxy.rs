@@ -1006,3 +1006,102 @@ async fn a_slow_reader_gets_the_whole_answer_before_a_closing_connection_closes(
     }
     m.shutdown().await;
 }
+
+/// A backend that answers every request head at once, before it reads any
+/// body, then reads the body its head announces and adds up its bytes.
+async fn early_answer_backend() -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let received = std::sync::Arc::new(AtomicUsize::new(0));
+    let counter = std::sync::Arc::clone(&received);
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let counter = std::sync::Arc::clone(&counter);
+            tokio::spawn(async move {
+                let mut pending = Vec::new();
+                let mut buf = vec![0u8; 1 << 16];
+                loop {
+                    let Some(end) = pending.windows(4).position(|w| w == b"\r\n\r\n") else {
+                        match s.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => pending.extend_from_slice(&buf[..n]),
+                        }
+                        continue;
+                    };
+                    let head = String::from_utf8_lossy(&pending[..end]).to_ascii_lowercase();
+                    pending.drain(..end + 4);
+                    let mut left: usize = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:"))
+                        .map_or(0, |v| v.trim().parse().unwrap());
+                    let ok = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                    if s.write_all(ok).await.is_err() {
+                        return;
+                    }
+                    while left > 0 {
+                        if pending.is_empty() {
+                            match s.read(&mut buf).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => pending.extend_from_slice(&buf[..n]),
+                            }
+                        }
+                        let take = left.min(pending.len());
+                        pending.drain(..take);
+                        left -= take;
+                        counter.fetch_add(take, Ordering::SeqCst);
+                    }
+                }
+            });
+        }
+    });
+    (addr, received)
+}
+
+#[tokio::test]
+async fn an_upload_answered_before_its_end_is_still_sent_whole() {
+    use std::sync::atomic::Ordering;
+    let (addr, received) = early_answer_backend().await;
+    let text = format!(
+        "[listen]\nhttp = \"127.0.0.1:0\"\n[[region]]\nname = \"us\"\nbackends = [\"http://{addr}\"]\n[region.health]\ninterval = \"100ms\"\n"
+    );
+    let m = start(&text).await;
+    wait_for(Duration::from_secs(5), "healthy", || async {
+        region_state(&m, "us").await == "healthy"
+    })
+    .await;
+    let before = received.load(Ordering::SeqCst);
+    // Sent whole before a byte of the answer is read, as many clients do;
+    // more than the socket buffers on the way hold.
+    let len = 16 * 1024 * 1024;
+    let mut s = tokio::net::TcpStream::connect(m.http_addr).await.unwrap();
+    let upload = async {
+        s.write_all(
+            format!("POST /upload HTTP/1.1\r\nhost: x\r\ncontent-length: {len}\r\n\r\n").as_bytes(),
+        )
+        .await
+        .unwrap();
+        let chunk = vec![b'x'; 1 << 16];
+        for _ in 0..len / chunk.len() {
+            s.write_all(&chunk).await.unwrap();
+        }
+        let mut answer = vec![0u8; 4096];
+        let n = s.read(&mut answer).await.unwrap();
+        String::from_utf8_lossy(&answer[..n]).into_owned()
+    };
+    let answer = tokio::time::timeout(Duration::from_secs(20), upload)
+        .await
+        .expect("the upload went through, not hung");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.ends_with("ok"), "{answer}");
+    wait_for(
+        Duration::from_secs(5),
+        "the whole body at the backend",
+        || async { received.load(Ordering::SeqCst) - before == len },
+    )
+    .await;
+    m.shutdown().await;
+}

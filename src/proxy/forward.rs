@@ -33,7 +33,9 @@ use crate::routing::Plan;
 use crate::state::{RegionState, Snapshot};
 use crate::status_page::Rescue;
 
-/// Longest wait for a failed connection to give back the request body.
+/// Longest wait for a failed attempt to give back the request body. A
+/// connection driven by its request has dropped the body by the time its
+/// error arrives; one in a task of its own (`Lease::detach`) may not have.
 const BODY_RETURN_WAIT: Duration = Duration::from_millis(50);
 
 /// A response head, the connection it came on and the backend slot its

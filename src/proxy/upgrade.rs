@@ -133,7 +133,7 @@ fn answer(
     proxy: &Proxy,
     snapshot: &Snapshot,
     mut response: Response<Incoming>,
-    lease: Lease,
+    mut lease: Lease,
     route: Route,
     handshake: Handshake,
 ) -> Result<Response<ResponseBody>, Rescue> {

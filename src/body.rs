@@ -16,7 +16,7 @@ use tokio::time::{Instant, Sleep};
 
 use crate::activity::InFlight;
 use crate::concurrency::Slot;
-use crate::pool::{driven, Lease};
+use crate::pool::Lease;
 
 /// Why a body stopped before its end.
 #[derive(Debug, thiserror::Error)]
@@ -118,16 +118,7 @@ pub(crate) fn poll_timed(
     timer: &mut IdleTimer,
     cx: &mut Context<'_>,
 ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
-    timed(Pin::new(body).poll_frame(cx), timer, cx)
-}
-
-/// What a poll of a body under `timer` gives, from what the body gave.
-fn timed(
-    polled: Poll<Option<Result<Frame<Bytes>, hyper::Error>>>,
-    timer: &mut IdleTimer,
-    cx: &mut Context<'_>,
-) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
-    match polled {
+    match Pin::new(body).poll_frame(cx) {
         Poll::Ready(frame) => {
             let len = match &frame {
                 Some(Ok(f)) => f.data_ref().map_or(0, Bytes::len),
@@ -162,16 +153,8 @@ pub struct ResponseBody {
     in_flight: Option<InFlight>,
     /// The backend's slot, when the body is a backend's.
     slot: Option<Slot>,
-    /// The backend connection, driven while the body is read and given
-    /// back to its pool at its end.
+    /// The backend connection, given back to its pool at the end of the body.
     lease: Option<Lease>,
-    /// A backend's failure that came right behind data, kept for one turn:
-    /// hyper ends the client's connection (or stream) on a body error
-    /// without writing what it still holds, and the turn lets it flush what
-    /// the socket takes of the data first.
-    held: Option<BodyError>,
-    /// The last poll gave data.
-    flowing: bool,
 }
 
 impl ResponseBody {
@@ -184,8 +167,6 @@ impl ResponseBody {
             in_flight: None,
             slot: None,
             lease: None,
-            held: None,
-            flowing: false,
         }
     }
 
@@ -196,8 +177,6 @@ impl ResponseBody {
             in_flight: None,
             slot: None,
             lease: None,
-            held: None,
-            flowing: false,
         }
     }
 
@@ -249,37 +228,15 @@ impl Body for ResponseBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let this = &mut *self;
-        if let Some(e) = this.held.take() {
-            return Poll::Ready(Some(Err(e)));
-        }
         let polled = match &mut this.source {
-            // The body comes off a connection that no other task reads.
-            Source::Upstream(body, timer) => match this.lease.as_mut() {
-                Some(lease) => {
-                    let polled = driven(
-                        |cx| Pin::new(&mut *body).poll_frame(cx),
-                        |cx| lease.drive(cx),
-                        cx,
-                    );
-                    timed(polled, timer, cx)
-                }
-                None => poll_timed(body, timer, cx),
-            },
+            Source::Upstream(body, timer) => poll_timed(body, timer, cx),
             Source::Local(body) => Pin::new(body)
                 .poll_frame(cx)
                 .map_err(|never| match never {}),
         };
-        match polled {
-            Poll::Ready(None) => this.finished(),
-            Poll::Ready(Some(Err(e))) if this.flowing => {
-                this.flowing = false;
-                this.held = Some(e);
-                cx.waker().wake_by_ref();
-                return Poll::Pending;
-            }
-            _ => {}
+        if let Poll::Ready(None) = polled {
+            this.finished();
         }
-        this.flowing = matches!(polled, Poll::Ready(Some(Ok(_))));
         polled
     }
 

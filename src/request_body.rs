@@ -98,8 +98,8 @@ impl Returned {
     }
 
     /// What is left, waiting at most `limit` for the body to come back: a
-    /// connection in a task of its own may hand its error over before it
-    /// drops the body it was sending.
+    /// connection that failed may hand its error over before it drops the
+    /// body it was sending.
     pub async fn wait(&mut self, limit: Duration) -> Option<Replay> {
         tokio::time::timeout(limit, &mut self.0).await.ok()?.ok()
     }

@@ -1,6 +1,5 @@
 //! Connections to backends: a pool of idle keep-alive connections per
-//! backend (see [`crate::pool`]), hyper's HTTP/1.1 client on each (driven
-//! by the request that uses it, not by a task of its own), and
+//! backend (see [`crate::pool`]), hyper's HTTP/1.1 client on each, and
 //! hyper-util's HTTP connector with a write timeout on every connection, so
 //! that a backend that stops reading a request body cannot hold the
 //! request, its client and its connection slot forever.
@@ -22,7 +21,6 @@ use std::time::Duration;
 
 use http::{Request, Response, Uri};
 use hyper::body::Incoming;
-use hyper::client::conn::TrySendError;
 use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -149,9 +147,9 @@ impl UpstreamClient {
             let pool = pool.ok_or(UpstreamError::NoBackend(region, backend))?;
             // `request` is used where it was captured: rebinding it would
             // give the future a second copy of it.
-            while let Some(mut lease) = pool.take() {
-                match lease.send(request).await {
-                    Ok(response) => return Ok((response, lease)),
+            while let Some(mut sender) = pool.take() {
+                match sender.try_send_request(request).await {
+                    Ok(response) => return Ok((response, Lease::new(sender, pool))),
                     // Never written: the backend closed the connection just
                     // as it was taken. The request is whole; on to the next.
                     Err(mut e) => match e.take_message() {
@@ -182,17 +180,18 @@ async fn connect_and_send(
         .call(pool.target().clone())
         .await
         .map_err(UpstreamError::Connect)?;
-    let (sender, connection) = inner
+    let (mut sender, connection) = inner
         .http1
         .handshake(io)
         .await
         .map_err(|e| UpstreamError::Connect(e.into()))?;
-    let mut lease = Lease::new(sender, Box::pin(connection.with_upgrades()), pool);
-    let response = lease
-        .send(request)
-        .await
-        .map_err(TrySendError::into_error)?;
-    Ok((response, lease))
+    tokio::spawn(async move {
+        if let Err(e) = connection.with_upgrades().await {
+            tracing::debug!(error = %e, "backend connection ended");
+        }
+    });
+    let response = sender.send_request(request).await?;
+    Ok((response, Lease::new(sender, pool)))
 }
 
 /// Why a backend connection could not be made, beyond what the HTTP

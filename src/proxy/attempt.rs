@@ -192,17 +192,7 @@ where
                 .held
                 .take()
                 .expect("an attempt is not polled after it ends");
-            let (response, mut lease) = result.map_err(AttemptError::from_client)?;
-            // An answer before the request body was sent whole (an early
-            // 413, an echo that streams back): from here the connection
-            // would only be driven as the client reads the answer, and a
-            // client that sends all before it reads would wait forever.
-            if let Some(sent) = this.sent.as_mut() {
-                let mut quiet = Context::from_waker(std::task::Waker::noop());
-                if Pin::new(sent).poll(&mut quiet).is_pending() {
-                    lease.detach();
-                }
-            }
+            let (response, lease) = result.map_err(AttemptError::from_client)?;
             return Poll::Ready(
                 checked(response, lease, *this.head_request).map(|(r, l)| (r, l, held)),
             );

@@ -33,9 +33,7 @@ use crate::routing::Plan;
 use crate::state::{RegionState, Snapshot};
 use crate::status_page::Rescue;
 
-/// Longest wait for a failed attempt to give back the request body. A
-/// connection driven by its request has dropped the body by the time its
-/// error arrives; one in a task of its own (`Lease::detach`) may not have.
+/// Longest wait for a failed connection to give back the request body.
 const BODY_RETURN_WAIT: Duration = Duration::from_millis(50);
 
 /// A response head, the connection it came on and the backend slot its
@@ -107,9 +105,6 @@ impl HedgeTimer {
     }
 }
 
-// Only ever returned from one poll to its caller, never stored: boxing
-// the answer would cost an allocation per request to save a move.
-#[allow(clippy::large_enum_variant)]
 enum Event {
     Done(usize, Result<Answer, AttemptError>),
     Hedge,

@@ -133,7 +133,7 @@ fn answer(
     proxy: &Proxy,
     snapshot: &Snapshot,
     mut response: Response<Incoming>,
-    mut lease: Lease,
+    lease: Lease,
     route: Route,
     handshake: Handshake,
 ) -> Result<Response<ResponseBody>, Rescue> {
@@ -160,10 +160,6 @@ fn answer(
         return Err(Rescue::BackendFailed);
     };
     let backend = hyper::upgrade::on(&mut response);
-    // hyper hands the upgraded stream over once the connection is done
-    // with the handshake, normally in the very poll that read this answer;
-    // if not, the connection finishes in a task of its own.
-    lease.detach();
     let (mut parts, _) = response.into_parts();
     headers::forward_response(&mut parts.headers, version);
     if handshake.over_http2 {

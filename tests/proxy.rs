@@ -23,6 +23,27 @@ async fn one_region(extra: &str) -> (Backend, meridian::server::Running) {
     (us1, m)
 }
 
+/// Meridian in front of `backends` (addresses) in region "us", probed
+/// every `interval`, once the region is healthy; `proxy` is the body of a
+/// `[proxy]` section, or empty.
+async fn in_front_of(
+    backends: &[std::net::SocketAddr],
+    proxy: &str,
+    interval: &str,
+) -> meridian::server::Running {
+    let urls: Vec<String> = backends.iter().map(|a| format!("\"http://{a}\"")).collect();
+    let text = format!(
+        "[listen]\nhttp = \"127.0.0.1:0\"\n[proxy]\n{proxy}\n[[region]]\nname = \"us\"\nbackends = [{}]\n[region.health]\ninterval = \"{interval}\"\n",
+        urls.join(", ")
+    );
+    let m = start(&text).await;
+    wait_for(Duration::from_secs(5), "healthy", || async {
+        region_state(&m, "us").await == "healthy"
+    })
+    .await;
+    m
+}
+
 /// Meridian in front of "us" (failing over to "eu") and "eu" (failing over
 /// to "us"), one backend each, both healthy; `extra` is more TOML.
 async fn us_and_eu(extra: &str) -> (Backend, Backend, meridian::server::Running) {
@@ -561,14 +582,7 @@ async fn a_client_that_stops_reading_is_disconnected_after_the_send_timeout() {
 #[tokio::test]
 async fn a_backend_that_closes_keep_alive_connections_early_costs_no_request() {
     let addr = closing_backend().await;
-    let text = format!(
-        "[listen]\nhttp = \"127.0.0.1:0\"\n[[region]]\nname = \"us\"\nbackends = [\"http://{addr}\"]\n[region.health]\ninterval = \"100ms\"\n"
-    );
-    let m = start(&text).await;
-    wait_for(Duration::from_secs(5), "healthy", || async {
-        region_state(&m, "us").await == "healthy"
-    })
-    .await;
+    let m = in_front_of(&[addr], "", "100ms").await;
     let client = client();
     let mut failures = Vec::new();
     for i in 0..200 {
@@ -680,14 +694,7 @@ async fn a_request_body_is_streamed_not_buffered() {
 #[tokio::test]
 async fn a_backend_that_stops_reading_an_upload_is_given_up_on_after_the_send_timeout() {
     let addr = deaf_backend().await;
-    let text = format!(
-        "[listen]\nhttp = \"127.0.0.1:0\"\n[proxy]\nsend_timeout = \"300ms\"\n[[region]]\nname = \"us\"\nbackends = [\"http://{addr}\"]\n[region.health]\ninterval = \"1h\"\n"
-    );
-    let m = start(&text).await;
-    wait_for(Duration::from_secs(5), "healthy", || async {
-        region_state(&m, "us").await == "healthy"
-    })
-    .await;
+    let m = in_front_of(&[addr], "send_timeout = \"300ms\"", "1h").await;
     let answer = upload_until_answered(&m, "/upload").await;
     assert!(answer.starts_with("HTTP/1.1 502"), "{answer}");
     m.shutdown().await;
@@ -747,14 +754,7 @@ async fn a_request_without_a_body_fails_over_when_connecting_stalls() {
 async fn a_dropped_connection_is_retried_once_per_request_not_once_per_backend() {
     let (a, dropped_a) = rude_backend().await;
     let (b, dropped_b) = rude_backend().await;
-    let text = format!(
-        "[listen]\nhttp = \"127.0.0.1:0\"\n[[region]]\nname = \"us\"\nbackends = [\"http://{a}\", \"http://{b}\"]\n[region.health]\ninterval = \"1h\"\n"
-    );
-    let m = start(&text).await;
-    wait_for(Duration::from_secs(5), "healthy", || async {
-        region_state(&m, "us").await == "healthy"
-    })
-    .await;
+    let m = in_front_of(&[a, b], "", "1h").await;
     let (status, _, _) = get(&m, "/", &[]).await;
     assert_eq!(status, StatusCode::BAD_GATEWAY);
     let tries = dropped_a.load(std::sync::atomic::Ordering::SeqCst)
@@ -1065,14 +1065,7 @@ async fn early_answer_backend() -> (
 async fn an_upload_answered_before_its_end_is_still_sent_whole() {
     use std::sync::atomic::Ordering;
     let (addr, received) = early_answer_backend().await;
-    let text = format!(
-        "[listen]\nhttp = \"127.0.0.1:0\"\n[[region]]\nname = \"us\"\nbackends = [\"http://{addr}\"]\n[region.health]\ninterval = \"100ms\"\n"
-    );
-    let m = start(&text).await;
-    wait_for(Duration::from_secs(5), "healthy", || async {
-        region_state(&m, "us").await == "healthy"
-    })
-    .await;
+    let m = in_front_of(&[addr], "", "100ms").await;
     let before = received.load(Ordering::SeqCst);
     // Sent whole before a byte of the answer is read, as many clients do;
     // more than the socket buffers on the way hold.

@@ -13,7 +13,8 @@
 #   d. h2load -c64 -m10 over h2c (HTTP/2 by prior knowledge), GET /
 #                               req/s, CPU s per 100k requests
 #   e. h2load --h1 -c64 at a fixed rate, half of Meridian's req/s in (a) of the
-#      same round               p50, p99 from h2load's per-request log
+#      same round               p50, p99 from h2load's per-request log, and
+#                               the p99 added over direct (paired in the round)
 #   f. peak RSS of the proxy (VmHWM of the process and its children), read
 #      after the load runs of the round, before the idle test
 #   g. first round only, on a freshly started proxy: 10 000 keep-alive
@@ -540,6 +541,7 @@ fi
 targets=(meridian nginx haproxy direct)
 declare -A res # "target metric" -> space-separated values, one per round
 declare -A one_p99 # target -> its one-connection p99 in the current round
+declare -A half_p99 # target -> its p99 at half rate in the current round
 add() { res["$1 $2"]="${res["$1 $2"]:-} $3"; }
 
 for ((round = 1; round <= rounds; round++)); do
@@ -578,6 +580,7 @@ for ((round = 1; round <= rounds; round++)); do
 
     run_rate "$t half rate" "$base/" "$rate"
     add "$t" rate "$rate"; add "$t" rate_p50 "$r_p50"; add "$t" rate_p99 "$r_p99"
+    half_p99["$t"]="$r_p99"
 
     if [ -n "$proxy_pid" ]; then
       add "$t" hwm "$(mem_kb "$proxy_pid" VmHWM)"
@@ -595,9 +598,12 @@ for ((round = 1; round <= rounds; round++)); do
     fi
     stop_target
   done
-  # The one-connection p99 added over direct, paired within the round.
+  # The p99 added over direct, with one connection and at half rate, each
+  # paired within the round (all targets get the same rate in a round).
   for t in meridian nginx haproxy; do
     add "$t" added_p99 "$(awk -v a="${one_p99[$t]}" -v b="${one_p99[direct]}" 'BEGIN { printf "%.4f", a - b }')"
+    add "$t" added_rate_p99 "$(awk -v a="${half_p99[$t]}" -v b="${half_p99[direct]}" \
+      'BEGIN { if (a == "n/a" || b == "n/a") print "n/a"; else printf "%.4f", a - b }')"
   done
 done
 
@@ -649,13 +655,13 @@ ratio() {
   echo
   echo "### Latency (ms)"
   echo
-  echo "| target | p50, 64 conns | p99, 64 conns | 64 KiB p99 | p50, 1 conn | p99, 1 conn | p99 added over direct, 1 conn | p50 at half rate | p99 at half rate |"
-  echo "|---|---|---|---|---|---|---|---|---|"
+  echo "| target | p50, 64 conns | p99, 64 conns | 64 KiB p99 | p50, 1 conn | p99, 1 conn | p99 added over direct, 1 conn | p50 at half rate | p99 at half rate | p99 added over direct, half rate |"
+  echo "|---|---|---|---|---|---|---|---|---|---|"
   for t in "${targets[@]}"; do
-    echo "| $t | $(fmt_ms "$(median "$t" p50)") | $(fmt_ms "$(median "$t" p99)") | $(fmt_ms "$(median "$t" big_p99)") | $(fmt_ms "$(median "$t" one_p50)") | $(fmt_ms "$(median "$t" one_p99)") | $(fmt_ms "$(median "$t" added_p99)") | $(fmt_ms "$(median "$t" rate_p50)") | $(fmt_ms "$(median "$t" rate_p99)") |"
+    echo "| $t | $(fmt_ms "$(median "$t" p50)") | $(fmt_ms "$(median "$t" p99)") | $(fmt_ms "$(median "$t" big_p99)") | $(fmt_ms "$(median "$t" one_p50)") | $(fmt_ms "$(median "$t" one_p99)") | $(fmt_ms "$(median "$t" added_p99)") | $(fmt_ms "$(median "$t" rate_p50)") | $(fmt_ms "$(median "$t" rate_p99)") | $(fmt_ms "$(median "$t" added_rate_p99)") |"
   done
   echo
-  echo "1 conn: \`wrk -t1 -c1\` on \`/\`; the added p99 is the target's minus direct's in the same round. Half rate: \`h2load --h1 -c64 --rps=R/64 -D $secs\` at R = half of Meridian's small req/s in the same round (median R: $(fmt_int "$(median meridian rate)") req/s), percentiles of h2load's per-request log."
+  echo "1 conn: \`wrk -t1 -c1\` on \`/\`; an added p99 is the target's minus direct's in the same round, at the same rate. Half rate: \`h2load --h1 -c64 --rps=R/64 -D $secs\` at R = half of Meridian's small req/s in the same round (median R: $(fmt_int "$(median meridian rate)") req/s), percentiles of h2load's per-request log."
   echo
   echo "### Memory"
   echo

@@ -3,7 +3,7 @@
 //! timeout ends it, so that a stalled client or backend cannot hold a
 //! connection forever. The request direction is in [`crate::request_body`].
 
-use std::future::Future as _;
+use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -34,6 +34,11 @@ pub enum BodyError {
 
 /// How long a body must have kept Meridian waiting before its rate is judged.
 pub const RATE_WINDOW: Duration = Duration::from_secs(20);
+
+/// The largest backend body whose pieces are gathered for one write to the
+/// client (see [`ResponseBody::gather`]): what the client connection's
+/// write buffer takes by default. Larger bodies stream as they arrive.
+pub const GATHER_UP_TO: u64 = 64 * 1024;
 
 /// Bounds the pause between two frames of a body and, optionally, its
 /// average rate: a client dripping a byte now and then never pauses long,
@@ -150,6 +155,12 @@ enum Source {
 #[derive(Debug)]
 pub struct ResponseBody {
     source: Source,
+    /// What [`ResponseBody::gather`] took from the backend's body ahead of
+    /// the client connection.
+    held: Option<Held>,
+    /// The last frame given was held: an error right behind it waits a
+    /// turn (see `poll_frame`).
+    gave_held: bool,
     in_flight: Option<InFlight>,
     /// The backend's slot, when the body is a backend's.
     slot: Option<Slot>,
@@ -164,6 +175,8 @@ impl ResponseBody {
     pub fn upstream(body: Incoming, idle: Duration) -> Self {
         ResponseBody {
             source: Source::Upstream(body, IdleTimer::new(idle)),
+            held: None,
+            gave_held: false,
             in_flight: None,
             slot: None,
             lease: None,
@@ -174,6 +187,8 @@ impl ResponseBody {
     pub fn local(body: Full<Bytes>) -> Self {
         ResponseBody {
             source: Source::Local(body),
+            held: None,
+            gave_held: false,
             in_flight: None,
             slot: None,
             lease: None,
@@ -197,6 +212,24 @@ impl ResponseBody {
     pub fn with_lease(mut self, lease: Lease) -> Self {
         self.lease = Some(lease);
         self
+    }
+
+    /// Takes the first piece of a short backend body ahead of the client
+    /// connection and, when more is to come, yields one turn of the runtime.
+    ///
+    /// A backend's body reaches the client connection through the backend
+    /// connection's task, one read at a time, and the client connection
+    /// writes what it has as soon as the body has nothing more ready: a
+    /// body that came in two reads went out in two writes. Taking the first
+    /// piece lets that task read the next, and the turn gives it the time
+    /// to, when the backend has sent it: the client connection then finds
+    /// the head and the whole body ready, and writes them at once. When the
+    /// rest is not there yet, nothing waits for it.
+    pub fn gather(&mut self) -> Gather<'_> {
+        Gather {
+            body: self,
+            yielded: false,
+        }
     }
 
     /// The body is over: the connection can serve another request.
@@ -228,11 +261,26 @@ impl Body for ResponseBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let this = &mut *self;
-        let polled = match &mut this.source {
-            Source::Upstream(body, timer) => poll_timed(body, timer, cx),
-            Source::Local(body) => Pin::new(body)
-                .poll_frame(cx)
-                .map_err(|never| match never {}),
+        let gave_held = std::mem::take(&mut this.gave_held);
+        let polled = match this.held.take() {
+            Some(Held::Data(data)) => {
+                this.gave_held = true;
+                return Poll::Ready(Some(Ok(Frame::data(data))));
+            }
+            Some(Held::Other(polled)) => Poll::Ready(*polled),
+            None => match this.poll_source(cx) {
+                // hyper cuts the client's connection on a body error without
+                // writing what it buffered: a backend that failed right
+                // behind the gathered data would have it lost, and the client
+                // would see less than the backend sent. The error waits a
+                // turn, so that the data is written first.
+                Poll::Ready(Some(Err(e))) if gave_held => {
+                    this.held = Some(Held::Other(Box::new(Some(Err(e)))));
+                    cx.waker().wake_by_ref();
+                    return Poll::Pending;
+                }
+                polled => polled,
+            },
         };
         if let Poll::Ready(None) = polled {
             this.finished();
@@ -241,6 +289,11 @@ impl Body for ResponseBody {
     }
 
     fn is_end_stream(&self) -> bool {
+        match &self.held {
+            Some(Held::Data(_)) => return false,
+            Some(Held::Other(polled)) => return polled.is_none(),
+            None => {}
+        }
         match &self.source {
             Source::Upstream(body, _) => body.is_end_stream(),
             Source::Local(body) => body.is_end_stream(),
@@ -248,9 +301,97 @@ impl Body for ResponseBody {
     }
 
     fn size_hint(&self) -> SizeHint {
-        match &self.source {
+        let mut hint = match &self.source {
             Source::Upstream(body, _) => body.size_hint(),
             Source::Local(body) => body.size_hint(),
+        };
+        if let Some(Held::Data(data)) = &self.held {
+            let held = data.len() as u64;
+            if let Some(upper) = hint.upper() {
+                hint.set_upper(upper.saturating_add(held));
+            }
+            hint.set_lower(hint.lower().saturating_add(held));
+        }
+        hint
+    }
+}
+
+impl ResponseBody {
+    /// The next frame from where the body comes from.
+    fn poll_source(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        match &mut self.source {
+            Source::Upstream(body, timer) => poll_timed(body, timer, cx),
+            Source::Local(body) => Pin::new(body)
+                .poll_frame(cx)
+                .map_err(|never| match never {}),
+        }
+    }
+}
+
+/// What [`ResponseBody::gather`] took from a backend's body.
+#[derive(Debug)]
+enum Held {
+    /// A piece of data, the usual.
+    Data(Bytes),
+    /// Anything else: an error, trailers or the end.
+    Other(Box<Option<Result<Frame<Bytes>, BodyError>>>),
+}
+
+/// The future of [`ResponseBody::gather`].
+#[derive(Debug)]
+pub struct Gather<'a> {
+    body: &'a mut ResponseBody,
+    yielded: bool,
+}
+
+impl Future for Gather<'_> {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = &mut *self;
+        if this.yielded {
+            return Poll::Ready(());
+        }
+        let body = &mut *this.body;
+        let short = match &body.source {
+            Source::Upstream(incoming, _) => incoming
+                .size_hint()
+                .exact()
+                .is_some_and(|n| n > 0 && n <= GATHER_UP_TO),
+            Source::Local(_) => false,
+        };
+        if !short || body.held.is_some() {
+            return Poll::Ready(());
+        }
+        match body.poll_source(cx) {
+            // Nothing has come yet: no reason to wait for it here.
+            Poll::Pending => Poll::Ready(()),
+            Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+                Ok(data) => {
+                    body.held = Some(Held::Data(data));
+                    let rest = match &body.source {
+                        Source::Upstream(incoming, _) => !incoming.is_end_stream(),
+                        Source::Local(_) => false,
+                    };
+                    if !rest {
+                        return Poll::Ready(());
+                    }
+                    this.yielded = true;
+                    cx.waker().wake_by_ref();
+                    Poll::Pending
+                }
+                Err(frame) => {
+                    body.held = Some(Held::Other(Box::new(Some(Ok(frame)))));
+                    Poll::Ready(())
+                }
+            },
+            Poll::Ready(other) => {
+                body.held = Some(Held::Other(Box::new(other)));
+                Poll::Ready(())
+            }
         }
     }
 }

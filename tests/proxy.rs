@@ -651,11 +651,22 @@ async fn an_absolute_form_target_sets_the_host_the_backend_sees() {
 
 #[tokio::test]
 async fn a_response_is_streamed_not_buffered() {
-    // The backend sends its second part only after the client has received
-    // the first through Meridian: a proxy that buffered whole bodies would
-    // wait forever.
+    streams_part_by_part("/gated").await;
+}
+
+#[tokio::test]
+async fn a_response_of_known_length_is_streamed_not_held_for_its_rest() {
+    // Meridian holds a piece back for a turn when the rest of a body is
+    // short, so that it can go out in one write with it; only for a turn.
+    streams_part_by_part("/gated-sized").await;
+}
+
+/// The backend sends its second part only after the client has received
+/// the first through Meridian: a proxy that buffered whole bodies, or
+/// waited for the rest, would wait forever.
+async fn streams_part_by_part(path: &str) {
     let (us1, m) = one_region("").await;
-    let req = empty(http::Method::GET, format!("http://{}/gated", m.http_addr));
+    let req = empty(http::Method::GET, format!("http://{}{path}", m.http_addr));
     let mut body = client().request(req).await.unwrap().into_body();
     let first = tokio::time::timeout(Duration::from_secs(5), body.frame())
         .await

@@ -147,6 +147,7 @@ impl Proxy {
                     .insert(http::header::STRICT_TRANSPORT_SECURITY, hsts.clone());
             }
         }
+        response.body_mut().gather().await;
         Ok(response)
     }
 

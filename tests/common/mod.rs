@@ -500,14 +500,23 @@ async fn handle(
             tokio::time::sleep(Duration::from_millis(query(&req, "ms").unwrap_or(500))).await;
             text(StatusCode::OK, format!("slow answer from {name}"))
         }
-        "/gated" => {
+        // "first", then "second" once released; "/gated-sized" says its
+        // length up front, "/gated" is chunked.
+        "/gated" | "/gated-sized" => {
             let (mut tx, body) = http_body_util::channel::Channel::<Bytes>::new(1);
             tokio::spawn(async move {
                 let _ = tx.send_data(Bytes::from_static(b"first")).await;
                 release.notified().await;
                 let _ = tx.send_data(Bytes::from_static(b"second")).await;
             });
-            Response::new(body.boxed_unsync())
+            let mut r = Response::new(body.boxed_unsync());
+            if path == "/gated-sized" {
+                r.headers_mut().insert(
+                    http::header::CONTENT_LENGTH,
+                    http::HeaderValue::from_static("11"),
+                );
+            }
+            r
         }
         "/gated-sink" => {
             let mut body = req.into_body();

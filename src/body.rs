@@ -36,8 +36,9 @@ pub enum BodyError {
 pub const RATE_WINDOW: Duration = Duration::from_secs(20);
 
 /// The largest backend body whose pieces are gathered for one write to the
-/// client (see [`ResponseBody::gather`]): what the client connection's
-/// write buffer takes by default. Larger bodies stream as they arrive.
+/// client (see [`ResponseBody::gather`]): what a backend connection reads
+/// at most at once. It is also held to the client connection's write
+/// buffer (`limits.max_header_bytes`). Larger bodies stream as they arrive.
 pub const GATHER_UP_TO: u64 = 64 * 1024;
 
 /// Bounds the pause between two frames of a body and, optionally, its
@@ -214,20 +215,23 @@ impl ResponseBody {
         self
     }
 
-    /// Takes the first piece of a short backend body ahead of the client
-    /// connection and, when more is to come, yields one turn of the runtime.
+    /// Takes the first piece of a backend body of at most `up_to` bytes
+    /// (and [`GATHER_UP_TO`]) ahead of the client connection and, when more
+    /// is to come, yields one turn of the runtime.
     ///
     /// A backend's body reaches the client connection through the backend
-    /// connection's task, one read at a time, and the client connection
-    /// writes what it has as soon as the body has nothing more ready: a
-    /// body that came in two reads went out in two writes. Taking the first
-    /// piece lets that task read the next, and the turn gives it the time
-    /// to, when the backend has sent it: the client connection then finds
-    /// the head and the whole body ready, and writes them at once. When the
-    /// rest is not there yet, nothing waits for it.
-    pub fn gather(&mut self) -> Gather<'_> {
+    /// connection's task, one piece (one read) at a time, and the client
+    /// connection writes what it has as soon as the body has nothing more
+    /// ready: a body that came in two reads went out in two writes. Taking
+    /// the first piece lets that task pass on the next, and the turn gives
+    /// it the time to, when it already has it: the client connection then
+    /// finds the head and both pieces ready and writes them at once. A body
+    /// of more pieces still goes out in more writes, and when the next piece
+    /// is not there yet, nothing waits for it.
+    pub fn gather(&mut self, up_to: u64) -> Gather<'_> {
         Gather {
             body: self,
+            up_to: up_to.min(GATHER_UP_TO),
             yielded: false,
         }
     }
@@ -245,8 +249,14 @@ impl ResponseBody {
 impl Drop for ResponseBody {
     fn drop(&mut self) {
         // hyper never polls a body that is empty from the start (a 204, an
-        // answer to HEAD, `Content-Length: 0`): it is over all the same.
-        if self.lease.is_some() && self.is_end_stream() {
+        // answer to HEAD, `Content-Length: 0`): it is over all the same. A
+        // piece gathered but never sent does not matter to the backend
+        // connection, which delivered the whole.
+        let source_over = match &self.held {
+            None | Some(Held::Data(_)) => self.source_at_end(),
+            Some(Held::Other(_)) => false,
+        };
+        if self.lease.is_some() && source_over {
             self.finished();
         }
     }
@@ -289,15 +299,11 @@ impl Body for ResponseBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        match &self.held {
-            Some(Held::Data(_)) => return false,
-            Some(Held::Other(polled)) => return polled.is_none(),
-            None => {}
-        }
-        match &self.source {
-            Source::Upstream(body, _) => body.is_end_stream(),
-            Source::Local(body) => body.is_end_stream(),
-        }
+        // Whatever is held must be polled, an end included: a body is only
+        // gathered when more of it was announced, so an end held is a cut,
+        // which hyper finds out only by polling (and then closes the
+        // connection instead of passing the body off as empty).
+        self.held.is_none() && self.source_at_end()
     }
 
     fn size_hint(&self) -> SizeHint {
@@ -317,6 +323,14 @@ impl Body for ResponseBody {
 }
 
 impl ResponseBody {
+    /// Whether where the body comes from has nothing more.
+    fn source_at_end(&self) -> bool {
+        match &self.source {
+            Source::Upstream(body, _) => body.is_end_stream(),
+            Source::Local(body) => body.is_end_stream(),
+        }
+    }
+
     /// The next frame from where the body comes from.
     fn poll_source(
         &mut self,
@@ -344,6 +358,7 @@ enum Held {
 #[derive(Debug)]
 pub struct Gather<'a> {
     body: &'a mut ResponseBody,
+    up_to: u64,
     yielded: bool,
 }
 
@@ -360,7 +375,7 @@ impl Future for Gather<'_> {
             Source::Upstream(incoming, _) => incoming
                 .size_hint()
                 .exact()
-                .is_some_and(|n| n > 0 && n <= GATHER_UP_TO),
+                .is_some_and(|n| n > 0 && n <= this.up_to),
             Source::Local(_) => false,
         };
         if !short || body.held.is_some() {
@@ -372,11 +387,7 @@ impl Future for Gather<'_> {
             Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
                 Ok(data) => {
                     body.held = Some(Held::Data(data));
-                    let rest = match &body.source {
-                        Source::Upstream(incoming, _) => !incoming.is_end_stream(),
-                        Source::Local(_) => false,
-                    };
-                    if !rest {
+                    if body.source_at_end() {
                         return Poll::Ready(());
                     }
                     this.yielded = true;

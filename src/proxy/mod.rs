@@ -147,7 +147,9 @@ impl Proxy {
                     .insert(http::header::STRICT_TRANSPORT_SECURITY, hsts.clone());
             }
         }
-        response.body_mut().gather().await;
+        // The client connection's write buffer is as large as its read buffer.
+        let up_to = snapshot.config.limits.max_header_bytes as u64;
+        response.body_mut().gather(up_to).await;
         Ok(response)
     }
 
